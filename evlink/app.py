@@ -1,0 +1,71 @@
+"""create_app(settings) -> Starlette. The lifespan opens and closes everything."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Route, WebSocketRoute
+from tortoise.contrib.starlette import RegisterTortoise
+
+from evlink import compat_rest
+from evlink.compat_rest.errors import exception_handlers
+from evlink.events import MemoryEventBus
+from evlink.models.database import ensure_sqlite_directory
+from evlink.providers import Provider, build_provider
+from evlink.providers.base import ProviderUpdate
+from evlink.requestid import RequestIdMiddleware
+from evlink.resolvers.charging import CommandWatcher, ingest_provider_update
+from evlink.schema import build_schema
+from evlink.schema.view import GraphQLView
+from evlink.services import Services
+from evlink.settings import Settings
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, *, provider: Provider | None = None) -> Starlette:
+    """The evlink ASGI app. ``provider`` replaces the one the settings name (tests, demos)."""
+    settings = settings or Settings.from_env()
+    graphql = GraphQLView(build_schema(), graphql_ide=None)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        ensure_sqlite_directory(settings.database_url)
+        async with RegisterTortoise(app, config=settings.tortoise_config()):
+            services = Services(
+                settings=settings,
+                provider=provider or build_provider(settings),
+                events=MemoryEventBus(),
+            )
+            services.watcher = CommandWatcher(services)
+            app.state.services = services
+
+            async def sink(update: ProviderUpdate) -> None:
+                await ingest_provider_update(services, update)
+
+            await services.provider.start(sink)
+            await services.watcher.start()
+            logger.info("evlink ready (provider %s)", services.provider.name)
+            try:
+                yield
+            finally:
+                await services.provider.aclose()
+                await services.watcher.aclose()
+                await services.events.aclose()
+
+    return Starlette(
+        routes=[
+            *compat_rest.routes,
+            Route("/graphql", graphql, methods=["GET", "POST"]),
+            WebSocketRoute("/graphql", graphql),
+        ],
+        middleware=[Middleware(RequestIdMiddleware)],
+        exception_handlers=exception_handlers,
+        lifespan=lifespan,
+    )

@@ -1,0 +1,249 @@
+"""The ``evlink`` command: serve | migrate | demo | user | key | vehicle."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from tortoise.exceptions import OperationalError
+
+from evlink.errors import EvlinkError
+from evlink.models import ApiKey, User
+from evlink.models.database import apply_migrations, open_database
+from evlink.resolvers import accounts
+from evlink.resolvers.auth import issue_key, revoke_key
+from evlink.settings import Settings, SettingsError
+
+__all__ = ["main"]
+
+
+class CommandError(Exception):
+    """A failure to report as one line and exit status 1."""
+
+
+def _print(line: str = "") -> None:
+    sys.stdout.write(line + "\n")
+
+
+async def _migrate(settings: Settings, _: argparse.Namespace) -> None:
+    applied = await apply_migrations(settings.database_url)
+    _print(f"applied {', '.join(applied)}" if applied else "database is up to date")
+
+
+async def _demo(settings: Settings, args: argparse.Namespace) -> None:
+    async with open_database(settings.database_url):
+        demo = await accounts.ensure_demo(settings.provider)
+    if args.json:
+        _print(json.dumps(_demo_json(settings, demo)))
+        return
+    _print_demo(settings, demo)
+
+
+def _demo_json(settings: Settings, demo: accounts.DemoAccount) -> dict[str, Any]:
+    return {
+        "email": demo.user.email,
+        "api_key": demo.key.secret,
+        "base_url": _base_url(settings),
+        "vehicles": [
+            {"id": str(v.id), "name": v.name, "provider_vehicle_id": v.provider_vehicle_id}
+            for v in demo.vehicles
+        ],
+    }
+
+
+def _base_url(settings: Settings) -> str:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host  # noqa: S104
+    return f"http://{host}:{settings.port}"
+
+
+def _print_demo(settings: Settings, demo: accounts.DemoAccount) -> None:
+    base = _base_url(settings)
+    _print(f"Demo user {demo.user.email} (PRO). API key, shown once:")
+    _print()
+    _print(f"    {demo.key.secret}")
+    _print()
+    for vehicle in demo.vehicles:
+        _print(f"  vehicle {vehicle.id}  {vehicle.name}")
+    first = demo.vehicles[0].id
+    _print()
+    _print("Try:")
+    _print(f'  curl -H "Authorization: Bearer {demo.key.secret}" {base}/api/status/{first}')
+    _print()
+
+
+async def _seed_if_empty(settings: Settings) -> None:
+    """First start on an empty database: make the demo account and show its key."""
+    async with open_database(settings.database_url):
+        try:
+            empty = not await User.exists()
+        except OperationalError:
+            raise CommandError(
+                "the database has no evlink tables yet: run `evlink migrate` first"
+            ) from None
+        if empty:
+            _print_demo(settings, await accounts.ensure_demo(settings.provider))
+        else:
+            _print(
+                f"Serving on {_base_url(settings)}. Keys are shown only when made: "
+                f"`evlink key create --user {accounts.DEMO_EMAIL}` makes another."
+            )
+
+
+def _serve(settings: Settings, _: argparse.Namespace) -> None:
+    import uvicorn
+
+    from evlink.app import create_app
+
+    asyncio.run(_seed_if_empty(settings))
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        lifespan="on",
+    )
+
+
+async def _user_create(settings: Settings, args: argparse.Namespace) -> None:
+    async with open_database(settings.database_url):
+        user = await accounts.create_user(args.email, accounts.parse_tier(args.tier))
+    _print(f"user {user.id} {user.email} {user.tier.value}")
+
+
+async def _user_set_tier(settings: Settings, args: argparse.Namespace) -> None:
+    async with open_database(settings.database_url):
+        user = await accounts.set_tier(
+            await accounts.find_user(args.email), accounts.parse_tier(args.tier)
+        )
+    _print(f"user {user.id} {user.email} {user.tier.value}")
+
+
+async def _user_list(settings: Settings, _: argparse.Namespace) -> None:
+    async with open_database(settings.database_url):
+        for user in await User.all().order_by("id"):
+            _print(f"{user.id}\t{user.email}\t{user.tier.value}")
+
+
+async def _key_create(settings: Settings, args: argparse.Namespace) -> None:
+    async with open_database(settings.database_url):
+        issued = await issue_key(await accounts.find_user(args.user), name=args.name)
+    _print(f"key {issued.record.prefix}… for {args.user}; shown once, store it now:")
+    _print(issued.secret)
+
+
+async def _key_list(settings: Settings, args: argparse.Namespace) -> None:
+    async with open_database(settings.database_url):
+        query = ApiKey.all().select_related("user").order_by("id")
+        if args.user:
+            query = query.filter(user__email=args.user.strip().lower())
+        for key in await query:
+            state = "revoked" if key.revoked_at else "active"
+            used = key.last_used_at.isoformat() if key.last_used_at else "never"
+            _print(f"{key.id}\t{key.prefix}…\t{key.user.email}\t{state}\tlast used {used}")
+
+
+async def _key_revoke(settings: Settings, args: argparse.Namespace) -> None:
+    async with open_database(settings.database_url):
+        key = await revoke_key(args.key)
+    _print(f"revoked key {key.id} ({key.prefix}…)")
+
+
+async def _vehicle_add(settings: Settings, args: argparse.Namespace) -> None:
+    async with open_database(settings.database_url):
+        vehicle = await accounts.add_vehicle(
+            await accounts.find_user(args.user),
+            provider=args.provider or settings.provider,
+            provider_vehicle_id=args.provider_vehicle_id,
+            name=args.name,
+        )
+    _print(f"vehicle {vehicle.id}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="evlink", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("serve", help="serve the API (makes the demo on an empty database)")
+    commands.add_parser("migrate", help="apply database migrations")
+    demo = commands.add_parser("demo", help="make the demo user, cars and a new key")
+    demo.add_argument("--json", action="store_true", help="print one JSON object")
+
+    user = commands.add_parser("user", help="manage users").add_subparsers(
+        dest="action", required=True
+    )
+    create = user.add_parser("create")
+    create.add_argument("--email", required=True)
+    create.add_argument("--tier", default="FREE", help="FREE, BASIC or PRO")
+    set_tier = user.add_parser("set-tier")
+    set_tier.add_argument("--email", required=True)
+    set_tier.add_argument("--tier", required=True)
+    user.add_parser("list")
+
+    key = commands.add_parser("key", help="manage API keys").add_subparsers(
+        dest="action", required=True
+    )
+    key_create = key.add_parser("create")
+    key_create.add_argument("--user", required=True, help="the user's email")
+    key_create.add_argument("--name", default="")
+    key_list = key.add_parser("list")
+    key_list.add_argument("--user", help="only this user's keys")
+    key_revoke = key.add_parser("revoke")
+    key_revoke.add_argument("key", help="the key's id or prefix (as `key list` shows)")
+
+    vehicle = commands.add_parser("vehicle", help="manage vehicles").add_subparsers(
+        dest="action", required=True
+    )
+    vehicle_add = vehicle.add_parser("add")
+    vehicle_add.add_argument("--user", required=True, help="the user's email")
+    vehicle_add.add_argument("--name")
+    vehicle_add.add_argument("--provider", help="default: EVLINK_PROVIDER")
+    vehicle_add.add_argument(
+        "--provider-vehicle-id", help="the provider's id (simulator: sim-plugged-<anything>)"
+    )
+    return parser
+
+
+_ASYNC_COMMANDS: dict[
+    tuple[str, str | None], Callable[[Settings, Any], Coroutine[Any, Any, None]]
+] = {
+    ("migrate", None): _migrate,
+    ("demo", None): _demo,
+    ("user", "create"): _user_create,
+    ("user", "set-tier"): _user_set_tier,
+    ("user", "list"): _user_list,
+    ("key", "create"): _key_create,
+    ("key", "list"): _key_list,
+    ("key", "revoke"): _key_revoke,
+    ("vehicle", "add"): _vehicle_add,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        sys.stderr.write(f"evlink: {exc}\n")
+        return 2
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.command == "serve":
+            _serve(settings, args)
+        else:
+            command = _ASYNC_COMMANDS[(args.command, getattr(args, "action", None))]
+            asyncio.run(command(settings, args))
+    except (CommandError, EvlinkError) as exc:
+        sys.stderr.write(f"evlink: {exc}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

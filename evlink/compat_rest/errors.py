@@ -1,0 +1,60 @@
+"""Every REST failure as ``{"detail", "code"}`` with its status, from the one error table."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ExceptionHandler
+
+from evlink.errors import EvlinkError, InternalError
+from evlink.requestid import current_request_id
+
+__all__ = ["error_response", "exception_handlers"]
+
+logger = logging.getLogger(__name__)
+
+_HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}
+
+
+def error_response(error: EvlinkError) -> JSONResponse:
+    return JSONResponse(
+        {"detail": error.message, "code": error.code},
+        status_code=error.status,
+        headers=error.headers(),
+    )
+
+
+async def _evlink_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, EvlinkError)
+    if isinstance(exc, InternalError) or exc.status >= 500:
+        logger.error(
+            "request %s %s failed: %s (%s)",
+            current_request_id(),
+            request.url.path,
+            exc.code,
+            exc.message,
+        )
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "BAD_REQUEST")
+    return JSONResponse(
+        {"detail": exc.detail, "code": code}, status_code=exc.status_code, headers=exc.headers
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    logger.exception("request %s %s: unexpected error", current_request_id(), request.url.path)
+    return error_response(InternalError())
+
+
+exception_handlers: dict[type[Exception] | int, ExceptionHandler] = {
+    EvlinkError: _evlink_error,
+    HTTPException: _http_error,
+    Exception: _unexpected,
+}

@@ -1,0 +1,115 @@
+"""Documented REST paths. Each route: authenticate, call one use case, shape the body."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
+
+from evlink.compat_rest.bodies import charging_body, me_body, status_body, vehicle_body
+from evlink.errors import BadRequest
+from evlink.models import User
+from evlink.providers.base import ChargingAction
+from evlink.resolvers import charging, vehicles
+from evlink.resolvers.auth import authenticate, key_from_authorization
+from evlink.services import Services
+
+__all__ = ["routes"]
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+async def _user(request: Request) -> User:
+    return await authenticate(key_from_authorization(request.headers.get("authorization")))
+
+
+async def status(request: Request) -> JSONResponse:
+    """GET /api/status/{vehicle_id}: the documented status body."""
+    user = await _user(request)
+    vehicle = await vehicles.get_vehicle(user, request.path_params["vehicle_id"])
+    result = await vehicles.vehicle_status(_services(request), vehicle)
+    return JSONResponse(status_body(result))
+
+
+async def ha_me(request: Request) -> JSONResponse:
+    user = await _user(request)
+    owned = await vehicles.list_vehicles(user)
+    return JSONResponse(me_body(user, len(owned)))
+
+
+async def ha_vehicles(request: Request) -> JSONResponse:
+    """The user's vehicles with their stored charge state (a provider call only on first sight)."""
+    user = await _user(request)
+    owned = await vehicles.ensure_synced(_services(request), await vehicles.list_vehicles(user))
+    states = [await vehicles.stored_charge_state(vehicle) for vehicle in owned]
+    return JSONResponse(
+        [vehicle_body(vehicle, state) for vehicle, state in zip(owned, states, strict=True)]
+    )
+
+
+async def ha_status(request: Request) -> JSONResponse:
+    """GET /api/ha/status/{vehicle_id}: the whole vehicle, charge state fresh."""
+    user = await _user(request)
+    vehicle = await vehicles.get_vehicle(user, request.path_params["vehicle_id"])
+    result = await vehicles.vehicle_status(_services(request), vehicle)
+    return JSONResponse(vehicle_body(result.vehicle, result.charge_state))
+
+
+MAX_WAIT = 60.0
+
+
+def _wait_seconds(request: Request) -> float | None:
+    raw = request.query_params.get("wait")
+    if raw is None:
+        return None
+    try:
+        wait = float(raw)
+    except ValueError:
+        raise BadRequest("wait must be a number of seconds") from None
+    if not 0 <= wait <= MAX_WAIT:
+        raise BadRequest(f"wait must be between 0 and {MAX_WAIT:g} seconds")
+    return wait
+
+
+async def _action(request: Request) -> ChargingAction:
+    try:
+        body = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest('body must be JSON: {"action": "START"} or {"action": "STOP"}') from None
+    if not isinstance(body, dict):
+        raise BadRequest('body must be a JSON object: {"action": "START"}')
+    return charging.parse_action(body.get("action"))
+
+
+async def set_charging(request: Request) -> JSONResponse:
+    """POST /api/charging/{vehicle_id}: start or stop; ``?wait=`` waits for the outcome."""
+    user = await _user(request)
+    wait = _wait_seconds(request)
+    action = await _action(request)
+    services = _services(request)
+    command = await charging.set_charging(
+        services,
+        user,
+        request.path_params["vehicle_id"],
+        action,
+        request.headers.get("idempotency-key"),
+    )
+    if wait:
+        command = await charging.wait_for_command(services, command, wait)
+    vehicle = await vehicles.get_vehicle(user, command.vehicle_id)  # type: ignore[attr-defined]
+    return JSONResponse(charging_body(vehicle, command, with_state=wait is not None))
+
+
+routes: list[BaseRoute] = [
+    Route("/api/status/{vehicle_id}", status, methods=["GET"]),
+    Route("/api/ha/me", ha_me, methods=["GET"]),
+    Route("/api/ha/vehicles", ha_vehicles, methods=["GET"]),
+    Route("/api/ha/status/{vehicle_id}", ha_status, methods=["GET"]),
+    Route("/api/charging/{vehicle_id}", set_charging, methods=["POST"]),
+    Route("/api/ha/charging/{vehicle_id}", set_charging, methods=["POST"]),
+]

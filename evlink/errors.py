@@ -1,0 +1,141 @@
+"""The one error table of evlink.
+
+Every failure a client may see is an :class:`EvlinkError` subclass carrying its
+code, HTTP status and a message safe to show. REST answers
+``{"detail": message, "code": code}``; GraphQL puts ``code`` into the error's
+``extensions``. Anything else that escapes is a bug: logged with the request id
+and answered as "Unexpected error" without internals.
+
+    EvlinkError
+    ├── Unauthenticated          401 UNAUTHENTICATED
+    ├── ForbiddenTier            403 FORBIDDEN_TIER
+    ├── ForbiddenOwner           403 FORBIDDEN_OWNER
+    ├── NotFound                 404 NOT_FOUND
+    ├── BadRequest               400 BAD_REQUEST
+    ├── InvalidVehicleState      400 INVALID_VEHICLE_STATE
+    ├── SmartChargingActive      422 SMART_CHARGING_ACTIVE
+    ├── IdempotencyKeyReused     422 IDEMPOTENCY_KEY_REUSED
+    ├── RateLimited              429 RATE_LIMITED
+    ├── ProviderLinkMissing      500 PROVIDER_LINK_MISSING
+    ├── InternalError            500 INTERNAL_ERROR
+    └── ProviderUnavailable      502 / 503 / 504 PROVIDER_UNAVAILABLE
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "BadRequest",
+    "EvlinkError",
+    "ForbiddenOwner",
+    "ForbiddenTier",
+    "IdempotencyKeyReused",
+    "InternalError",
+    "InvalidVehicleState",
+    "NotFound",
+    "ProviderLinkMissing",
+    "ProviderUnavailable",
+    "RateLimited",
+    "SmartChargingActive",
+    "Unauthenticated",
+]
+
+
+class EvlinkError(Exception):
+    """A failure with a code, an HTTP status and a message a client may read."""
+
+    code: ClassVar[str] = "INTERNAL_ERROR"
+    status: int = 500
+    default_message: ClassVar[str] = "Unexpected error"
+
+    def __init__(self, message: str | None = None, *, retry_after: float | None = None) -> None:
+        self.message = message or self.default_message
+        self.retry_after = retry_after
+        super().__init__(self.message)
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers this error adds to a REST answer."""
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
+
+
+class Unauthenticated(EvlinkError):
+    code = "UNAUTHENTICATED"
+    status = 401
+    default_message = "Missing or invalid API key"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="evlink"'}
+
+
+class ForbiddenTier(EvlinkError):
+    code = "FORBIDDEN_TIER"
+    status = 403
+    default_message = "Charging control needs the Pro tier"
+
+
+class ForbiddenOwner(EvlinkError):
+    code = "FORBIDDEN_OWNER"
+    status = 403
+    default_message = "This vehicle belongs to another user"
+
+
+class NotFound(EvlinkError):
+    code = "NOT_FOUND"
+    status = 404
+    default_message = "Vehicle not found"
+
+
+class BadRequest(EvlinkError):
+    code = "BAD_REQUEST"
+    status = 400
+    default_message = "Bad request"
+
+
+class InvalidVehicleState(EvlinkError):
+    code = "INVALID_VEHICLE_STATE"
+    status = 400
+    default_message = "The vehicle is not in a state that allows this action"
+
+
+class SmartChargingActive(EvlinkError):
+    code = "SMART_CHARGING_ACTIVE"
+    status = 422
+    default_message = "The vehicle is under schedule or smart-charging control"
+
+
+class IdempotencyKeyReused(EvlinkError):
+    code = "IDEMPOTENCY_KEY_REUSED"
+    status = 422
+    default_message = "This idempotency key was used with different arguments"
+
+
+class RateLimited(EvlinkError):
+    code = "RATE_LIMITED"
+    status = 429
+    default_message = "Rate limit exceeded"
+
+
+class ProviderLinkMissing(EvlinkError):
+    code = "PROVIDER_LINK_MISSING"
+    status = 500
+    default_message = "The vehicle has no provider id"
+
+
+class InternalError(EvlinkError):
+    """An unexpected failure, as clients see it."""
+
+
+class ProviderUnavailable(EvlinkError):
+    """The provider failed (502), is shut off by the circuit breaker (503) or timed out (504)."""
+
+    code = "PROVIDER_UNAVAILABLE"
+    default_message = "The vehicle provider is unavailable"
+
+    def __init__(
+        self, message: str | None = None, *, status: int = 502, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.status = status

@@ -1,0 +1,15 @@
+"""Tortoise models of evlink, one module per concept; migrations in ``migrations/``."""
+
+from evlink.models.commands import ChargingCommand, CommandState
+from evlink.models.users import ApiKey, Tier, User
+from evlink.models.vehicles import ChargeState, Vehicle
+
+__all__ = [
+    "ApiKey",
+    "ChargeState",
+    "ChargingCommand",
+    "CommandState",
+    "Tier",
+    "User",
+    "Vehicle",
+]

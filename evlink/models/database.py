@@ -1,0 +1,45 @@
+"""Opening the database outside the app (CLI, tests) and applying migrations."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from tortoise.context import TortoiseContext
+from tortoise.migrations.api import migrate
+
+from evlink.settings import tortoise_config
+
+__all__ = ["apply_migrations", "ensure_sqlite_directory", "open_database"]
+
+
+def ensure_sqlite_directory(database_url: str) -> None:
+    """Create the folder of a SQLite file (``sqlite://var/evlink.sqlite3`` -> ``var/``)."""
+    if not database_url.startswith("sqlite://"):
+        return
+    path = database_url.removeprefix("sqlite://").split("?", 1)[0]
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+@asynccontextmanager
+async def open_database(database_url: str) -> AsyncIterator[TortoiseContext]:
+    """A Tortoise context of its own, for work outside the running app."""
+    ensure_sqlite_directory(database_url)
+    async with TortoiseContext() as ctx:
+        await ctx.init(config=tortoise_config(database_url))
+        yield ctx
+
+
+async def apply_migrations(database_url: str) -> list[str]:
+    """Apply every migration not yet applied; returns the names applied."""
+    applied: list[str] = []
+
+    def progress(event: str, app_label: str, name: str) -> None:
+        if event == "apply_done":
+            applied.append(f"{app_label}.{name}")
+
+    async with open_database(database_url):
+        await migrate(config=tortoise_config(database_url), progress=progress)
+    return applied

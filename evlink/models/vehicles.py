@@ -1,0 +1,73 @@
+"""Vehicles as evlink stores them, and their latest charge state."""
+
+from __future__ import annotations
+
+from dataclasses import fields as fields_of
+from typing import Any
+
+from tortoise import fields
+from tortoise.models import Model
+
+from evlink.models.users import User
+from evlink.providers.base import ChargeStateData
+
+
+class Vehicle(Model):
+    id = fields.UUIDField(primary_key=True)
+    user: fields.ForeignKeyRelation[User] = fields.ForeignKeyField(
+        "evlink.User", related_name="vehicles", on_delete=fields.CASCADE
+    )
+    provider = fields.CharField(max_length=32)
+    # The provider's id of this vehicle (Enode's vehicle id); null until linked.
+    provider_vehicle_id = fields.CharField(max_length=128, null=True, db_index=True)
+    provider_user_id = fields.CharField(max_length=128, null=True)
+    name = fields.CharField(max_length=100, null=True)
+    vendor = fields.CharField(max_length=64, null=True)
+    information: fields.JSONField[dict[str, Any]] = fields.JSONField(default=dict)
+    capabilities: fields.JSONField[dict[str, Any]] = fields.JSONField(default=dict)
+    smart_charging_policy: fields.JSONField[dict[str, Any]] = fields.JSONField(default=dict)
+    location: fields.JSONField[dict[str, Any] | None] = fields.JSONField(null=True)
+    odometer: fields.JSONField[dict[str, Any] | None] = fields.JSONField(null=True)
+    last_seen = fields.DatetimeField(null=True)
+    is_reachable = fields.BooleanField(null=True)
+    # When evlink last read this vehicle from its provider (drives freshness).
+    refreshed_at = fields.DatetimeField(null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    deleted_at = fields.DatetimeField(null=True)
+
+    charge_state: fields.BackwardOneToOneRelation[ChargeState]
+
+    class Meta:
+        table = "vehicles"
+        unique_together = (("provider", "provider_vehicle_id"),)
+
+
+class ChargeState(Model):
+    vehicle: fields.OneToOneRelation[Vehicle] = fields.OneToOneField(
+        "evlink.Vehicle", related_name="charge_state", on_delete=fields.CASCADE, primary_key=True
+    )
+    power_delivery_state = fields.CharField(max_length=64, default="UNKNOWN")
+    battery_level = fields.IntField(null=True)
+    range = fields.FloatField(null=True)
+    is_plugged_in = fields.BooleanField(null=True)
+    is_charging = fields.BooleanField(null=True)
+    is_fully_charged = fields.BooleanField(null=True)
+    battery_capacity = fields.FloatField(null=True)
+    charge_limit = fields.IntField(null=True)
+    charge_rate = fields.FloatField(null=True)
+    charge_time_remaining = fields.IntField(null=True)
+    max_current = fields.FloatField(null=True)
+    plugged_in_charger_id = fields.CharField(max_length=128, null=True)
+    # When the vehicle reported this state (provider time), never moved backwards.
+    last_updated = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "charge_states"
+
+
+CHARGE_STATE_FIELDS = tuple(f.name for f in fields_of(ChargeStateData))
+
+
+def charge_state_data(state: ChargeState) -> ChargeStateData:
+    """The stored charge state as provider-neutral data."""
+    return ChargeStateData(**{name: getattr(state, name) for name in CHARGE_STATE_FIELDS})

@@ -1,0 +1,20 @@
+"""Vehicle providers: the :class:`Provider` protocol, the simulator and (later) Enode."""
+
+from __future__ import annotations
+
+from evlink.providers.base import Provider
+from evlink.providers.simulator import Simulator
+from evlink.settings import Settings
+
+__all__ = ["Provider", "build_provider"]
+
+
+def build_provider(settings: Settings) -> Provider:
+    """The provider the settings name, ready to be started in the app's lifespan."""
+    if settings.provider == "simulator":
+        return Simulator(
+            action_delay=settings.simulator_action_delay,
+            tick=settings.simulator_tick,
+            speed=settings.simulator_speed,
+        )
+    raise NotImplementedError(f"provider {settings.provider!r} is not available yet")

@@ -1,0 +1,1 @@
+"""Use cases shared by GraphQL and REST. They know neither HTTP nor GraphQL."""

@@ -1,0 +1,97 @@
+"""Users, tiers, vehicles added by hand, and the demo account."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tortoise.transactions import in_transaction
+
+from evlink.errors import BadRequest, NotFound
+from evlink.models import Tier, User, Vehicle
+from evlink.providers.simulator import simulator_vehicle_id
+from evlink.resolvers.auth import IssuedKey, issue_key
+
+__all__ = [
+    "DEMO_EMAIL",
+    "DemoAccount",
+    "add_vehicle",
+    "create_user",
+    "ensure_demo",
+    "find_user",
+    "parse_tier",
+    "set_tier",
+]
+
+DEMO_EMAIL = "demo@evlink.local"
+DEMO_VEHICLES = (
+    ("unplugged", "Demo car (unplugged)"),
+    ("plugged", "Demo car (plugged in)"),
+    ("charging", "Demo car (charging)"),
+)
+
+
+def parse_tier(value: str) -> Tier:
+    try:
+        return Tier(value.strip().upper())
+    except ValueError:
+        raise BadRequest(f"tier must be one of {', '.join(t.value for t in Tier)}") from None
+
+
+async def create_user(email: str, tier: Tier = Tier.FREE) -> User:
+    email = email.strip().lower()
+    if "@" not in email:
+        raise BadRequest("email must be an email address")
+    if await User.exists(email=email):
+        raise BadRequest(f"a user with email {email} exists already")
+    return await User.create(email=email, tier=tier)
+
+
+async def find_user(email: str) -> User:
+    user = await User.get_or_none(email=email.strip().lower())
+    if user is None:
+        raise NotFound(f"no user with email {email}")
+    return user
+
+
+async def set_tier(user: User, tier: Tier) -> User:
+    user.tier = tier
+    await user.save(update_fields=["tier"])
+    return user
+
+
+async def add_vehicle(
+    user: User, *, provider: str, provider_vehicle_id: str | None, name: str | None = None
+) -> Vehicle:
+    return await Vehicle.create(
+        user=user, provider=provider, provider_vehicle_id=provider_vehicle_id, name=name
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DemoAccount:
+    user: User
+    vehicles: list[Vehicle]
+    key: IssuedKey
+
+
+async def ensure_demo(provider: str = "simulator") -> DemoAccount:
+    """The demo user (Pro) with three simulated cars, and a new key for it.
+
+    Safe to repeat: the user and its cars are made once. Keys are stored hashed
+    and cannot be shown again, so each call issues a new one.
+    """
+    async with in_transaction():
+        user, _ = await User.get_or_create(email=DEMO_EMAIL, defaults={"tier": Tier.PRO})
+        vehicles = await Vehicle.filter(user=user, deleted_at=None).order_by("created_at", "id")
+        if not vehicles:
+            vehicles = [
+                await add_vehicle(
+                    user,
+                    provider=provider,
+                    provider_vehicle_id=simulator_vehicle_id(profile),
+                    name=name,
+                )
+                for profile, name in DEMO_VEHICLES
+            ]
+        key = await issue_key(user, name="demo")
+    return DemoAccount(user=user, vehicles=vehicles, key=key)

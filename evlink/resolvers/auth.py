@@ -1,0 +1,119 @@
+"""API keys: minting, checking and revoking.
+
+A key reads ``evl_<random>_<checksum>``: 192 bits from :mod:`secrets` in base62,
+then a CRC32 of the random part in base62. The checksum lets a mistyped key be
+refused without touching the database and lets secret scanners recognise a
+real key. Only the SHA-256 of the key and its short public prefix are stored;
+the key itself is shown once, when it is made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from evlink.errors import NotFound, Unauthenticated
+from evlink.models import ApiKey, User
+
+__all__ = [
+    "IssuedKey",
+    "authenticate",
+    "check_key_format",
+    "issue_key",
+    "key_from_authorization",
+    "revoke_key",
+]
+
+_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_RANDOM_BYTES = 24  # 192 bits
+_RANDOM_CHARS = 33  # 62**33 > 2**192
+_CHECKSUM_CHARS = 6  # 62**6 > 2**32
+_KEY_RE = re.compile(r"evl_([0-9A-Za-z]{33})_([0-9A-Za-z]{6})")
+PREFIX_LENGTH = 12  # "evl_" and 8 characters of the random part
+# Writing last_used_at on every request would make each read a write.
+_LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    """A freshly made key: ``secret`` is shown once and never stored."""
+
+    secret: str
+    record: ApiKey
+
+
+def _base62(value: int, width: int) -> str:
+    chars = []
+    for _ in range(width):
+        value, digit = divmod(value, 62)
+        chars.append(_ALPHABET[digit])
+    return "".join(reversed(chars))
+
+
+def _checksum(random_part: str) -> str:
+    return _base62(zlib.crc32(random_part.encode()), _CHECKSUM_CHARS)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    random_part = _base62(int.from_bytes(secrets.token_bytes(_RANDOM_BYTES), "big"), _RANDOM_CHARS)
+    return f"evl_{random_part}_{_checksum(random_part)}"
+
+
+def check_key_format(key: str) -> bool:
+    """True when ``key`` is shaped like an evlink key and its checksum holds."""
+    match = _KEY_RE.fullmatch(key)
+    return match is not None and secrets.compare_digest(_checksum(match[1]), match[2])
+
+
+async def issue_key(user: User, name: str = "") -> IssuedKey:
+    key = new_key()
+    record = await ApiKey.create(
+        user=user, name=name, prefix=key[:PREFIX_LENGTH], hash=hash_key(key)
+    )
+    return IssuedKey(secret=key, record=record)
+
+
+async def revoke_key(prefix_or_id: str) -> ApiKey:
+    """Revoke the key with this database id or public prefix."""
+    query = ApiKey.filter(revoked_at=None)
+    if prefix_or_id.isdigit():
+        record = await query.get_or_none(id=int(prefix_or_id))
+    else:
+        matches = await query.filter(prefix=prefix_or_id[:PREFIX_LENGTH]).limit(2)
+        record = matches[0] if len(matches) == 1 else None
+    if record is None:
+        raise NotFound("No single active key matches")
+    record.revoked_at = datetime.now(UTC)
+    await record.save(update_fields=["revoked_at"])
+    return record
+
+
+def key_from_authorization(authorization: str | None) -> str | None:
+    """The key in an ``Authorization: Bearer <key>`` value, if there is one."""
+    if not authorization:
+        return None
+    scheme, _, credentials = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return credentials.strip() or None
+
+
+async def authenticate(key: str | None) -> User:
+    """The user a key belongs to. Missing, malformed, unknown and revoked keys alike fail."""
+    if key is None or not check_key_format(key):
+        raise Unauthenticated()
+    record = await ApiKey.filter(hash=hash_key(key), revoked_at=None).select_related("user").first()
+    if record is None:
+        raise Unauthenticated()
+    now = datetime.now(UTC)
+    if record.last_used_at is None or now - record.last_used_at > _LAST_USED_RESOLUTION:
+        await ApiKey.filter(id=record.id).update(last_used_at=now)
+    return record.user

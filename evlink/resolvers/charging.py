@@ -1,0 +1,449 @@
+"""Charging control that is confirmed: the set_charging use case and the command watcher.
+
+:func:`set_charging` checks the request (owner, tier, provider link, capability,
+plug and charging state, smart-charging control), records a
+:class:`~evlink.models.ChargingCommand` as PENDING, sends the provider action
+and returns the command. The :class:`CommandWatcher` then follows every
+PENDING command until the vehicle's ``powerDeliveryState`` matches the wish:
+
+- it wakes on each new charge state and on each change of the provider's
+  action (webhook, simulator step), and polls the provider with backoff when
+  nothing comes;
+- when the provider's action fails or lapses while the state still does not
+  match, it re-sends, with exponential backoff and jitter, up to
+  ``charging_max_attempts`` sends;
+- it gives up at the command's deadline.
+
+End states: CONFIRMED, FAILED (the provider's failure reason), TIMED_OUT,
+CANCELLED (superseded by the other action). Commands live in the database, so a
+restarted watcher resumes every PENDING one from where it stood: it re-sends
+only what the provider itself reports as failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from evlink.errors import (
+    BadRequest,
+    EvlinkError,
+    ForbiddenTier,
+    IdempotencyKeyReused,
+    InvalidVehicleState,
+    NotFound,
+    ProviderLinkMissing,
+    SmartChargingActive,
+)
+from evlink.events import charge_state_topic, command_topic, command_wake_topic
+from evlink.models import ChargingCommand, CommandState, Tier, User, Vehicle
+from evlink.providers.base import (
+    CHARGING,
+    ActionState,
+    ChargeAction,
+    ChargeStateData,
+    ChargingAction,
+    VehicleData,
+)
+from evlink.resolvers import vehicles
+from evlink.services import Services
+
+__all__ = [
+    "CommandWatcher",
+    "get_command",
+    "ingest_provider_update",
+    "list_commands",
+    "parse_action",
+    "set_charging",
+    "state_matches",
+    "wait_for_command",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def parse_action(value: object) -> ChargingAction:
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return ChargingAction(value.strip().upper())
+    raise BadRequest('action must be "START" or "STOP"')
+
+
+def state_matches(action: ChargingAction, state: ChargeStateData) -> bool:
+    """Whether the vehicle is where the command wants it."""
+    if action == ChargingAction.START:
+        return state.power_delivery_state == CHARGING
+    return state.power_delivery_state != CHARGING and state.is_charging is not True
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# -- the use case ---------------------------------------------------------------
+
+
+async def set_charging(
+    services: Services,
+    user: User,
+    vehicle_id: str | UUID,
+    action: ChargingAction,
+    idempotency_key: str | None = None,
+) -> ChargingCommand:
+    """Ask a vehicle to start or stop charging; returns the PENDING (or replayed) command."""
+    vehicle = await vehicles.get_vehicle(user, vehicle_id)
+    if user.tier != Tier.PRO:
+        raise ForbiddenTier()
+    if vehicle.provider_vehicle_id is None:
+        raise ProviderLinkMissing()
+    if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+        raise BadRequest(f"idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+
+    async with services.vehicle_lock(vehicle.id):
+        if idempotency_key is not None:
+            earlier = await ChargingCommand.get_or_none(user=user, idempotency_key=idempotency_key)
+            if earlier is not None:
+                if earlier.vehicle_id != vehicle.id or earlier.action != action:  # type: ignore[attr-defined]
+                    raise IdempotencyKeyReused()
+                return earlier
+        pending = await ChargingCommand.filter(vehicle=vehicle, state=CommandState.PENDING)
+        for command in pending:
+            if command.action == action:
+                return command
+        status = await vehicles.vehicle_status(
+            services, vehicle, max_age=services.settings.charging_fresh_age
+        )
+        _check_request(status.vehicle, status.charge_state, action, superseding=bool(pending))
+        for command in pending:
+            await _finish(services, command, CommandState.CANCELLED, "superseded")
+        command = await ChargingCommand.create(
+            vehicle=vehicle,
+            user=user,
+            action=action,
+            idempotency_key=idempotency_key,
+            deadline_at=_now() + timedelta(seconds=services.settings.charging_deadline),
+        )
+        try:
+            await _send(services, command, vehicle.provider_vehicle_id)
+        except (InvalidVehicleState, SmartChargingActive) as refused:
+            await _finish(services, command, CommandState.FAILED, refused.message)
+            raise
+        await _publish(services, command)
+    if services.watcher is not None:
+        services.watcher.follow(command.id)
+    return command
+
+
+def _check_request(
+    vehicle: Vehicle, state: ChargeStateData, action: ChargingAction, *, superseding: bool
+) -> None:
+    capability = "startCharging" if action == ChargingAction.START else "stopCharging"
+    block = (vehicle.capabilities or {}).get(capability) or {}
+    if block.get("isCapable") is not True:
+        raise InvalidVehicleState(f"The vehicle is not capable of {capability}")
+    # A pending command of the other kind is being replaced: the state is in motion.
+    if action == ChargingAction.START:
+        if state.is_plugged_in is False or state.power_delivery_state == "UNPLUGGED":
+            raise InvalidVehicleState("The vehicle is not plugged in")
+        if state_matches(action, state) and not superseding:
+            raise InvalidVehicleState("The vehicle is already charging")
+    elif state_matches(action, state) and not superseding:
+        raise InvalidVehicleState("The vehicle is not charging")
+    if (vehicle.smart_charging_policy or {}).get("isEnabled") is True:
+        raise SmartChargingActive()
+
+
+async def _send(services: Services, command: ChargingCommand, provider_vehicle_id: str) -> None:
+    """Send the provider action once and record it; provider outages leave it to the watcher."""
+    command.attempts += 1
+    try:
+        action = await services.provider.set_charging(provider_vehicle_id, command.action)
+    except (InvalidVehicleState, SmartChargingActive):
+        await command.save()
+        raise
+    except EvlinkError as exc:
+        command.failure_reason = exc.message
+        command.next_attempt_at = _now() + _backoff(services, command.attempts)
+        await command.save()
+        logger.warning(
+            "command %s: provider did not take attempt %d (%s)", command.id, command.attempts, exc
+        )
+        return
+    _store_action(command, action)
+    command.failure_reason = None
+    command.next_attempt_at = None
+    await command.save()
+
+
+def _store_action(command: ChargingCommand, action: ChargeAction) -> None:
+    command.provider_action_id = action.id
+    command.provider_action = action.to_enode()
+
+
+def _backoff(services: Services, attempts: int) -> timedelta:
+    base = services.settings.charging_retry_backoff * 2 ** max(0, attempts - 1)
+    return timedelta(seconds=min(base, 300.0) * random.uniform(0.5, 1.5))
+
+
+async def _finish(
+    services: Services, command: ChargingCommand, state: CommandState, reason: str | None = None
+) -> None:
+    command.state = state
+    command.completed_at = _now()
+    command.next_attempt_at = None
+    if reason is not None or state == CommandState.CONFIRMED:
+        command.failure_reason = reason
+    await command.save()
+    await _publish(services, command)
+    logger.info("command %s (%s) ended %s", command.id, command.action.value, state.value)
+
+
+async def _publish(services: Services, command: ChargingCommand) -> None:
+    await services.events.publish(
+        command_topic(command.id),
+        {"id": str(command.id), "state": command.state.value, "attempts": command.attempts},
+    )
+
+
+# -- reading commands ---------------------------------------------------------------
+
+
+def _parse_command_id(command_id: str | UUID) -> UUID:
+    try:
+        return command_id if isinstance(command_id, UUID) else UUID(command_id)
+    except (ValueError, TypeError):
+        raise NotFound("Command not found") from None
+
+
+async def get_command(user: User, command_id: str | UUID) -> ChargingCommand:
+    command = await ChargingCommand.get_or_none(id=_parse_command_id(command_id))
+    if command is None:
+        raise NotFound("Command not found")
+    await vehicles.get_vehicle(user, command.vehicle_id)  # type: ignore[attr-defined]
+    return command
+
+
+async def list_commands(vehicle: Vehicle, last: int = 10) -> list[ChargingCommand]:
+    last = max(0, min(last, 100))
+    return await ChargingCommand.filter(vehicle=vehicle).order_by("-created_at").limit(last)
+
+
+async def wait_for_command(
+    services: Services, command: ChargingCommand, timeout: float
+) -> ChargingCommand:
+    """The command once it reaches an end state, or as it stands after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + timeout
+    async with services.events.subscribe(command_topic(command.id)) as messages:
+        while True:
+            await command.refresh_from_db()
+            remaining = until - loop.time()
+            if command.state.is_final or remaining <= 0:
+                return command
+            await messages.get(timeout=remaining)
+
+
+# -- provider updates -------------------------------------------------------------
+
+
+async def ingest_provider_update(services: Services, update: VehicleData | ChargeAction) -> None:
+    """Record what a provider pushed (webhook, simulator step); wake who follows it."""
+    if isinstance(update, VehicleData):
+        await vehicles.ingest_vehicle_update(services, update)
+        return
+    commands = await ChargingCommand.filter(provider_action_id=update.id)
+    for command in commands:
+        if not _is_newer_action(update, command.provider_action):
+            continue
+        _store_action(command, update)
+        await command.save(update_fields=["provider_action_id", "provider_action", "updated_at"])
+        await services.events.publish(command_wake_topic(command.id), {"action": update.state})
+
+
+def _is_newer_action(update: ChargeAction, stored: dict[str, Any] | None) -> bool:
+    if not stored:
+        return True
+    stored_updated = ChargeAction.from_enode(stored).updated_at
+    return (
+        update.updated_at is None or stored_updated is None or update.updated_at >= stored_updated
+    )
+
+
+# -- the watcher ---------------------------------------------------------------------
+
+
+class CommandWatcher:
+    """Follows every PENDING command of this process to an end state."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self._tasks: dict[UUID, asyncio.Task[None]] = {}
+        self._closing = False
+
+    async def start(self) -> None:
+        """Resume every PENDING command (after a restart or a crash)."""
+        for command_id in await ChargingCommand.filter(state=CommandState.PENDING).values_list(
+            "id", flat=True
+        ):
+            self.follow(UUID(str(command_id)))
+
+    def follow(self, command_id: UUID) -> None:
+        if self._closing or command_id in self._tasks:
+            return
+        task = asyncio.create_task(self._follow(command_id), name=f"command-{command_id}")
+        self._tasks[command_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(command_id, None))
+
+    @property
+    def following(self) -> set[UUID]:
+        return set(self._tasks)
+
+    async def aclose(self) -> None:
+        self._closing = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _follow(self, command_id: UUID) -> None:
+        try:
+            await self._follow_until_final(command_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The command stays PENDING in the database; a restart resumes it.
+            logger.exception("command %s: the watcher stopped following it", command_id)
+
+    async def _follow_until_final(self, command_id: UUID) -> None:
+        settings = self.services.settings
+        command = await ChargingCommand.get(id=command_id).select_related("vehicle")
+        vehicle: Vehicle = command.vehicle
+        topics = (charge_state_topic(vehicle.id), command_wake_topic(command_id))
+        poll = settings.charging_poll_interval
+        async with self.services.events.subscribe(*topics) as messages:
+            fresh = False  # the first look after a (re)start asks the provider
+            while True:
+                await command.refresh_from_db()
+                if command.state.is_final:
+                    return
+                state = await self._charge_state(vehicle, fresh=fresh)
+                action = await self._action(command, fresh=fresh)
+                if await self._evaluate(command, vehicle, state, action):
+                    return
+                wait = self._seconds_to_next_look(command, poll)
+                message = await messages.get(timeout=wait)
+                fresh = message is None  # nothing came: poll the provider next time
+                poll = (
+                    settings.charging_poll_interval
+                    if message
+                    else min(poll * 2, settings.charging_poll_max_interval)
+                )
+
+    async def _charge_state(self, vehicle: Vehicle, *, fresh: bool) -> ChargeStateData:
+        max_age = 0.0 if fresh else self.services.settings.status_max_age
+        await vehicle.refresh_from_db()
+        status = await vehicles.vehicle_status(self.services, vehicle, max_age=max_age)
+        return status.charge_state
+
+    async def _action(self, command: ChargingCommand, *, fresh: bool) -> ChargeAction | None:
+        if command.provider_action_id is None:
+            return None
+        stored = ChargeAction.from_enode(
+            command.provider_action or {"id": command.provider_action_id}
+        )
+        if not fresh or stored.is_resolved:
+            return stored
+        try:
+            action = await self.services.provider.get_action(command.provider_action_id)
+        except EvlinkError as exc:
+            logger.warning("command %s: reading the provider action failed: %s", command.id, exc)
+            return stored
+        if _is_newer_action(action, command.provider_action):
+            _store_action(command, action)
+            await command.save(update_fields=["provider_action", "updated_at"])
+        return action
+
+    async def _evaluate(
+        self,
+        command: ChargingCommand,
+        vehicle: Vehicle,
+        state: ChargeStateData,
+        action: ChargeAction | None,
+    ) -> bool:
+        """Move the command on; True once it has reached an end state."""
+        settings = self.services.settings
+        now = _now()
+        if state_matches(command.action, state):
+            await _finish(self.services, command, CommandState.CONFIRMED)
+            return True
+        if now >= command.deadline_at:
+            await _finish(
+                self.services,
+                command,
+                CommandState.TIMED_OUT,
+                command.failure_reason or "The vehicle did not reach the wanted state in time",
+            )
+            if action is not None and not action.is_resolved:
+                with contextlib.suppress(EvlinkError):
+                    await self.services.provider.cancel_action(action.id)
+            return True
+        if action is not None and not action.is_resolved:
+            return False  # the provider is still working on it
+        if action is not None and action.state == ActionState.CONFIRMED:
+            # The provider says done but the car disagrees: give the state a poll to arrive.
+            confirmed_at = action.completed_at or action.updated_at or now
+            grace = timedelta(seconds=settings.charging_poll_interval)
+            if now - confirmed_at < grace:
+                command.next_attempt_at = confirmed_at + grace
+                return False
+        reason = _failure_text(action)
+        if command.attempts >= settings.charging_max_attempts:
+            if action is not None and action.state in (ActionState.FAILED, ActionState.CANCELLED):
+                await _finish(self.services, command, CommandState.FAILED, reason)
+                return True
+            command.failure_reason = reason
+            command.next_attempt_at = command.deadline_at
+            return False  # nothing more to send; the deadline decides
+        if command.next_attempt_at is None:
+            command.failure_reason = reason
+            command.next_attempt_at = now + _backoff(self.services, command.attempts)
+            await command.save(update_fields=["failure_reason", "next_attempt_at", "updated_at"])
+        if now < command.next_attempt_at:
+            return False
+        assert vehicle.provider_vehicle_id is not None
+        logger.info("command %s: re-sending (attempt %d)", command.id, command.attempts + 1)
+        try:
+            await _send(self.services, command, vehicle.provider_vehicle_id)
+        except (InvalidVehicleState, SmartChargingActive) as refused:
+            await _finish(self.services, command, CommandState.FAILED, refused.message)
+            return True
+        await _publish(self.services, command)
+        return False
+
+    def _seconds_to_next_look(self, command: ChargingCommand, poll: float) -> float:
+        now = _now()
+        candidates = [poll, (command.deadline_at - now).total_seconds()]
+        if command.next_attempt_at is not None:
+            candidates.append((command.next_attempt_at - now).total_seconds())
+        return max(0.0, min(candidates))
+
+
+def _failure_text(action: ChargeAction | None) -> str:
+    if action is None:
+        return "The provider did not take the action"
+    if action.failure_reason:
+        kind = action.failure_reason.get("type") or "FAILED"
+        detail = action.failure_reason.get("detail")
+        return f"{kind}: {detail}" if detail else str(kind)
+    if action.state == ActionState.CONFIRMED:
+        return "The provider confirmed the action but the vehicle's state did not change"
+    return f"The provider's action ended {action.state}"

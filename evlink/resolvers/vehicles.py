@@ -1,0 +1,199 @@
+"""Reading vehicles and their charge state, fresh enough and never a provider storm.
+
+A read serves the stored state while it is younger than ``max_age``; an older
+one refreshes from the provider first, and concurrent reads of one vehicle
+share that one provider call. When the provider fails, the stored state is
+served with its own ``lastUpdated`` (stale but true) and the failure is logged.
+Every accepted change is published on the vehicle's charge-state topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+from tortoise.exceptions import IntegrityError
+
+from evlink.errors import EvlinkError, ForbiddenOwner, NotFound, ProviderLinkMissing
+from evlink.events import charge_state_topic
+from evlink.models import ChargeState, User, Vehicle
+from evlink.models.vehicles import CHARGE_STATE_FIELDS, charge_state_data
+from evlink.providers.base import ChargeStateData, VehicleData
+from evlink.services import Services
+
+__all__ = [
+    "VehicleStatus",
+    "ensure_synced",
+    "get_vehicle",
+    "list_vehicles",
+    "record_vehicle_data",
+    "vehicle_status",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleStatus:
+    """A vehicle with the charge state that goes with it."""
+
+    vehicle: Vehicle
+    charge_state: ChargeStateData
+
+
+def parse_vehicle_id(vehicle_id: str | UUID) -> UUID:
+    """A vehicle id from a path or argument; anything that is not a UUID is no vehicle."""
+    if isinstance(vehicle_id, UUID):
+        return vehicle_id
+    try:
+        return UUID(vehicle_id)
+    except (ValueError, AttributeError, TypeError):
+        raise NotFound() from None
+
+
+async def get_vehicle(user: User, vehicle_id: str | UUID) -> Vehicle:
+    """The user's vehicle: 404 when there is none, 403 when it is someone else's."""
+    vehicle = await Vehicle.get_or_none(id=parse_vehicle_id(vehicle_id), deleted_at=None)
+    if vehicle is None:
+        raise NotFound()
+    if vehicle.user_id != user.id:  # type: ignore[attr-defined]
+        raise ForbiddenOwner()
+    return vehicle
+
+
+async def list_vehicles(user: User) -> list[Vehicle]:
+    return await Vehicle.filter(user=user, deleted_at=None).order_by("created_at", "id")
+
+
+async def ensure_synced(services: Services, owned: list[Vehicle]) -> list[Vehicle]:
+    """Read never-synced vehicles from their provider once, so every block is filled in.
+
+    A vehicle that cannot be read (no link, provider down) is returned as stored.
+    """
+    never = [v for v in owned if v.refreshed_at is None and v.provider_vehicle_id is not None]
+    if never:
+        results = await asyncio.gather(
+            *(_refresh_once(services, v) for v in never), return_exceptions=True
+        )
+        for vehicle, result in zip(never, results, strict=True):
+            if isinstance(result, EvlinkError):
+                logger.warning("first read of vehicle %s failed: %s", vehicle.id, result.code)
+            elif isinstance(result, BaseException):
+                raise result
+    return owned
+
+
+async def stored_charge_state(vehicle: Vehicle) -> ChargeStateData | None:
+    state = await ChargeState.get_or_none(vehicle_id=vehicle.id)
+    return None if state is None else charge_state_data(state)
+
+
+async def vehicle_status(
+    services: Services, vehicle: Vehicle, max_age: float | None = None
+) -> VehicleStatus:
+    """The vehicle and its charge state, refreshed first when older than ``max_age`` seconds."""
+    if vehicle.provider_vehicle_id is None:
+        raise ProviderLinkMissing()
+    age = services.settings.status_max_age if max_age is None else max_age
+    if vehicle.refreshed_at is not None and _now() - vehicle.refreshed_at < timedelta(seconds=age):
+        stored = await stored_charge_state(vehicle)
+        if stored is not None:
+            return VehicleStatus(vehicle, stored)
+    return await _refresh_once(services, vehicle)
+
+
+async def _refresh_once(services: Services, vehicle: Vehicle) -> VehicleStatus:
+    task = services.refreshes.get(vehicle.id)
+    if task is None:
+        task = asyncio.ensure_future(_refresh(services, vehicle))
+        services.refreshes[vehicle.id] = task
+        task.add_done_callback(lambda _: services.refreshes.pop(vehicle.id, None))
+    # A caller that goes away must not cancel the refresh the others wait on.
+    return await asyncio.shield(task)
+
+
+async def _refresh(services: Services, vehicle: Vehicle) -> VehicleStatus:
+    assert vehicle.provider_vehicle_id is not None
+    try:
+        data = await services.provider.get_vehicle(vehicle.provider_vehicle_id)
+    except EvlinkError as exc:
+        stored = await stored_charge_state(vehicle)
+        if stored is None:
+            raise
+        logger.warning(
+            "provider read of vehicle %s failed (%s: %s); serving the stored state",
+            vehicle.id,
+            exc.code,
+            exc.message,
+        )
+        return VehicleStatus(vehicle, stored)
+    state = await record_vehicle_data(services, vehicle, data)
+    return VehicleStatus(vehicle, state)
+
+
+async def record_vehicle_data(
+    services: Services, vehicle: Vehicle, data: VehicleData
+) -> ChargeStateData:
+    """Store what the provider reported, never letting an older report win; publish changes."""
+    now = _now()
+    if data.last_seen is None or vehicle.last_seen is None or data.last_seen >= vehicle.last_seen:
+        vehicle.vendor = data.vendor or vehicle.vendor
+        vehicle.provider_user_id = data.user_id or vehicle.provider_user_id
+        vehicle.information = data.information or vehicle.information
+        vehicle.capabilities = data.capabilities or vehicle.capabilities
+        vehicle.smart_charging_policy = data.smart_charging_policy
+        vehicle.location = data.location or vehicle.location
+        vehicle.odometer = data.odometer or vehicle.odometer
+        vehicle.last_seen = data.last_seen or vehicle.last_seen
+        if data.is_reachable is not None:
+            vehicle.is_reachable = data.is_reachable
+    vehicle.refreshed_at = now
+    await vehicle.save()
+    return await _record_charge_state(services, vehicle, data.charge_state)
+
+
+async def _record_charge_state(
+    services: Services, vehicle: Vehicle, incoming: ChargeStateData
+) -> ChargeStateData:
+    values = {name: getattr(incoming, name) for name in CHARGE_STATE_FIELDS}
+    stored = await ChargeState.get_or_none(vehicle_id=vehicle.id)
+    if stored is None:
+        try:
+            await ChargeState.create(vehicle_id=vehicle.id, **values)
+        except IntegrityError:  # a concurrent writer created it first
+            stored = await ChargeState.get(vehicle_id=vehicle.id)
+        else:
+            await _publish(services, vehicle, incoming)
+            return incoming
+    current = charge_state_data(stored)
+    if _is_older(incoming.last_updated, current.last_updated) or incoming == current:
+        return current
+    await ChargeState.filter(vehicle_id=vehicle.id).update(**values)
+    await _publish(services, vehicle, incoming)
+    return incoming
+
+
+def _is_older(incoming: datetime | None, stored: datetime | None) -> bool:
+    return incoming is not None and stored is not None and incoming < stored
+
+
+async def _publish(services: Services, vehicle: Vehicle, state: ChargeStateData) -> None:
+    await services.events.publish(
+        charge_state_topic(vehicle.id), {"vehicleId": str(vehicle.id), **state.to_enode()}
+    )
+
+
+async def ingest_vehicle_update(services: Services, data: VehicleData) -> None:
+    """A vehicle change pushed by the provider (webhook, simulator step)."""
+    vehicles = await Vehicle.filter(
+        provider=services.provider.name, provider_vehicle_id=data.id, deleted_at=None
+    )
+    for vehicle in vehicles:
+        await record_vehicle_data(services, vehicle, data)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,111 @@
+"""Query, Mutation and Subscription: each field calls one use case and converts the result."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+import strawberry
+
+from evlink.events import Subscription as Subscription_
+from evlink.events import charge_state_topic, command_topic
+from evlink.providers.base import ChargeStateData
+from evlink.resolvers import charging, vehicles
+from evlink.schema.context import Info
+from evlink.schema.types import (
+    ChargeState,
+    ChargingAction,
+    ChargingCommand,
+    Vehicle,
+    Viewer,
+)
+
+__all__ = ["Mutation", "Query", "Subscription"]
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="The caller, from the API key.")
+    async def viewer(self, info: Info) -> Viewer:
+        return Viewer.from_user(await info.context.user())
+
+    @strawberry.field(description="The caller's vehicles.")
+    async def vehicles(self, info: Info) -> list[Vehicle]:
+        owned = await vehicles.list_vehicles(await info.context.user())
+        await vehicles.ensure_synced(info.context.services, owned)
+        return [Vehicle.from_model(vehicle) for vehicle in owned]
+
+    @strawberry.field(description="One of the caller's vehicles.")
+    async def vehicle(self, info: Info, id: strawberry.ID) -> Vehicle:
+        user = await info.context.user()
+        vehicle = await vehicles.get_vehicle(user, str(id))
+        await vehicles.ensure_synced(info.context.services, [vehicle])
+        return Vehicle.from_model(vehicle)
+
+    @strawberry.field(description="One of the caller's charging commands.")
+    async def charging_command(self, info: Info, id: strawberry.ID) -> ChargingCommand:
+        user = await info.context.user()
+        return ChargingCommand.from_model(await charging.get_command(user, str(id)))
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(
+        description=(
+            "Start or stop charging (Pro tier). Returns the command as PENDING; follow it "
+            "with the chargingCommand subscription until CONFIRMED, FAILED or TIMED_OUT. "
+            "The same idempotencyKey with the same arguments returns the first command."
+        )
+    )
+    async def set_charging(
+        self,
+        info: Info,
+        vehicle_id: strawberry.ID,
+        action: ChargingAction,  # type: ignore[valid-type]
+        idempotency_key: str | None = None,
+    ) -> ChargingCommand:
+        user = await info.context.user()
+        command = await charging.set_charging(
+            info.context.services, user, str(vehicle_id), action, idempotency_key
+        )
+        return ChargingCommand.from_model(command)
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(
+        description="The command now, then each change; completes after an end state."
+    )
+    async def charging_command(
+        self, info: Info, id: strawberry.ID
+    ) -> AsyncGenerator[ChargingCommand, None]:
+        services = info.context.services
+        command = await charging.get_command(await info.context.user(), str(id))
+        async with services.events.subscribe(command_topic(command.id)) as messages:
+            last = None
+            async for _ in _now_then(messages):
+                await command.refresh_from_db()
+                seen = (command.state, command.attempts, command.provider_action_id)
+                if seen != last:
+                    last = seen
+                    yield ChargingCommand.from_model(command)
+                if command.state.is_final:
+                    return
+
+    @strawberry.subscription(description="The vehicle's charge state now, then each change.")
+    async def charge_state(
+        self, info: Info, vehicle_id: strawberry.ID
+    ) -> AsyncGenerator[ChargeState, None]:
+        services = info.context.services
+        vehicle = await vehicles.get_vehicle(await info.context.user(), str(vehicle_id))
+        async with services.events.subscribe(charge_state_topic(vehicle.id)) as messages:
+            status = await vehicles.vehicle_status(services, vehicle)
+            yield ChargeState.from_data(status.charge_state)
+            async for message in messages:
+                yield ChargeState.from_data(ChargeStateData.from_enode(message))
+
+
+async def _now_then(messages: Subscription_) -> AsyncGenerator[None, None]:
+    """Once at once, then once per message."""
+    yield None
+    async for _ in messages:
+        yield None

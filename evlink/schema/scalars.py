@@ -1,0 +1,27 @@
+"""Scalars: ``DateTime`` as ISO 8601 UTC with ``Z``, the same text the REST API shows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import NewType
+
+import strawberry
+
+from evlink.providers.base import format_timestamp, parse_timestamp
+
+__all__ = ["DateTime"]
+
+
+def _parse(value: object) -> datetime:
+    parsed = parse_timestamp(value)
+    if parsed is None:
+        raise ValueError("expected an ISO 8601 timestamp")
+    return parsed
+
+
+DateTime = strawberry.scalar(
+    NewType("DateTime", datetime),
+    serialize=format_timestamp,
+    parse_value=_parse,
+    description="An ISO 8601 timestamp in UTC, e.g. 2025-05-20T15:48:12.933Z",
+)

@@ -1,0 +1,40 @@
+"""What the app holds open for its life: settings, provider, event bus, command watcher.
+
+Built and closed by the lifespan in :mod:`evlink.app`; passed explicitly to the
+use cases in :mod:`evlink.resolvers`, never reached through globals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+from evlink.events import EventBus
+from evlink.providers.base import Provider
+from evlink.settings import Settings
+
+if TYPE_CHECKING:
+    from evlink.resolvers.charging import CommandWatcher
+    from evlink.resolvers.vehicles import VehicleStatus
+
+__all__ = ["Services"]
+
+
+@dataclass(eq=False)
+class Services:
+    settings: Settings
+    provider: Provider
+    events: EventBus
+    # Refreshes in flight, one per vehicle: concurrent stale reads share one provider call.
+    refreshes: dict[UUID, asyncio.Task[VehicleStatus]] = field(default_factory=dict)
+    watcher: CommandWatcher | None = None
+    _vehicle_locks: dict[UUID, asyncio.Lock] = field(default_factory=dict)
+
+    def vehicle_lock(self, vehicle_id: UUID) -> asyncio.Lock:
+        """Serialises charging decisions for one vehicle within this process."""
+        lock = self._vehicle_locks.get(vehicle_id)
+        if lock is None:
+            lock = self._vehicle_locks[vehicle_id] = asyncio.Lock()
+        return lock

@@ -1,0 +1,184 @@
+"""Typed settings, read once from the environment and an optional ``.env`` file.
+
+Every variable is named ``EVLINK_*``. A bad value raises :class:`SettingsError`
+whose message is one line naming the variable, so that start-up can stop with
+that line and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+
+from starlette.config import Config
+
+__all__ = ["Settings", "SettingsError"]
+
+T = TypeVar("T")
+
+ProviderName = Literal["simulator", "enode"]
+PROVIDERS: tuple[ProviderName, ...] = ("simulator", "enode")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DB_SCHEMES = ("sqlite", "postgres", "asyncpg", "psycopg")
+
+
+class SettingsError(ValueError):
+    """A setting has a value evlink cannot use; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The one settings object. Defaults give the embedded single-machine setup."""
+
+    database_url: str = "sqlite://var/evlink.sqlite3"
+    provider: ProviderName = "simulator"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "INFO"
+    # Seconds a stored charge state may be served before a read refreshes it.
+    status_max_age: float = 60.0
+    # Seconds within which set_charging trusts stored state to judge a command.
+    charging_fresh_age: float = 5.0
+    charging_max_attempts: int = 3
+    charging_deadline: float = 300.0
+    # Watcher timings: first poll after this many seconds, doubling up to the cap.
+    charging_poll_interval: float = 2.0
+    charging_poll_max_interval: float = 30.0
+    # Base of the exponential backoff (with jitter) between re-sent actions.
+    charging_retry_backoff: float = 2.0
+    # Seconds a START/STOP takes to reach a simulated car.
+    simulator_action_delay: float = 3.0
+    # Seconds between two steps of the simulator's physics.
+    simulator_tick: float = 1.0
+    # Simulated seconds per real second: 60 makes an hour of charging take a minute.
+    simulator_speed: float = 1.0
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        env_file: str | Path | None = ".env",
+    ) -> Settings:
+        """Read settings from ``environ`` (default: ``os.environ``) over ``env_file``."""
+        env = dict(os.environ if environ is None else environ)
+        path = Path(env_file) if env_file is not None else None
+        config = Config(path if path is not None and path.is_file() else None, environ=env)
+        defaults = cls()
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            name = f"EVLINK_{field.name.upper()}"
+            raw = config(name, default=None)
+            if raw is None or raw == "":
+                continue
+            parse = _PARSERS.get(field.name, _parser_for(getattr(defaults, field.name)))
+            try:
+                values[field.name] = parse(str(raw))
+            except ValueError as exc:
+                raise SettingsError(f"{name}: {exc} (got {raw!r})") from None
+        return cls(**values)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite://")
+
+    def tortoise_config(self) -> dict[str, Any]:
+        """The Tortoise ORM configuration for this database."""
+        return tortoise_config(self.database_url)
+
+
+def tortoise_config(database_url: str) -> dict[str, Any]:
+    """Tortoise configuration with evlink's one app ``evlink``."""
+    return {
+        "connections": {"default": database_url},
+        "apps": {
+            "evlink": {
+                "models": ["evlink.models"],
+                "default_connection": "default",
+                "migrations": "evlink.models.migrations",
+            }
+        },
+        "use_tz": True,
+        "timezone": "UTC",
+    }
+
+
+def _positive_float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("expected a number") from None
+    if not value > 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+    if value < 1:
+        raise ValueError("must be 1 or more")
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("expected a number") from None
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
+def _port(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError("expected a port number") from None
+    if not 0 <= value <= 65535:
+        raise ValueError("must be between 0 and 65535")
+    return value
+
+
+def _choice(choices: tuple[str, ...], *, upper: bool = False) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().upper() if upper else raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _database_url(raw: str) -> str:
+    scheme, sep, _ = raw.partition("://")
+    if not sep or scheme not in DB_SCHEMES:
+        raise ValueError("expected sqlite://PATH or postgres://USER@HOST:PORT/DB")
+    return raw
+
+
+def _parser_for(default: T) -> Callable[[str], T]:
+    if isinstance(default, float):
+        return cast(Callable[[str], T], _positive_float)
+    if isinstance(default, int):
+        return cast(Callable[[str], T], _positive_int)
+    return cast(Callable[[str], T], str)
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "database_url": _database_url,
+    "provider": _choice(PROVIDERS),
+    "port": _port,
+    "log_level": _choice(LOG_LEVELS, upper=True),
+    "simulator_action_delay": _non_negative_float,
+}
+
+
+# For Tortoise's own CLI (`make migrations` runs `tortoise makemigrations`), which
+# reads a module-level config; the server itself always goes through Settings.
+TORTOISE_ORM = tortoise_config("sqlite://:memory:")
