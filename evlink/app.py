@@ -8,6 +8,8 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from tortoise.contrib.starlette import RegisterTortoise
 
@@ -27,6 +29,11 @@ from evlink.settings import Settings
 __all__ = ["create_app"]
 
 logger = logging.getLogger(__name__)
+
+
+async def healthz(request: Request) -> JSONResponse:
+    """The process is up and its lifespan has started."""
+    return JSONResponse({"status": "ok"})
 
 
 def create_app(settings: Settings | None = None, *, provider: Provider | None = None) -> Starlette:
@@ -61,6 +68,7 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
 
     return Starlette(
         routes=[
+            Route("/healthz", healthz, methods=["GET"]),
             *compat_rest.routes,
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),

@@ -89,14 +89,19 @@ class Settings:
         return tortoise_config(self.database_url)
 
 
+def connection_name(database_url: str) -> str:
+    """The Tortoise connection's name: the backend's, since Tortoise caches SQL per name."""
+    return "sqlite" if database_url.startswith("sqlite://") else "postgres"
+
+
 def tortoise_config(database_url: str) -> dict[str, Any]:
     """Tortoise configuration with evlink's one app ``evlink``."""
     return {
-        "connections": {"default": database_url},
+        "connections": {connection_name(database_url): database_url},
         "apps": {
             "evlink": {
                 "models": ["evlink.models"],
-                "default_connection": "default",
+                "default_connection": connection_name(database_url),
                 "migrations": "evlink.models.migrations",
             }
         },

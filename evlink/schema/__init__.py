@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import cast
-
 import strawberry
 from strawberry.extensions import ParserCache, ValidationCache
-from strawberry.types.scalar import ScalarWrapper
+from strawberry.schema.config import StrawberryConfig
 
 from evlink.schema.errors import ErrorCodes
 from evlink.schema.query import Mutation, Query, Subscription
-from evlink.schema.scalars import DateTime
+from evlink.schema.scalars import SCALARS
 
 __all__ = ["build_schema"]
 
@@ -21,7 +18,7 @@ def build_schema() -> strawberry.Schema:
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
-        scalar_overrides={datetime: cast(ScalarWrapper, DateTime)},
+        config=StrawberryConfig(scalar_map=SCALARS),
         extensions=[
             ErrorCodes,
             # Factories: the caches live at module level, shared by every request.

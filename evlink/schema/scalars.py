@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import NewType
 
 import strawberry
+from strawberry.types.scalar import ScalarDefinition
 
 from evlink.providers.base import format_timestamp, parse_timestamp
 
-__all__ = ["DateTime"]
+__all__ = ["SCALARS"]
 
 
 def _parse(value: object) -> datetime:
@@ -19,9 +19,11 @@ def _parse(value: object) -> datetime:
     return parsed
 
 
-DateTime = strawberry.scalar(
-    NewType("DateTime", datetime),
-    serialize=format_timestamp,
-    parse_value=_parse,
-    description="An ISO 8601 timestamp in UTC, e.g. 2025-05-20T15:48:12.933Z",
-)
+SCALARS: dict[object, ScalarDefinition] = {
+    datetime: strawberry.scalar(
+        name="DateTime",
+        serialize=format_timestamp,
+        parse_value=_parse,
+        description="An ISO 8601 timestamp in UTC, e.g. 2025-05-20T15:48:12.933Z",
+    )
+}

@@ -1,0 +1,222 @@
+"""Test harness: a real uvicorn on 127.0.0.1 over a migrated database, per backend.
+
+Every test that uses ``server`` runs once on SQLite and once on PostgreSQL
+(when ``EVLINK_TEST_DATABASE_URL`` is set; skipped with a reason otherwise).
+Each PostgreSQL run gets a database of its own with a random name, dropped at
+the end. The provider is the simulator on a :class:`ManualClock`: tests move
+time with ``await server.clock.advance(seconds)``, never with sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+from gql import Client, gql
+from gql.transport.websockets import WebsocketsTransport
+
+from evlink.app import create_app
+from evlink.models import Tier, User, Vehicle
+from evlink.models.database import apply_migrations, open_database
+from evlink.providers.simulator import ManualClock, SimulatedVehicle, Simulator
+from evlink.resolvers import accounts
+from evlink.resolvers.auth import issue_key
+from evlink.services import Services
+from evlink.settings import Settings, connection_name
+
+TABLES = ("charging_commands", "charge_states", "vehicles", "api_keys", "users")
+PROTOCOLS = (WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL, WebsocketsTransport.APOLLO_SUBPROTOCOL)
+TIMEOUT = 10.0  # seconds any awaited event may take before a test fails
+
+
+def _postgres_database(base_url: str, name: str) -> str:
+    parts = urlsplit(base_url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A migrated database for this session, on each backend."""
+    if request.param == "sqlite":
+        url = f"sqlite://{tmp_path_factory.mktemp('db') / 'evlink.sqlite3'}"
+        asyncio.run(apply_migrations(url))
+        yield url
+        return
+    base = os.environ.get("EVLINK_TEST_DATABASE_URL")
+    if not base:
+        pytest.skip("EVLINK_TEST_DATABASE_URL is not set: PostgreSQL tests skipped")
+    name = f"evlink_test_{uuid.uuid4().hex[:12]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(base)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(base)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    url = _postgres_database(base, name)
+    try:
+        asyncio.run(apply_migrations(url))
+        yield url
+    finally:
+        asyncio.run(drop())
+
+
+async def _truncate(database_url: str) -> None:
+    async with open_database(database_url) as ctx:
+        conn = ctx.connections.get(connection_name(database_url))
+        for table in TABLES:
+            await conn.execute_script(f"DELETE FROM {table}")
+
+
+def _test_settings(database_url: str) -> Settings:
+    return Settings(
+        database_url=database_url,
+        status_max_age=60.0,
+        charging_fresh_age=5.0,
+        charging_max_attempts=3,
+        charging_deadline=30.0,
+        charging_poll_interval=0.05,
+        charging_poll_max_interval=0.2,
+        charging_retry_backoff=0.01,
+        simulator_action_delay=1.0,
+    )
+
+
+@dataclass
+class Server:
+    """A running evlink on 127.0.0.1 and the handles a test needs."""
+
+    base_url: str
+    app: Any
+    clock: ManualClock
+    simulator: Simulator
+    http: httpx.AsyncClient
+    settings: Settings
+    keys: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def services(self) -> Services:
+        services: Services = self.app.state.services
+        return services
+
+    @property
+    def ws_url(self) -> str:
+        return self.base_url.replace("http://", "ws://") + "/graphql"
+
+    async def user(self, email: str | None = None, tier: Tier = Tier.PRO) -> tuple[User, str]:
+        user = await accounts.create_user(email or f"{uuid.uuid4().hex[:8]}@example.com", tier)
+        key = (await issue_key(user)).secret
+        self.keys[user.id] = key
+        return user, key
+
+    async def vehicle(
+        self, user: User, profile: str = "plugged", **simulated: Any
+    ) -> Vehicle:
+        """A simulated vehicle of ``user`` (unplugged|plugged|charging), tweaked by ``simulated``."""
+        provider_id = f"sim-{profile}-{uuid.uuid4().hex[:12]}"
+        car = self.simulator.vehicle(provider_id)
+        for name, value in simulated.items():
+            setattr(car, name, value)
+        return await accounts.add_vehicle(
+            user, provider="simulator", provider_vehicle_id=provider_id, name=f"Test {profile}"
+        )
+
+    def car(self, vehicle: Vehicle) -> SimulatedVehicle:
+        assert vehicle.provider_vehicle_id is not None
+        return self.simulator.vehicle(vehicle.provider_vehicle_id)
+
+    async def graphql(
+        self, query: str, variables: dict[str, Any] | None = None, *, key: str | None = None
+    ) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        response = await self.http.post(
+            "/graphql", json={"query": query, "variables": variables or {}}, headers=headers
+        )
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def gql_client(self, key: str | None, protocol: str) -> Client:
+        transport = WebsocketsTransport(
+            url=self.ws_url,
+            subprotocols=[protocol],
+            init_payload={"Authorization": f"Bearer {key}"} if key else {},
+        )
+        return Client(transport=transport, fetch_schema_from_transport=False)
+
+
+def _listening_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
+
+
+@contextlib.asynccontextmanager
+async def run_server(
+    settings: Settings, clock: ManualClock | None = None, simulator: Simulator | None = None
+) -> AsyncIterator[Server]:
+    """Serve evlink with uvicorn on a free port of 127.0.0.1 until the block ends."""
+    clock = clock or ManualClock()
+    simulator = simulator or Simulator(clock, action_delay=settings.simulator_action_delay)
+    app = create_app(settings, provider=simulator)
+    sock = _listening_socket()
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, lifespan="on", log_level="warning")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base_url, timeout=TIMEOUT) as http:
+            # The socket already listens: this waits in its backlog until startup is done.
+            ready = await http.get("/healthz")
+            assert ready.status_code == 200
+            yield Server(base_url, app, clock, simulator, http, settings)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, TIMEOUT)
+        sock.close()
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return _test_settings(database_url)
+
+
+@pytest.fixture
+async def server(settings: Settings) -> AsyncIterator[Server]:
+    await _truncate(settings.database_url)
+    async with run_server(settings) as running:
+        yield running
+
+
+@pytest.fixture
+def make_settings(settings: Settings) -> Any:
+    def make(**changes: Any) -> Settings:
+        return replace(settings, **changes)
+
+    return make
+
+
+__all__ = ["PROTOCOLS", "TIMEOUT", "Server", "gql", "run_server"]
