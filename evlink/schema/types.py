@@ -32,6 +32,7 @@ Tier = strawberry.enum(TierModel, description="A user's plan; charging control n
 ChargingAction = strawberry.enum(ChargingActionModel, description="Start or stop charging.")
 ChargingCommandState = strawberry.enum(
     CommandState,
+    name="ChargingCommandState",
     description="PENDING until the vehicle's powerDeliveryState matches the wish; then final.",
 )
 
