@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 from graphql import GraphQLError
 from strawberry.extensions import SchemaExtension
+from strawberry.types.execution import StreamExecutionResult
 
 from evlink.errors import EvlinkError, InternalError
 from evlink.requestid import current_request_id
@@ -45,12 +46,19 @@ def format_error(error: GraphQLError) -> GraphQLError:
     )
 
 
+def _rewrite(result: object) -> None:
+    errors = getattr(result, "errors", None)
+    if errors:
+        result.errors = [format_error(e) for e in errors]  # type: ignore[attr-defined]
+
+
 class ErrorCodes(SchemaExtension):
-    """Rewrites the errors of every operation with :func:`format_error`."""
+    """Rewrites the errors of every result, subscription events included."""
 
     def on_operation(self) -> Iterator[None]:
         yield
-        result = self.execution_context.result
-        errors = getattr(result, "errors", None)
-        if result is not None and errors:
-            result.errors = [format_error(e) for e in errors]
+        _rewrite(self.execution_context.result)
+
+    def on_stream_result(self, result: StreamExecutionResult) -> Iterator[None]:
+        _rewrite(result)
+        yield

@@ -98,10 +98,13 @@ class Subscription:
         services = info.context.services
         vehicle = await vehicles.get_vehicle(await info.context.user(), str(vehicle_id))
         async with services.events.subscribe(charge_state_topic(vehicle.id)) as messages:
-            status = await vehicles.vehicle_status(services, vehicle)
-            yield ChargeState.from_data(status.charge_state)
+            last = (await vehicles.vehicle_status(services, vehicle)).charge_state
+            yield ChargeState.from_data(last)
             async for message in messages:
-                yield ChargeState.from_data(ChargeStateData.from_enode(message))
+                state = ChargeStateData.from_enode(message)
+                if state != last:  # the read above may have published what it found
+                    last = state
+                    yield ChargeState.from_data(state)
 
 
 async def _now_then(messages: Subscription_) -> AsyncGenerator[None, None]:

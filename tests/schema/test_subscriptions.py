@@ -1,0 +1,160 @@
+"""Subscriptions over real websockets with the gql client, on both protocols."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import aclosing
+from typing import Any
+
+import pytest
+import websockets
+from gql import Client, GraphQLRequest
+from gql.transport.exceptions import TransportQueryError
+from gql.transport.websockets import WebsocketsTransport
+
+from evlink.models import Tier
+from tests.conftest import PROTOCOLS, TIMEOUT, Server
+
+SET_CHARGING = """
+mutation($id: ID!, $action: ChargingAction!) {
+  setCharging(vehicleId: $id, action: $action) { id state attempts action }
+}
+"""
+COMMAND = """
+subscription($id: ID!) { chargingCommand(id: $id) { id state attempts failureReason } }
+"""
+CHARGE_STATE = """
+subscription($id: ID!) {
+  chargeState(vehicleId: $id) { batteryLevel isCharging powerDeliveryState lastUpdated }
+}
+"""
+
+
+def subscription(session: Any, query: str, **variables: str) -> Any:
+    """A subscription that is closed when the block ends, as a well-behaved client does."""
+    return aclosing(session.subscribe(GraphQLRequest(query, variable_values=variables)))
+
+
+async def _next(stream: Any) -> dict[str, Any]:
+    result: dict[str, Any] = await asyncio.wait_for(anext(stream), TIMEOUT)
+    return result
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_start_is_pending_then_confirmed_and_status_says_charging(
+    server: Server, protocol: str
+) -> None:
+    user, key = await server.user()
+    vehicle = await server.vehicle(user, "plugged")
+
+    created = await server.graphql(
+        SET_CHARGING, {"id": str(vehicle.id), "action": "START"}, key=key
+    )
+    command = created["data"]["setCharging"]
+    assert command["state"] == "PENDING"
+    assert command["attempts"] == 1
+
+    async with (
+        server.gql_client(key, protocol) as session,
+        subscription(session, COMMAND, id=command["id"]) as stream,
+    ):
+        first = await _next(stream)
+        assert first["chargingCommand"]["state"] == "PENDING"
+
+        await server.clock.advance(2)  # the simulated car takes the action after 1 s
+
+        second = await _next(stream)
+        assert second["chargingCommand"]["state"] == "CONFIRMED"
+        with pytest.raises(StopAsyncIteration):
+            await _next(stream)  # completes after an end state
+
+    status = await server.http.get(
+        f"/api/status/{vehicle.id}", headers={"Authorization": f"Bearer {key}"}
+    )
+    body = status.json()
+    assert body["isCharging"] is True
+    assert body["chargingState"] == "PLUGGED_IN:CHARGING"
+    assert body["chargeState"]["isCharging"] is True
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_charge_state_streams_current_then_each_change(server: Server, protocol: str) -> None:
+    user, key = await server.user()
+    vehicle = await server.vehicle(user, "charging", battery_level=30.0, charge_limit=90)
+
+    async with (
+        server.gql_client(key, protocol) as session,
+        subscription(session, CHARGE_STATE, id=str(vehicle.id)) as stream,
+    ):
+        now = (await _next(stream))["chargeState"]
+        assert now["isCharging"] is True
+        assert now["powerDeliveryState"] == "PLUGGED_IN:CHARGING"
+
+        await server.clock.advance(1800)
+        later = (await _next(stream))["chargeState"]
+        assert later["batteryLevel"] > now["batteryLevel"]
+        assert later["lastUpdated"] > now["lastUpdated"]
+
+        server.simulator.update_vehicle(vehicle.provider_vehicle_id or "", is_plugged_in=False)
+        await server.clock.advance(1)
+        unplugged = (await _next(stream))["chargeState"]
+        assert unplugged["powerDeliveryState"] == "UNPLUGGED"
+        assert unplugged["isCharging"] is False
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_only_the_owner_may_subscribe(server: Server, protocol: str) -> None:
+    owner, _ = await server.user()
+    _, other_key = await server.user(tier=Tier.PRO)
+    vehicle = await server.vehicle(owner, "charging")
+
+    async with (
+        server.gql_client(other_key, protocol) as session,
+        subscription(session, CHARGE_STATE, id=str(vehicle.id)) as stream,
+    ):
+        with pytest.raises(TransportQueryError) as refused:
+            await _next(stream)
+    assert refused.value.errors is not None
+    assert refused.value.errors[0]["extensions"]["code"] == "FORBIDDEN_OWNER"
+
+
+async def test_bad_key_closes_graphql_transport_ws_with_4403_before_any_operation(
+    server: Server,
+) -> None:
+    async with websockets.connect(
+        server.ws_url, subprotocols=[websockets.Subprotocol("graphql-transport-ws")]
+    ) as socket:
+        await socket.send('{"type": "connection_init", "payload": {"Authorization": "Bearer x"}}')
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(socket.recv(), TIMEOUT)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 4403
+
+
+async def test_bad_key_gets_connection_error_on_legacy_graphql_ws(server: Server) -> None:
+    async with websockets.connect(
+        server.ws_url, subprotocols=[websockets.Subprotocol("graphql-ws")]
+    ) as socket:
+        await socket.send('{"type": "connection_init", "payload": {"Authorization": "Bearer x"}}')
+        answer = json.loads(await asyncio.wait_for(socket.recv(), TIMEOUT))
+        assert answer["type"] == "connection_error"
+        assert answer["payload"]["code"] == "UNAUTHENTICATED"
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(socket.recv(), TIMEOUT)
+
+
+async def test_key_in_upgrade_header_is_accepted(server: Server) -> None:
+    user, key = await server.user()
+    vehicle = await server.vehicle(user, "plugged")
+    transport = WebsocketsTransport(
+        url=server.ws_url,
+        subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL],
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    async with (
+        Client(transport=transport) as session,
+        subscription(session, CHARGE_STATE, id=str(vehicle.id)) as stream,
+    ):
+        first = await _next(stream)
+    assert first["chargeState"]["powerDeliveryState"] == "PLUGGED_IN:STOPPED"
