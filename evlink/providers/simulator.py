@@ -266,6 +266,7 @@ class Simulator:
         self._dirty_actions: set[str] = set()
         self._sink: UpdateSink | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._listening = False
         self._lock = asyncio.Lock()
 
     # -- Provider protocol -------------------------------------------------
@@ -273,7 +274,9 @@ class Simulator:
     async def start(self, sink: UpdateSink) -> None:
         self._sink = sink
         if isinstance(self.clock, ManualClock):
-            self.clock.listen(self.step)
+            if not self._listening:
+                self.clock.listen(self.step)
+                self._listening = True
         else:
             self._ticker = asyncio.create_task(self._run_ticker(), name="simulator-ticker")
 
@@ -299,9 +302,13 @@ class Simulator:
         self.calls.append(f"set_charging {vehicle_id} {action.value}")
         self._advance()
         vehicle = self.vehicle(vehicle_id)
-        self._check_precondition(vehicle, action)
+        pending_actions = self._pending_actions(vehicle_id)
+        # An action of the other kind is replaced: the car's state is in motion, so the
+        # new action is judged on plug and smart charging only.
+        replacing = any(pending.kind != action for pending in pending_actions)
+        self._check_precondition(vehicle, action, replacing=replacing)
         now = self.clock.now()
-        for pending in self._pending_actions(vehicle_id):
+        for pending in pending_actions:
             if pending.kind == action:
                 return pending.snapshot()
             pending.resolve(ActionState.CANCELLED, now, "CONFLICT")
@@ -431,12 +438,16 @@ class Simulator:
         self._dirty_vehicles.add(vehicle.id)
         action.resolve(ActionState.CONFIRMED, now)
 
-    def _check_precondition(self, vehicle: SimulatedVehicle, action: ChargingAction) -> None:
+    def _check_precondition(
+        self, vehicle: SimulatedVehicle, action: ChargingAction, *, replacing: bool
+    ) -> None:
         if vehicle.smart_charging:
             raise SmartChargingActive()
+        if action == ChargingAction.START and not vehicle.is_plugged_in:
+            raise InvalidVehicleState("The vehicle is not plugged in")
+        if replacing:
+            return
         if action == ChargingAction.START:
-            if not vehicle.is_plugged_in:
-                raise InvalidVehicleState("The vehicle is not plugged in")
             if vehicle.is_charging:
                 raise InvalidVehicleState("The vehicle is already charging")
             if vehicle.battery_level >= vehicle.charge_limit:
