@@ -14,7 +14,7 @@ from starlette.routing import Route, WebSocketRoute
 from tortoise.contrib.starlette import RegisterTortoise
 
 from evlink import compat_rest
-from evlink.compat_rest.errors import exception_handlers
+from evlink.compat_rest.errors import UnexpectedErrors, exception_handlers
 from evlink.events import MemoryEventBus
 from evlink.models.database import ensure_sqlite_directory
 from evlink.providers import Provider, build_provider
@@ -73,7 +73,7 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
         ],
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=[Middleware(RequestIdMiddleware), Middleware(UnexpectedErrors)],
         exception_handlers=exception_handlers,
         lifespan=lifespan,
     )

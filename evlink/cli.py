@@ -36,8 +36,10 @@ async def _migrate(settings: Settings, _: argparse.Namespace) -> None:
 
 
 async def _demo(settings: Settings, args: argparse.Namespace) -> None:
+    if settings.provider != "simulator":
+        raise CommandError("the demo's cars are simulated: it needs EVLINK_PROVIDER=simulator")
     async with open_database(settings.database_url):
-        demo = await accounts.ensure_demo(settings.provider)
+        demo = await accounts.ensure_demo()
     if args.json:
         _print(json.dumps(_demo_json(settings, demo)))
         return
@@ -85,8 +87,8 @@ async def _seed_if_empty(settings: Settings) -> None:
             raise CommandError(
                 "the database has no evlink tables yet: run `evlink migrate` first"
             ) from None
-        if empty:
-            _print_demo(settings, await accounts.ensure_demo(settings.provider))
+        if empty and settings.provider == "simulator":
+            _print_demo(settings, await accounts.ensure_demo())
         else:
             _print(
                 f"Serving on {_base_url(settings)}. Keys are shown only when made: "

@@ -27,7 +27,12 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
-from evlink.errors import InvalidVehicleState, NotFound, SmartChargingActive
+from evlink.errors import (
+    InvalidVehicleState,
+    NotFound,
+    ProviderUnavailable,
+    SmartChargingActive,
+)
 from evlink.providers.base import (
     CAPABILITY_NAMES,
     ActionState,
@@ -267,6 +272,8 @@ class Simulator:
         self._sink: UpdateSink | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._listening = False
+        # While set, every call fails as an unreachable provider would (502).
+        self.outage: ProviderUnavailable | None = None
         self._lock = asyncio.Lock()
 
     # -- Provider protocol -------------------------------------------------
@@ -290,16 +297,19 @@ class Simulator:
 
     async def get_vehicle(self, vehicle_id: str) -> VehicleData:
         self.calls.append(f"get_vehicle {vehicle_id}")
+        self._check_outage()
         self._advance()
         return self.vehicle(vehicle_id).snapshot()
 
     async def list_vehicles(self, user_id: str) -> list[VehicleData]:
         self.calls.append(f"list_vehicles {user_id}")
+        self._check_outage()
         self._advance()
         return [v.snapshot() for v in self.vehicles.values() if v.user_id == user_id]
 
     async def set_charging(self, vehicle_id: str, action: ChargingAction) -> ChargeAction:
         self.calls.append(f"set_charging {vehicle_id} {action.value}")
+        self._check_outage()
         self._advance()
         vehicle = self.vehicle(vehicle_id)
         pending_actions = self._pending_actions(vehicle_id)
@@ -327,11 +337,13 @@ class Simulator:
 
     async def get_action(self, action_id: str) -> ChargeAction:
         self.calls.append(f"get_action {action_id}")
+        self._check_outage()
         self._advance()
         return self._action(action_id).snapshot()
 
     async def cancel_action(self, action_id: str) -> ChargeAction:
         self.calls.append(f"cancel_action {action_id}")
+        self._check_outage()
         action = self._action(action_id)
         if action.state == ActionState.PENDING:
             action.resolve(ActionState.CANCELLED, self.clock.now(), None)
@@ -454,6 +466,10 @@ class Simulator:
                 raise InvalidVehicleState("The battery is already at its charge limit")
         elif not vehicle.is_charging:
             raise InvalidVehicleState("The vehicle is not charging")
+
+    def _check_outage(self) -> None:
+        if self.outage is not None:
+            raise self.outage
 
     def _pending_all(self) -> list[_Action]:
         return [a for a in self.actions.values() if a.state == ActionState.PENDING]

@@ -74,8 +74,8 @@ class DemoAccount:
     key: IssuedKey
 
 
-async def ensure_demo(provider: str = "simulator") -> DemoAccount:
-    """The demo user (Pro) with three simulated cars, and a new key for it.
+async def ensure_demo() -> DemoAccount:
+    """The demo user (Pro) with three cars of the simulator, and a new key for it.
 
     Safe to repeat: the user and its cars are made once. Keys are stored hashed
     and cannot be shown again, so each call issues a new one.
@@ -87,7 +87,7 @@ async def ensure_demo(provider: str = "simulator") -> DemoAccount:
             vehicles = [
                 await add_vehicle(
                     user,
-                    provider=provider,
+                    provider="simulator",
                     provider_vehicle_id=simulator_vehicle_id(profile),
                     name=name,
                 )

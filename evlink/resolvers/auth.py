@@ -84,8 +84,9 @@ async def issue_key(user: User, name: str = "") -> IssuedKey:
 async def revoke_key(prefix_or_id: str) -> ApiKey:
     """Revoke the key with this database id or public prefix."""
     query = ApiKey.filter(revoked_at=None)
-    if prefix_or_id.isdigit():
-        record = await query.get_or_none(id=int(prefix_or_id))
+    if prefix_or_id.isascii() and prefix_or_id.isdecimal():
+        key_id = int(prefix_or_id)
+        record = await query.get_or_none(id=key_id) if key_id < 2**31 else None
     else:
         matches = await query.filter(prefix=prefix_or_id[:PREFIX_LENGTH]).limit(2)
         record = matches[0] if len(matches) == 1 else None

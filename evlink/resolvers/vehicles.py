@@ -35,6 +35,20 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# What a provider report may change on a vehicle; the rest (owner, name) is evlink's own.
+_PROVIDER_FIELDS = [
+    "vendor",
+    "provider_user_id",
+    "information",
+    "capabilities",
+    "smart_charging_policy",
+    "location",
+    "odometer",
+    "last_seen",
+    "is_reachable",
+    "refreshed_at",
+]
+
 
 @dataclass(frozen=True, slots=True)
 class VehicleStatus:
@@ -151,7 +165,7 @@ async def record_vehicle_data(
         if data.is_reachable is not None:
             vehicle.is_reachable = data.is_reachable
     vehicle.refreshed_at = now
-    await vehicle.save()
+    await vehicle.save(update_fields=_PROVIDER_FIELDS)
     return await _record_charge_state(services, vehicle, data.charge_state)
 
 

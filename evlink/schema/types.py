@@ -225,8 +225,13 @@ class Vehicle:
             model=vehicle,
         )
 
-    @strawberry.field(description="Refreshed from the provider when older than the max age.")
-    async def charge_state(self, info: Info) -> ChargeState:
+    @strawberry.field(
+        description=(
+            "Refreshed from the provider when older than the max age. Null, with an error "
+            "for this vehicle only, when it cannot be read (e.g. PROVIDER_LINK_MISSING)."
+        )
+    )
+    async def charge_state(self, info: Info) -> ChargeState | None:
         status = await vehicles.vehicle_status(info.context.services, self.model)
         return ChargeState.from_data(status.charge_state)
 
