@@ -46,7 +46,9 @@ def _postgres_database(base_url: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """A migrated database for this session, on each backend."""
     if request.param == "sqlite":
         url = f"sqlite://{tmp_path_factory.mktemp('db') / 'evlink.sqlite3'}"
@@ -85,7 +87,7 @@ async def _truncate(database_url: str) -> None:
     async with open_database(database_url) as ctx:
         conn = ctx.connections.get(connection_name(database_url))
         for table in TABLES:
-            await conn.execute_script(f"DELETE FROM {table}")
+            await conn.execute_script(f"DELETE FROM {table}")  # noqa: S608 (constant names)
 
 
 def _test_settings(database_url: str) -> Settings:
@@ -129,10 +131,8 @@ class Server:
         self.keys[user.id] = key
         return user, key
 
-    async def vehicle(
-        self, user: User, profile: str = "plugged", **simulated: Any
-    ) -> Vehicle:
-        """A simulated vehicle of ``user`` (unplugged|plugged|charging), tweaked by ``simulated``."""
+    async def vehicle(self, user: User, profile: str = "plugged", **simulated: Any) -> Vehicle:
+        """A simulated car of ``user`` (unplugged|plugged|charging), tweaked by ``simulated``."""
         provider_id = f"sim-{profile}-{uuid.uuid4().hex[:12]}"
         car = self.simulator.vehicle(provider_id)
         for name, value in simulated.items():

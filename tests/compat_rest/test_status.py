@@ -53,7 +53,8 @@ async def test_status_has_the_documented_body(server: Server) -> None:
     state = body["chargeState"]
     assert isinstance(state["batteryLevel"], int)
     assert isinstance(state["range"], float)
-    assert state["isCharging"] is True and state["isPluggedIn"] is True
+    assert state["isCharging"] is True
+    assert state["isPluggedIn"] is True
     assert state["powerDeliveryState"] == "PLUGGED_IN:CHARGING"
     assert ISO_Z.fullmatch(state["lastUpdated"])
     assert ISO_Z.fullmatch(body["lastSeen"])
@@ -62,7 +63,8 @@ async def test_status_has_the_documented_body(server: Server) -> None:
     assert body["chargingState"] == state["powerDeliveryState"]
     assert body["vehicleName"] == "Test charging"
     assert body["isReachable"] is True
-    assert isinstance(body["latitude"], float) and isinstance(body["longitude"], float)
+    assert isinstance(body["latitude"], float)
+    assert isinstance(body["longitude"], float)
 
 
 async def test_status_unplugged_car(server: Server) -> None:
@@ -113,7 +115,10 @@ async def test_missing_malformed_unknown_and_revoked_keys_get_the_same_401(
     for response in answers:
         assert response.status_code == 401
         assert response.headers["www-authenticate"].startswith("Bearer")
-        assert response.json() == {"detail": "Missing or invalid API key", "code": "UNAUTHENTICATED"}
+        assert response.json() == {
+            "detail": "Missing or invalid API key",
+            "code": "UNAUTHENTICATED",
+        }
 
 
 async def accounts_revoke(server: Server, user: object) -> object:
@@ -177,7 +182,14 @@ async def test_ha_me_vehicles_and_status(server: Server) -> None:
     assert all(v["chargeState"] is not None for v in listed)
 
     full = (await server.http.get(f"/api/ha/status/{plugged.id}", headers=auth(key))).json()
-    for block in ("information", "chargeState", "location", "odometer", "smartChargingPolicy", "capabilities"):
+    for block in (
+        "information",
+        "chargeState",
+        "location",
+        "odometer",
+        "smartChargingPolicy",
+        "capabilities",
+    ):
         assert full[block], block
     assert full["enode_vehicle_id"] == plugged.provider_vehicle_id
     assert full["chargeState"]["powerDeliveryState"] == "PLUGGED_IN:STOPPED"

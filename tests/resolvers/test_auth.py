@@ -1,0 +1,232 @@
+"""API keys: their format and checksum, how they are stored, revoked and checked."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import pytest
+
+from evlink.errors import NotFound, Unauthenticated
+from evlink.models import ApiKey
+from evlink.resolvers.auth import (
+    _ALPHABET,
+    _checksum,
+    authenticate,
+    check_key_format,
+    issue_key,
+    key_from_authorization,
+    new_key,
+    revoke_key,
+)
+from tests.conftest import Server
+
+KEY_SHAPE = re.compile(r"evl_[0-9A-Za-z]{33}_[0-9A-Za-z]{6}")
+
+
+def _with_checksum(random_part: str) -> str:
+    """A key around ``random_part`` whose checksum holds, whatever its length."""
+    return f"evl_{random_part}_{_checksum(random_part)}"
+
+
+# -- Format: no database needed ---------------------------------------------
+
+
+def test_a_new_key_has_the_documented_shape_and_passes_its_own_check() -> None:
+    key = new_key()
+
+    assert KEY_SHAPE.fullmatch(key), key
+    assert check_key_format(key)
+
+
+def test_keys_are_unique_and_well_formed_across_many_draws() -> None:
+    keys = [new_key() for _ in range(1000)]
+
+    assert len(set(keys)) == 1000
+    assert len({key[:12] for key in keys}) > 990  # the public prefix carries randomness too
+    assert all(KEY_SHAPE.fullmatch(key) and check_key_format(key) for key in keys)
+
+
+def test_the_checksum_catches_any_one_character_changed_in_the_random_part() -> None:
+    key = new_key()
+    for position in range(4, 4 + 33):
+        original = key[position]
+        replacement = _ALPHABET[(_ALPHABET.index(original) + 1) % len(_ALPHABET)]
+        typo = key[:position] + replacement + key[position + 1 :]
+        assert KEY_SHAPE.fullmatch(typo)  # still looks like a key...
+        assert not check_key_format(typo), position  # ...but the checksum refuses it
+
+
+def test_a_changed_checksum_is_refused() -> None:
+    key = new_key()
+    last = key[-1]
+    other = "0" if last != "0" else "1"
+
+    assert not check_key_format(key[:-1] + other)
+
+
+def test_swapped_neighbours_in_the_random_part_are_refused() -> None:
+    key = new_key()
+    position = next(i for i in range(4, 36) if key[i] != key[i + 1])
+    swapped = key[:position] + key[position + 1] + key[position] + key[position + 2 :]
+
+    assert not check_key_format(swapped)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda k: "evk_" + k[4:], id="wrong-prefix"),
+        pytest.param(lambda k: "EVL_" + k[4:], id="upper-prefix"),
+        pytest.param(lambda k: k[4:], id="no-prefix"),
+        pytest.param(lambda k: k.replace("_", "-"), id="wrong-separators"),
+        pytest.param(lambda k: _with_checksum(k[4:36]), id="random-32-chars"),
+        pytest.param(lambda k: _with_checksum(k[4:37] + "A"), id="random-34-chars"),
+        pytest.param(lambda k: k[:-1], id="checksum-5-chars"),
+        pytest.param(lambda k: k + "0", id="checksum-7-chars"),
+        pytest.param(lambda k: k + "\n", id="trailing-newline"),
+        pytest.param(lambda k: " " + k, id="leading-space"),
+        pytest.param(lambda k: _with_checksum(k[4:36] + "-"), id="non-alphanumeric"),
+        pytest.param(lambda k: _with_checksum(k[4:36] + "é"), id="non-ascii"),
+        pytest.param(lambda k: "", id="empty"),
+    ],
+)
+def test_malformed_keys_are_refused(make: object) -> None:
+    key = make(new_key())  # type: ignore[operator]
+
+    assert not check_key_format(key)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("Bearer evl_abc", "evl_abc"),
+        ("bearer   evl_abc  ", "evl_abc"),
+        ("Basic evl_abc", None),
+        ("Bearer", None),
+        ("Bearer   ", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_the_key_is_taken_from_a_bearer_authorization_header(
+    header: str | None, expected: str | None
+) -> None:
+    assert key_from_authorization(header) == expected
+
+
+# -- Stored keys: need the database the server fixture migrates --------------
+
+
+async def test_only_the_hash_and_a_short_prefix_are_stored(server: Server) -> None:
+    user, _ = await server.user()
+
+    issued = await issue_key(user, name="laptop")
+
+    secret = issued.secret
+    assert check_key_format(secret)
+    rows = await ApiKey.filter(id=issued.record.id).values()
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["hash"] == hashlib.sha256(secret.encode()).hexdigest()
+    assert row["prefix"] == secret[:12]
+    assert len(row["prefix"]) == 12
+    assert row["prefix"].startswith("evl_")
+    assert row["name"] == "laptop"
+    for column, value in row.items():
+        assert value != secret, column
+        assert secret not in str(value), column
+        assert secret[4:37] not in str(value), column  # nor the random part alone
+
+
+async def test_an_issued_key_authenticates_its_user(server: Server) -> None:
+    user, _ = await server.user()
+    issued = await issue_key(user)
+    assert issued.record.last_used_at is None
+
+    found = await authenticate(issued.secret)
+
+    assert found.id == user.id
+    stored = await ApiKey.get(id=issued.record.id)
+    assert stored.last_used_at is not None
+
+
+async def test_revoke_by_prefix(server: Server) -> None:
+    user, _ = await server.user()
+    kept = await issue_key(user)
+    revoked = await issue_key(user)
+
+    record = await revoke_key(revoked.record.prefix)
+
+    assert record.id == revoked.record.id
+    assert record.revoked_at is not None
+    assert (await ApiKey.get(id=revoked.record.id)).revoked_at is not None
+    with pytest.raises(Unauthenticated):
+        await authenticate(revoked.secret)
+    assert (await authenticate(kept.secret)).id == user.id
+
+
+async def test_revoke_by_prefix_as_key_list_prints_it(server: Server) -> None:
+    user, _ = await server.user()
+    issued = await issue_key(user)
+
+    await revoke_key(f"{issued.record.prefix}…")
+
+    with pytest.raises(Unauthenticated):
+        await authenticate(issued.secret)
+
+
+async def test_revoke_by_id(server: Server) -> None:
+    user, _ = await server.user()
+    kept = await issue_key(user)
+    revoked = await issue_key(user)
+
+    record = await revoke_key(str(revoked.record.id))
+
+    assert record.id == revoked.record.id
+    with pytest.raises(Unauthenticated):
+        await authenticate(revoked.secret)
+    assert (await authenticate(kept.secret)).id == user.id
+
+
+async def test_a_key_cannot_be_revoked_twice_or_unknown(server: Server) -> None:
+    user, _ = await server.user()
+    issued = await issue_key(user)
+    await revoke_key(str(issued.record.id))
+
+    with pytest.raises(NotFound):
+        await revoke_key(str(issued.record.id))
+    with pytest.raises(NotFound):
+        await revoke_key(issued.record.prefix)
+    with pytest.raises(NotFound):
+        await revoke_key("999999999")
+    with pytest.raises(NotFound):
+        await revoke_key("evl_00000000")
+
+
+async def test_an_ambiguous_prefix_revokes_nothing(server: Server) -> None:
+    user, _ = await server.user()
+    first = await ApiKey.create(user=user, prefix="evl_SAMEPREF", hash="a" * 64)
+    second = await ApiKey.create(user=user, prefix="evl_SAMEPREF", hash="b" * 64)
+
+    with pytest.raises(NotFound):
+        await revoke_key("evl_SAMEPREF")
+
+    assert (await ApiKey.get(id=first.id)).revoked_at is None
+    assert (await ApiKey.get(id=second.id)).revoked_at is None
+
+
+async def test_missing_malformed_and_unknown_keys_do_not_authenticate(server: Server) -> None:
+    user, _ = await server.user()
+    issued = await issue_key(user)
+    typo = issued.secret[:10] + ("A" if issued.secret[10] != "A" else "B") + issued.secret[11:]
+
+    for key in (None, "", "nonsense", typo, new_key()):
+        with pytest.raises(Unauthenticated):
+            await authenticate(key)
+
+
+@pytest.mark.parametrize("key_id", ["99999999999999999999", "²", "0"])
+async def test_revoking_an_id_that_cannot_exist_is_not_found(server: Server, key_id: str) -> None:
+    with pytest.raises(NotFound):
+        await revoke_key(key_id)

@@ -1,0 +1,156 @@
+"""Freshness of vehicle reads: max age, stale-but-true, ordering, unexpected failures."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+
+from evlink.errors import ProviderUnavailable
+from evlink.models import Vehicle
+from evlink.providers.base import VehicleData
+from evlink.providers.simulator import ManualClock, Simulator
+from evlink.resolvers.charging import ingest_provider_update
+from evlink.settings import Settings
+from tests.conftest import Server, _truncate, run_server
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def make_stale(vehicle: Vehicle) -> None:
+    await Vehicle.filter(id=vehicle.id).update(refreshed_at=None)
+
+
+async def test_fresh_state_is_served_without_a_provider_call(server: Server) -> None:
+    user, key = await server.user()
+    vehicle = await server.vehicle(user, "plugged")
+    await server.http.get(f"/api/status/{vehicle.id}", headers=auth(key))
+    server.simulator.calls.clear()
+
+    for _ in range(5):
+        response = await server.http.get(f"/api/status/{vehicle.id}", headers=auth(key))
+        assert response.status_code == 200
+
+    assert server.simulator.calls == []
+
+
+async def test_provider_outage_serves_the_stored_state_and_logs_it(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    user, key = await server.user()
+    vehicle = await server.vehicle(user, "plugged")
+    before = (await server.http.get(f"/api/status/{vehicle.id}", headers=auth(key))).json()
+    await server.clock.advance(600)
+    await make_stale(vehicle)
+    server.simulator.outage = ProviderUnavailable(status=502)
+
+    with caplog.at_level(logging.WARNING, logger="evlink"):
+        response = await server.http.get(f"/api/status/{vehicle.id}", headers=auth(key))
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["chargeState"] == before["chargeState"]  # stale but true: its own lastUpdated
+    assert any("serving the stored state" in r.getMessage() for r in caplog.records)
+
+
+async def test_provider_outage_with_nothing_stored_is_502(server: Server) -> None:
+    user, key = await server.user()
+    vehicle = await server.vehicle(user, "plugged")
+    server.simulator.outage = ProviderUnavailable(status=502)
+
+    response = await server.http.get(f"/api/status/{vehicle.id}", headers=auth(key))
+
+    assert response.status_code == 502
+    assert response.json()["code"] == "PROVIDER_UNAVAILABLE"
+
+
+async def test_an_older_report_never_overwrites_a_newer_one(server: Server) -> None:
+    user, key = await server.user()
+    vehicle = await server.vehicle(user, "charging")
+    current = await server.simulator.get_vehicle(vehicle.provider_vehicle_id or "")
+    await ingest_provider_update(server.services, current)
+    assert current.charge_state.last_updated is not None
+    older = replace(
+        current,
+        last_seen=current.last_seen - timedelta(minutes=5) if current.last_seen else None,
+        charge_state=replace(
+            current.charge_state,
+            power_delivery_state="UNPLUGGED",
+            is_plugged_in=False,
+            is_charging=False,
+            last_updated=current.charge_state.last_updated - timedelta(minutes=5),
+        ),
+    )
+
+    await ingest_provider_update(server.services, older)
+
+    body = (await server.http.get(f"/api/status/{vehicle.id}", headers=auth(key))).json()
+    assert body["chargingState"] == "PLUGGED_IN:CHARGING"
+
+
+async def test_unknown_power_delivery_state_passes_through(server: Server) -> None:
+    user, key = await server.user()
+    vehicle = await server.vehicle(user, "plugged")
+    current = await server.simulator.get_vehicle(vehicle.provider_vehicle_id or "")
+    novel = replace(
+        current,
+        charge_state=replace(current.charge_state, power_delivery_state="PLUGGED_IN:V2G_EXPORT"),
+    )
+    await ingest_provider_update(server.services, novel)
+
+    rest = (await server.http.get(f"/api/status/{vehicle.id}", headers=auth(key))).json()
+    graphql = await server.graphql(
+        "query($id: ID!) { vehicle(id: $id) { chargeState { powerDeliveryState } } }",
+        {"id": str(vehicle.id)},
+        key=key,
+    )
+
+    assert rest["chargingState"] == "PLUGGED_IN:V2G_EXPORT"
+    assert graphql["data"]["vehicle"]["chargeState"]["powerDeliveryState"] == (
+        "PLUGGED_IN:V2G_EXPORT"
+    )
+
+
+class BrokenProvider(Simulator):
+    """A provider double with a bug of its own: every vehicle read blows up."""
+
+    async def get_vehicle(self, vehicle_id: str) -> VehicleData:
+        raise RuntimeError("internal detail: connection string postgres://secret@db")
+
+
+async def test_unexpected_errors_are_masked_and_logged_with_the_request_id(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    await _truncate(settings.database_url)
+    clock = ManualClock()
+    async with run_server(settings, clock=clock, simulator=BrokenProvider(clock)) as server:
+        user, key = await server.user()
+        vehicle = await server.vehicle(user, "plugged")
+        with caplog.at_level(logging.ERROR):
+            rest = await server.http.get(
+                f"/api/status/{vehicle.id}", headers={**auth(key), "X-Request-ID": "req-rest-1"}
+            )
+            graphql = await server.http.post(
+                "/graphql",
+                json={
+                    "query": "query($id: ID!) { vehicle(id: $id) { chargeState { range } } }",
+                    "variables": {"id": str(vehicle.id)},
+                },
+                headers={**auth(key), "X-Request-ID": "req-gql-1"},
+            )
+
+    assert rest.status_code == 500
+    assert rest.json() == {"detail": "Unexpected error", "code": "INTERNAL_ERROR"}
+    assert rest.headers["x-request-id"] == "req-rest-1"
+    error = graphql.json()["errors"][0]
+    assert error["message"] == "Unexpected error"
+    assert error["extensions"] == {"code": "INTERNAL_ERROR"}
+    assert "secret" not in rest.text
+    assert "secret" not in graphql.text
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "req-rest-1" in logged
+    assert "req-gql-1" in logged

@@ -1,0 +1,122 @@
+"""The real ``evlink`` command in subprocesses, on a SQLite file of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from evlink.resolvers.auth import check_key_format
+
+
+@dataclass(frozen=True)
+class Cli:
+    """Runs ``python -m evlink.cli`` against one database, in one folder."""
+
+    cwd: Path
+    env: dict[str, str]
+
+    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(  # noqa: S603 (our own interpreter and module)
+            [sys.executable, "-m", "evlink.cli", *args],
+            env=self.env,
+            cwd=self.cwd,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def ok(self, *args: str) -> str:
+        result = self(*args)
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+        return result.stdout
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory: pytest.TempPathFactory) -> Cli:
+    """A CLI over a freshly migrated SQLite file (migrated by the CLI itself)."""
+    folder = tmp_path_factory.mktemp("cli")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVLINK_")}
+    env["EVLINK_DATABASE_URL"] = f"sqlite://{folder / 'cli.sqlite3'}"
+    run = Cli(cwd=folder, env=env)
+    out = run.ok("migrate")
+    assert "0001_initial" in out
+    assert (folder / "cli.sqlite3").is_file()
+    return run
+
+
+def test_migrate_again_is_up_to_date(cli: Cli) -> None:
+    assert cli.ok("migrate").strip() == "database is up to date"
+
+
+def test_demo_json_is_one_object_and_is_idempotent(cli: Cli) -> None:
+    first = cli.ok("demo", "--json")
+    second = cli.ok("demo", "--json")
+
+    bodies = []
+    for out in (first, second):
+        lines = out.splitlines()
+        assert len(lines) == 1, out
+        body = json.loads(lines[0])
+        assert isinstance(body, dict)
+        assert check_key_format(body["api_key"]), body["api_key"]
+        assert len(body["vehicles"]) == 3
+        assert all(vehicle["id"] for vehicle in body["vehicles"])
+        bodies.append(body)
+    ids = [[vehicle["id"] for vehicle in body["vehicles"]] for body in bodies]
+    assert len(set(ids[0])) == 3
+    assert ids[0] == ids[1]  # the same three cars, in the same order
+    assert bodies[0]["api_key"] != bodies[1]["api_key"]  # a new key each time
+    assert bodies[0]["email"] == bodies[1]["email"]
+
+
+def test_users_and_keys(cli: Cli) -> None:
+    assert cli.ok("user", "create", "--email", "A@b.c", "--tier", "basic").split()[2:] == [
+        "a@b.c",
+        "BASIC",
+    ]
+    assert cli.ok("user", "set-tier", "--email", "a@b.c", "--tier", "pro").split()[2:] == [
+        "a@b.c",
+        "PRO",
+    ]
+    users = [line.split("\t") for line in cli.ok("user", "list").splitlines()]
+    assert [u[1:] for u in users if u[1] == "a@b.c"] == [["a@b.c", "PRO"]]
+
+    created = cli.ok("key", "create", "--user", "a@b.c", "--name", "laptop").splitlines()
+    secret = created[-1].strip()
+    assert check_key_format(secret), created
+    prefix = secret[:12]
+
+    listed = cli.ok("key", "list", "--user", "a@b.c")
+    assert secret not in listed
+    assert secret[12:] not in listed
+    rows = [line.split("\t") for line in listed.splitlines()]
+    assert len(rows) == 1, listed
+    assert rows[0][1] == f"{prefix}…"
+    assert rows[0][2:4] == ["a@b.c", "active"]
+
+    revoked = cli.ok("key", "revoke", prefix)
+    assert prefix in revoked
+
+    rows = [line.split("\t") for line in cli.ok("key", "list").splitlines()]
+    mine = [row for row in rows if row[1] == f"{prefix}…"]
+    assert len(mine) == 1
+    assert mine[0][3] == "revoked"
+
+
+def test_a_duplicate_user_fails_with_one_line(cli: Cli) -> None:
+    cli.ok("user", "create", "--email", "dup@b.c")
+
+    result = cli("user", "create", "--email", "DUP@b.c", "--tier", "pro")
+
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "dup@b.c" in lines[0]
+    assert result.stdout == ""

@@ -1,0 +1,171 @@
+"""Settings.from_env: defaults, the environment, a ``.env`` file, and one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from evlink.settings import Settings, SettingsError
+
+
+def from_env(environ: dict[str, str], env_file: Path | None = None) -> Settings:
+    return Settings.from_env(environ=environ, env_file=env_file)
+
+
+def test_defaults_are_the_embedded_single_machine_setup(tmp_path: Path) -> None:
+    settings = from_env({}, tmp_path / "absent.env")
+
+    assert settings.database_url.startswith("sqlite://var/")
+    assert settings.database_url.endswith(".sqlite3")
+    assert settings.is_sqlite
+    assert settings.provider == "simulator"
+    assert settings.host == "127.0.0.1"
+    assert settings.port == 8000
+    assert settings.log_level == "INFO"
+    assert settings == Settings()
+
+
+def test_unrelated_and_empty_variables_leave_the_defaults() -> None:
+    settings = from_env({"PORT": "9999", "EVLINK_PORT": "", "EVLINK_PROVIDER": ""})
+
+    assert settings.port == 8000
+    assert settings.provider == "simulator"
+
+
+def test_values_are_parsed_from_the_environment() -> None:
+    settings = from_env(
+        {
+            "EVLINK_DATABASE_URL": "postgres://evlink@db.internal:5432/evlink",
+            "EVLINK_PROVIDER": " Enode ",
+            "EVLINK_HOST": "10.1.2.3",
+            "EVLINK_PORT": "9001",
+            "EVLINK_LOG_LEVEL": "debug",
+            "EVLINK_STATUS_MAX_AGE": "12.5",
+            "EVLINK_CHARGING_MAX_ATTEMPTS": "7",
+            "EVLINK_CHARGING_DEADLINE": "90",
+            "EVLINK_SIMULATOR_ACTION_DELAY": "0",
+            "EVLINK_SIMULATOR_SPEED": "60",
+        }
+    )
+
+    assert settings.database_url == "postgres://evlink@db.internal:5432/evlink"
+    assert not settings.is_sqlite
+    assert settings.provider == "enode"
+    assert settings.host == "10.1.2.3"
+    assert settings.port == 9001
+    assert settings.log_level == "DEBUG"
+    assert settings.status_max_age == 12.5
+    assert settings.charging_max_attempts == 7
+    assert isinstance(settings.charging_max_attempts, int)
+    assert settings.charging_deadline == 90.0
+    assert isinstance(settings.charging_deadline, float)
+    assert settings.simulator_action_delay == 0.0  # zero delay is allowed for the simulator
+    assert settings.simulator_speed == 60.0
+
+
+def test_values_are_read_from_an_env_file(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "# evlink settings\n"
+        "EVLINK_PORT=8123\n"
+        'EVLINK_DATABASE_URL="sqlite://data/evlink.sqlite3"\n'
+        "EVLINK_LOG_LEVEL = warning\n"
+    )
+
+    settings = from_env({}, env_file)
+
+    assert settings.port == 8123
+    assert settings.database_url == "sqlite://data/evlink.sqlite3"
+    assert settings.log_level == "WARNING"
+    assert settings.provider == "simulator"
+
+
+def test_the_environment_wins_over_the_env_file(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("EVLINK_PORT=8123\nEVLINK_HOST=10.0.0.1\n")
+
+    settings = from_env({"EVLINK_PORT": "9002"}, env_file)
+
+    assert settings.port == 9002
+    assert settings.host == "10.0.0.1"  # not in the environment: the file's value
+
+
+def test_a_missing_env_file_is_not_an_error(tmp_path: Path) -> None:
+    settings = from_env({"EVLINK_PORT": "8124"}, tmp_path / "nowhere" / ".env")
+
+    assert settings.port == 8124
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("EVLINK_PORT", "abc"),
+        ("EVLINK_PORT", "70000"),
+        ("EVLINK_PORT", "-1"),
+        ("EVLINK_PORT", "80\n80"),
+        ("EVLINK_PROVIDER", "tesla"),
+        ("EVLINK_STATUS_MAX_AGE", "-1"),
+        ("EVLINK_STATUS_MAX_AGE", "0"),
+        ("EVLINK_STATUS_MAX_AGE", "soon"),
+        ("EVLINK_CHARGING_MAX_ATTEMPTS", "0"),
+        ("EVLINK_CHARGING_MAX_ATTEMPTS", "2.5"),
+        ("EVLINK_SIMULATOR_ACTION_DELAY", "-0.5"),
+        ("EVLINK_LOG_LEVEL", "verbose"),
+        ("EVLINK_DATABASE_URL", "mysql://x"),
+        ("EVLINK_DATABASE_URL", "var/evlink.sqlite3"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        from_env({name: value})
+
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "\r" not in message
+    assert message.startswith(f"{name}: ")
+
+
+def test_a_bad_value_in_the_env_file_names_the_variable(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("EVLINK_PROVIDER=tesla\n")
+
+    with pytest.raises(SettingsError, match=r"^EVLINK_PROVIDER: "):
+        from_env({}, env_file)
+
+
+def test_a_good_environment_value_hides_a_bad_one_in_the_file(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("EVLINK_PORT=abc\n")
+
+    assert from_env({"EVLINK_PORT": "8125"}, env_file).port == 8125
+
+
+def _environ_without_evlink() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("EVLINK_")}
+
+
+def test_the_cli_stops_with_one_line_on_a_bad_setting(tmp_path: Path) -> None:
+    env = _environ_without_evlink()
+    env["EVLINK_PORT"] = "abc"
+    env["EVLINK_DATABASE_URL"] = f"sqlite://{tmp_path / 'cli.sqlite3'}"
+
+    result = subprocess.run(
+        [sys.executable, "-m", "evlink.cli", "migrate"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode != 0
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "EVLINK_PORT" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "cli.sqlite3").exists()  # stopped before touching the database
