@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,6 +26,7 @@ from evlink.schema import build_schema
 from evlink.schema.view import GraphQLView
 from evlink.services import Services
 from evlink.settings import Settings
+from evlink.webhooks import enode_webhook, resume_deliveries
 
 __all__ = ["create_app"]
 
@@ -58,10 +60,12 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
 
             await services.provider.start(sink)
             await services.watcher.start()
+            resuming = asyncio.create_task(resume_deliveries(services), name="resume-deliveries")
             logger.info("evlink ready (provider %s)", services.provider.name)
             try:
                 yield
             finally:
+                resuming.cancel()
                 await services.provider.aclose()
                 await services.watcher.aclose()
                 await services.events.aclose()
@@ -70,6 +74,7 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             *compat_rest.routes,
+            Route("/api/webhooks/enode", enode_webhook, methods=["POST"]),
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
         ],

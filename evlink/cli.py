@@ -1,22 +1,26 @@
-"""The ``evlink`` command: serve | migrate | demo | user | key | vehicle."""
+"""The ``evlink`` command: serve | migrate | demo | user | key | vehicle | enode."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
 from tortoise.exceptions import OperationalError
 
 from evlink.errors import EvlinkError
+from evlink.events import MemoryEventBus
 from evlink.models import ApiKey, User
 from evlink.models.database import apply_migrations, open_database
+from evlink.providers.enode import EnodeProvider
 from evlink.resolvers import accounts
 from evlink.resolvers.auth import issue_key, revoke_key
+from evlink.services import Services
 from evlink.settings import Settings, SettingsError
 
 __all__ = ["main"]
@@ -166,6 +170,51 @@ async def _vehicle_add(settings: Settings, args: argparse.Namespace) -> None:
     _print(f"vehicle {vehicle.id}")
 
 
+@contextlib.asynccontextmanager
+async def _enode(settings: Settings) -> AsyncIterator[Services]:
+    """The database and an Enode provider, for the `evlink enode` commands."""
+    if not (settings.enode_client_id and settings.enode_client_secret):
+        raise CommandError("set EVLINK_ENODE_CLIENT_ID and EVLINK_ENODE_CLIENT_SECRET first")
+    provider = EnodeProvider.from_settings(settings)
+    try:
+        async with open_database(settings.database_url):
+            yield Services(settings=settings, provider=provider, events=MemoryEventBus())
+    finally:
+        await provider.aclose()
+
+
+async def _enode_link(settings: Settings, args: argparse.Namespace) -> None:
+    async with _enode(settings) as services:
+        user = await accounts.find_user(args.user)
+        url = await accounts.link_vehicle_account(services, user, args.redirect_uri)
+    _print(f"Open this link to connect {user.email}'s vehicles:")
+    _print(url)
+
+
+async def _enode_sync(settings: Settings, args: argparse.Namespace) -> None:
+    async with _enode(settings) as services:
+        if args.user:
+            users = [await accounts.find_user(args.user)]
+        else:
+            users = await User.filter(enode_user_id__isnull=False).order_by("id")
+        for user in users:
+            synced = await accounts.sync_vehicles(services, user)
+            _print(f"{user.email}: {len(synced)} vehicle(s)")
+            for vehicle in synced:
+                _print(f"  vehicle {vehicle.id}  {vehicle.provider_vehicle_id}")
+
+
+async def _enode_webhook(settings: Settings, args: argparse.Namespace) -> None:
+    if not settings.enode_webhook_secret:
+        raise CommandError("set EVLINK_ENODE_WEBHOOK_SECRET first: Enode signs with it")
+    provider = EnodeProvider.from_settings(settings)
+    try:
+        registered = await provider.register_webhook(args.url, settings.enode_webhook_secret)
+    finally:
+        await provider.aclose()
+    _print(f"webhook {registered.get('id')} registered for {args.url}")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evlink", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -207,6 +256,21 @@ def _parser() -> argparse.ArgumentParser:
     vehicle_add.add_argument(
         "--provider-vehicle-id", help="the provider's id (simulator: sim-plugged-<anything>)"
     )
+
+    enode = commands.add_parser(
+        "enode", help="link and sync Enode vehicle accounts"
+    ).add_subparsers(dest="action", required=True)
+    link = enode.add_parser("link", help="print the Enode link URL for a user")
+    link.add_argument("--user", required=True, help="the user's email")
+    link.add_argument(
+        "--redirect-uri", default="https://enode.com", help="where Enode sends the user after"
+    )
+    sync = enode.add_parser("sync", help="import the vehicles of linked users")
+    sync.add_argument("--user", help="only this user's (default: every linked user)")
+    webhook = enode.add_parser("webhook", help="register evlink's webhook with Enode")
+    webhook.add_argument(
+        "--url", required=True, help="public URL of POST /api/webhooks/enode on this server"
+    )
     return parser
 
 
@@ -222,6 +286,9 @@ _ASYNC_COMMANDS: dict[
     ("key", "list"): _key_list,
     ("key", "revoke"): _key_revoke,
     ("vehicle", "add"): _vehicle_add,
+    ("enode", "link"): _enode_link,
+    ("enode", "sync"): _enode_sync,
+    ("enode", "webhook"): _enode_webhook,
 }
 
 

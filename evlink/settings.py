@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
@@ -20,6 +20,7 @@ __all__ = ["Settings", "SettingsError"]
 T = TypeVar("T")
 
 ProviderName = Literal["simulator", "enode"]
+EnodeEnv = Literal["sandbox", "production"]
 PROVIDERS: tuple[ProviderName, ...] = ("simulator", "enode")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DB_SCHEMES = ("sqlite", "postgres", "asyncpg", "psycopg")
@@ -55,6 +56,20 @@ class Settings:
     simulator_tick: float = 1.0
     # Simulated seconds per real second: 60 makes an hour of charging take a minute.
     simulator_speed: float = 1.0
+    # Enode (EVLINK_PROVIDER=enode). Secrets never appear in repr or logs.
+    enode_client_id: str = ""
+    enode_client_secret: str = field(default="", repr=False)
+    enode_env: EnodeEnv = "sandbox"
+    # Explicit hosts override EVLINK_ENODE_ENV (a proxy, or a fake server in tests).
+    enode_api_url: str = ""
+    enode_oauth_url: str = ""
+    enode_webhook_secret: str = field(default="", repr=False)
+    enode_timeout: float = 10.0  # seconds to connect and to read
+    enode_max_connections: int = 20
+    enode_retries: int = 3  # tries of an idempotent read
+    enode_breaker_threshold: int = 5  # failures in a row that open the circuit
+    enode_breaker_cooldown: float = 30.0  # seconds the circuit stays open
+    webhook_max_body: int = 1_048_576  # bytes
 
     @classmethod
     def from_env(
@@ -68,17 +83,34 @@ class Settings:
         config = Config(path if path is not None and path.is_file() else None, environ=env)
         defaults = cls()
         values: dict[str, Any] = {}
-        for field in fields(cls):
-            name = f"EVLINK_{field.name.upper()}"
+        for setting in fields(cls):
+            name = f"EVLINK_{setting.name.upper()}"
             raw = config(name, default=None)
             if raw is None or raw == "":
                 continue
-            parse = _PARSERS.get(field.name, _parser_for(getattr(defaults, field.name)))
+            parse = _PARSERS.get(setting.name, _parser_for(getattr(defaults, setting.name)))
             try:
-                values[field.name] = parse(str(raw))
+                values[setting.name] = parse(str(raw))
             except ValueError as exc:
                 raise SettingsError(f"{name}: {exc} (got {raw!r})") from None
-        return cls(**values)
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Rules across variables; raises :class:`SettingsError` naming the variable."""
+        if self.provider == "enode":
+            for name in ("enode_client_id", "enode_client_secret"):
+                if not getattr(self, name):
+                    variable = f"EVLINK_{name.upper()}"
+                    raise SettingsError(f"{variable}: required with EVLINK_PROVIDER=enode")
+
+    @property
+    def enode_urls(self) -> tuple[str, str]:
+        """(API base URL, OAuth base URL) for Enode."""
+        api = self.enode_api_url or f"https://enode-api.{self.enode_env}.enode.io"
+        oauth = self.enode_oauth_url or f"https://oauth.{self.enode_env}.enode.io"
+        return api.rstrip("/"), oauth.rstrip("/")
 
     @property
     def is_sqlite(self) -> bool:
@@ -167,6 +199,12 @@ def _database_url(raw: str) -> str:
     return raw
 
 
+def _http_url(raw: str) -> str:
+    if not raw.startswith(("http://", "https://")):
+        raise ValueError("expected an http:// or https:// URL")
+    return raw
+
+
 def _parser_for(default: T) -> Callable[[str], T]:
     if isinstance(default, float):
         return cast(Callable[[str], T], _positive_float)
@@ -181,6 +219,9 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "port": _port,
     "log_level": _choice(LOG_LEVELS, upper=True),
     "simulator_action_delay": _non_negative_float,
+    "enode_env": _choice(("sandbox", "production")),
+    "enode_api_url": lambda raw: _http_url(raw),
+    "enode_oauth_url": lambda raw: _http_url(raw),
 }
 
 

@@ -35,7 +35,14 @@ from evlink.resolvers.auth import issue_key
 from evlink.services import Services
 from evlink.settings import Settings, connection_name
 
-TABLES = ("charging_commands", "charge_states", "vehicles", "api_keys", "users")
+TABLES = (
+    "webhook_deliveries",
+    "charging_commands",
+    "charge_states",
+    "vehicles",
+    "api_keys",
+    "users",
+)
 PROTOCOLS = (WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL, WebsocketsTransport.APOLLO_SUBPROTOCOL)
 TIMEOUT = 10.0  # seconds any awaited event may take before a test fails
 

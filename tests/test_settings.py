@@ -49,10 +49,15 @@ def test_values_are_parsed_from_the_environment() -> None:
             "EVLINK_CHARGING_DEADLINE": "90",
             "EVLINK_SIMULATOR_ACTION_DELAY": "0",
             "EVLINK_SIMULATOR_SPEED": "60",
+            "EVLINK_ENODE_CLIENT_ID": "client",
+            "EVLINK_ENODE_CLIENT_SECRET": "s3cret-value",
+            "EVLINK_ENODE_API_URL": "http://127.0.0.1:9999/",
         }
     )
 
     assert settings.database_url == "postgres://evlink@db.internal:5432/evlink"
+    assert settings.enode_urls == ("http://127.0.0.1:9999", "https://oauth.sandbox.enode.io")
+    assert "s3cret-value" not in repr(settings)
     assert not settings.is_sqlite
     assert settings.provider == "enode"
     assert settings.host == "10.1.2.3"
@@ -169,3 +174,9 @@ def test_the_cli_stops_with_one_line_on_a_bad_setting(tmp_path: Path) -> None:
     assert "EVLINK_PORT" in lines[0]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "cli.sqlite3").exists()  # stopped before touching the database
+
+
+def test_enode_needs_its_credentials() -> None:
+    with pytest.raises(SettingsError) as error:
+        from_env({"EVLINK_PROVIDER": "enode"})
+    assert str(error.value).startswith("EVLINK_ENODE_CLIENT_ID:")

@@ -1,6 +1,7 @@
 """Tortoise models of evlink, one module per concept; migrations in ``migrations/``."""
 
 from evlink.models.commands import ChargingCommand, CommandState
+from evlink.models.deliveries import WebhookDelivery
 from evlink.models.users import ApiKey, Tier, User
 from evlink.models.vehicles import ChargeState, Vehicle
 
@@ -12,4 +13,5 @@ __all__ = [
     "Tier",
     "User",
     "Vehicle",
+    "WebhookDelivery",
 ]

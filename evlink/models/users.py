@@ -18,6 +18,8 @@ class User(Model):
     id = fields.IntField(primary_key=True)
     email = fields.CharField(max_length=254, unique=True)
     tier = fields.CharEnumField(Tier, max_length=8, default=Tier.FREE)
+    # The id this user has at Enode (chosen by evlink when the user first links a car).
+    enode_user_id = fields.CharField(max_length=64, null=True, unique=True)
     created_at = fields.DatetimeField(auto_now_add=True)
 
     class Meta:

@@ -1,8 +1,9 @@
-"""Vehicle providers: the :class:`Provider` protocol, the simulator and (later) Enode."""
+"""Vehicle providers: the :class:`Provider` protocol, the simulator and Enode."""
 
 from __future__ import annotations
 
 from evlink.providers.base import Provider
+from evlink.providers.enode import EnodeProvider
 from evlink.providers.simulator import Simulator
 from evlink.settings import Settings
 
@@ -17,4 +18,4 @@ def build_provider(settings: Settings) -> Provider:
             tick=settings.simulator_tick,
             speed=settings.simulator_speed,
         )
-    raise NotImplementedError(f"provider {settings.provider!r} is not available yet")
+    return EnodeProvider.from_settings(settings)

@@ -244,6 +244,10 @@ class Provider(Protocol):
 
     async def cancel_action(self, action_id: str) -> ChargeAction: ...
 
+    async def link_user(self, user_id: str, redirect_uri: str) -> str:
+        """The URL where the user connects a vehicle account to ``user_id``."""
+        ...
+
 
 def _str(value: object) -> str | None:
     return None if value is None else str(value)

@@ -28,6 +28,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from evlink.errors import (
+    BadRequest,
     InvalidVehicleState,
     NotFound,
     ProviderUnavailable,
@@ -350,6 +351,9 @@ class Simulator:
             action.failure_reason = {"type": "REQUESTED_CANCELLATION", "detail": "Cancelled"}
             self._dirty_actions.add(action.id)
         return action.snapshot()
+
+    async def link_user(self, user_id: str, redirect_uri: str) -> str:
+        raise BadRequest("The simulator has no vehicle accounts to link; use EVLINK_PROVIDER=enode")
 
     # -- Controls for demos and tests -------------------------------------
 

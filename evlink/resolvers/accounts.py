@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 from tortoise.transactions import in_transaction
@@ -9,7 +10,9 @@ from tortoise.transactions import in_transaction
 from evlink.errors import BadRequest, NotFound
 from evlink.models import Tier, User, Vehicle
 from evlink.providers.simulator import simulator_vehicle_id
+from evlink.resolvers import vehicles
 from evlink.resolvers.auth import IssuedKey, issue_key
+from evlink.services import Services
 
 __all__ = [
     "DEMO_EMAIL",
@@ -18,8 +21,10 @@ __all__ = [
     "create_user",
     "ensure_demo",
     "find_user",
+    "link_vehicle_account",
     "parse_tier",
     "set_tier",
+    "sync_vehicles",
 ]
 
 DEMO_EMAIL = "demo@evlink.local"
@@ -95,3 +100,21 @@ async def ensure_demo() -> DemoAccount:
             ]
         key = await issue_key(user, name="demo")
     return DemoAccount(user=user, vehicles=vehicles, key=key)
+
+
+async def link_vehicle_account(services: Services, user: User, redirect_uri: str) -> str:
+    """The provider's link URL for ``user``, giving the user a provider identity if needed."""
+    if not redirect_uri.startswith(("https://", "http://")):
+        raise BadRequest("redirectUri must be an http(s) URL")
+    if user.enode_user_id is None:
+        user.enode_user_id = str(uuid.uuid4())
+        await user.save(update_fields=["enode_user_id"])
+    return await services.provider.link_user(user.enode_user_id, redirect_uri)
+
+
+async def sync_vehicles(services: Services, user: User) -> list[Vehicle]:
+    """Import every vehicle the provider lists for ``user``."""
+    if user.enode_user_id is None:
+        raise BadRequest(f"{user.email} has not linked a vehicle account yet")
+    listed = await services.provider.list_vehicles(user.enode_user_id)
+    return [await vehicles.upsert_provider_vehicle(services, user, data) for data in listed]

@@ -30,6 +30,7 @@ __all__ = [
     "get_vehicle",
     "list_vehicles",
     "record_vehicle_data",
+    "upsert_provider_vehicle",
     "vehicle_status",
 ]
 
@@ -198,6 +199,25 @@ async def _publish(services: Services, vehicle: Vehicle, state: ChargeStateData)
     await services.events.publish(
         charge_state_topic(vehicle.id), {"vehicleId": str(vehicle.id), **state.to_enode()}
     )
+
+
+async def upsert_provider_vehicle(services: Services, owner: User, data: VehicleData) -> Vehicle:
+    """Add a vehicle the provider reports for ``owner`` (or bring it back), then record it."""
+    provider = services.provider.name
+    vehicle = await Vehicle.get_or_none(provider=provider, provider_vehicle_id=data.id)
+    if vehicle is None:
+        vehicle = await Vehicle.create(
+            user=owner,
+            provider=provider,
+            provider_vehicle_id=data.id,
+            provider_user_id=data.user_id,
+        )
+        logger.info("vehicle %s (%s %s) added for user %s", vehicle.id, provider, data.id, owner.id)
+    elif vehicle.deleted_at is not None:
+        vehicle.deleted_at = None
+        await vehicle.save(update_fields=["deleted_at"])
+    await record_vehicle_data(services, vehicle, data)
+    return vehicle
 
 
 async def ingest_vehicle_update(services: Services, data: VehicleData) -> None:

@@ -9,7 +9,7 @@ import strawberry
 from evlink.events import Subscription as Subscription_
 from evlink.events import charge_state_topic, command_topic
 from evlink.providers.base import ChargeStateData
-from evlink.resolvers import charging, vehicles
+from evlink.resolvers import accounts, charging, vehicles
 from evlink.schema.context import Info
 from evlink.schema.types import (
     ChargeState,
@@ -68,6 +68,16 @@ class Mutation:
             info.context.services, user, str(vehicle_id), action, idempotency_key
         )
         return ChargingCommand.from_model(command)
+
+    @strawberry.mutation(
+        description=(
+            "The provider's page where the caller connects a vehicle account; the cars "
+            "then appear in `vehicles` (through the provider's webhooks or `evlink enode sync`)."
+        )
+    )
+    async def link_vehicle_account(self, info: Info, redirect_uri: str) -> str:
+        user = await info.context.user()
+        return await accounts.link_vehicle_account(info.context.services, user, redirect_uri)
 
 
 @strawberry.type
