@@ -26,6 +26,7 @@ __all__ = [
     "charge_state_topic",
     "command_topic",
     "command_wake_topic",
+    "delivery_topic",
 ]
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,11 @@ def charge_state_topic(vehicle_id: UUID | str) -> str:
 
 def command_topic(command_id: UUID | str) -> str:
     return f"command:{command_id}"
+
+
+def delivery_topic(delivery_id: str) -> str:
+    """Announces that a webhook delivery has been worked off."""
+    return f"delivery:{delivery_id}"
 
 
 def command_wake_topic(command_id: UUID | str) -> str:

@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse
 from tortoise.exceptions import IntegrityError
 
 from evlink.errors import BadRequest, EvlinkError, NotFound, Unauthenticated
+from evlink.events import delivery_topic
 from evlink.models import User, Vehicle, WebhookDelivery
 from evlink.providers.base import ChargeAction, VehicleData
 from evlink.resolvers.charging import ingest_provider_update
@@ -103,6 +104,7 @@ async def process_delivery(services: Services, delivery_id: str) -> None:
                 "webhook: event %s of delivery %s failed", event.get("event"), delivery_id
             )
     await WebhookDelivery.filter(id=delivery_id).update(processed_at=datetime.now(UTC))
+    await services.events.publish(delivery_topic(delivery_id), {"id": delivery_id})
 
 
 async def resume_deliveries(services: Services) -> None:

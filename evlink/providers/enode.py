@@ -50,8 +50,9 @@ PAGE_SIZE = 50
 
 
 class _CircuitBreaker:
-    """Opens after ``threshold`` failures in a row; after ``cooldown`` calls go through
-    again, and the next failure opens it at once."""
+    """Opens after ``threshold`` failures in a row, or for as long as a ``Retry-After``
+    says; once that time has passed calls go through again, and while failures go on
+    each one opens it anew."""
 
     def __init__(self, threshold: int, cooldown: float, clock: Callable[[], float]) -> None:
         self.threshold = threshold
@@ -62,7 +63,7 @@ class _CircuitBreaker:
 
     def check(self) -> None:
         remaining = self._open_until - self._clock()
-        if self._failures >= self.threshold and remaining > 0:
+        if remaining > 0:
             raise ProviderUnavailable(
                 "The vehicle provider is unavailable; try again later",
                 status=503,
@@ -75,6 +76,9 @@ class _CircuitBreaker:
 
     def failure(self, retry_after: float | None = None) -> None:
         self._failures += 1
+        if retry_after:
+            # Enode said when to come back (429/503): nobody calls before then.
+            self._open_until = max(self._open_until, self._clock() + retry_after)
         if self._failures >= self.threshold:
             self._open_until = self._clock() + max(self.cooldown, retry_after or 0.0)
             logger.warning(
@@ -85,7 +89,7 @@ class _CircuitBreaker:
 
     @property
     def is_open(self) -> bool:
-        return self._failures >= self.threshold and self._open_until > self._clock()
+        return self._open_until > self._clock()
 
 
 class EnodeProvider:
@@ -359,7 +363,8 @@ class EnodeProvider:
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
-            return min(retry_after, MAX_RETRY_AFTER)
+            # A hair past the provider's own time, so the circuit has closed by then.
+            return min(retry_after, MAX_RETRY_AFTER) + 0.05
         return float(self._retry_backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
 
 
