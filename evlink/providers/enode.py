@@ -251,7 +251,8 @@ class EnodeProvider:
             attempt += 1
             self.breaker.check()
             try:
-                response = await self._send(method, path, json=json, params=params)
+                token = await self._access_token()
+                response = await self._send(method, path, token, json=json, params=params)
             except EvlinkError as failure:
                 self.breaker.failure(failure.retry_after)
                 if attempt >= tries:
@@ -261,7 +262,8 @@ class EnodeProvider:
             if response.status_code == 401 and not token_renewed:
                 # Enode refused the token before doing anything: renew once and resend.
                 token_renewed = True
-                self._token = None
+                if self._token == token:  # others that failed with it find the new one
+                    self._token = None
                 attempt -= 1
                 continue
             if response.is_success:
@@ -282,11 +284,11 @@ class EnodeProvider:
         self,
         method: str,
         path: str,
+        token: str,
         *,
         json: dict[str, Any] | None,
         params: dict[str, str | int] | None,
     ) -> httpx.Response:
-        token = await self._access_token()
         try:
             return await self._client.request(
                 method,
