@@ -12,11 +12,13 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
+from tortoise import Tortoise
 from tortoise.contrib.starlette import RegisterTortoise
 
 from evlink import compat_rest
 from evlink.compat_rest.errors import UnexpectedErrors, exception_handlers
-from evlink.events import MemoryEventBus
+from evlink.events import RedisEventBus, build_event_bus
+from evlink.metrics import CountedProvider, Metrics, MetricsMiddleware, metrics_endpoint
 from evlink.models.database import ensure_sqlite_directory
 from evlink.providers import Provider, build_provider
 from evlink.providers.base import ProviderUpdate
@@ -24,8 +26,9 @@ from evlink.requestid import RequestIdMiddleware
 from evlink.resolvers.charging import CommandWatcher, ingest_provider_update
 from evlink.schema import build_schema
 from evlink.schema.view import GraphQLView
+from evlink.server import OpenSockets
 from evlink.services import Services
-from evlink.settings import Settings
+from evlink.settings import Settings, connection_name
 from evlink.webhooks import enode_webhook, resume_deliveries
 
 __all__ = ["create_app"]
@@ -38,19 +41,44 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
+async def readyz(request: Request) -> JSONResponse:
+    """Ready to serve: the database answers and, when configured, Redis does."""
+    services: Services = request.app.state.services
+    checks: dict[str, str] = {}
+    try:
+        await Tortoise.get_connection(
+            connection_name(services.settings.database_url)
+        ).execute_query("SELECT 1")
+        checks["database"] = "ok"
+    except Exception as exc:
+        logger.warning("readyz: database check failed: %s", type(exc).__name__)
+        checks["database"] = "unavailable"
+    if isinstance(services.events, RedisEventBus):
+        checks["redis"] = "ok" if await services.events.ping() else "unavailable"
+    ready = all(value == "ok" for value in checks.values())
+    return JSONResponse(
+        {"status": "ready" if ready else "unavailable", **checks}, status_code=200 if ready else 503
+    )
+
+
 def create_app(settings: Settings | None = None, *, provider: Provider | None = None) -> Starlette:
     """The evlink ASGI app. ``provider`` replaces the one the settings name (tests, demos)."""
     settings = settings or Settings.from_env()
     graphql = GraphQLView(build_schema(), graphql_ide=None)
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         ensure_sqlite_directory(settings.database_url)
         async with RegisterTortoise(app, config=settings.tortoise_config()):
+            events = build_event_bus(settings.redis_url)
+            if isinstance(events, RedisEventBus):
+                await events.start()
             services = Services(
                 settings=settings,
-                provider=provider or build_provider(settings),
-                events=MemoryEventBus(),
+                provider=CountedProvider(provider or build_provider(settings), metrics),
+                events=events,
+                metrics=metrics,
             )
             services.watcher = CommandWatcher(services)
             app.state.services = services
@@ -67,18 +95,27 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
             finally:
                 resuming.cancel()
                 await services.provider.aclose()
-                await services.watcher.aclose()
+                await services.watcher.aclose(release=True)
                 await services.events.aclose()
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
             *compat_rest.routes,
             Route("/api/webhooks/enode", enode_webhook, methods=["POST"]),
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
         ],
-        middleware=[Middleware(RequestIdMiddleware), Middleware(UnexpectedErrors)],
+        middleware=[
+            Middleware(RequestIdMiddleware),
+            Middleware(MetricsMiddleware, metrics=metrics),
+            Middleware(UnexpectedErrors),
+        ],
         exception_handlers=exception_handlers,
         lifespan=lifespan,
     )
+    app.state.metrics = metrics
+    app.state.open_sockets = OpenSockets()
+    return app

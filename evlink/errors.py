@@ -18,6 +18,7 @@ and answered as "Unexpected error" without internals.
     ├── RateLimited              429 RATE_LIMITED
     ├── ProviderLinkMissing      500 PROVIDER_LINK_MISSING
     ├── InternalError            500 INTERNAL_ERROR
+    ├── StreamInterrupted        503 STREAM_INTERRUPTED (a subscription lost its events)
     └── ProviderUnavailable      502 / 503 / 504 PROVIDER_UNAVAILABLE
 """
 
@@ -38,6 +39,7 @@ __all__ = [
     "ProviderUnavailable",
     "RateLimited",
     "SmartChargingActive",
+    "StreamInterrupted",
     "Unauthenticated",
 ]
 
@@ -122,6 +124,12 @@ class ProviderLinkMissing(EvlinkError):
     code = "PROVIDER_LINK_MISSING"
     status = 500
     default_message = "The vehicle has no provider id"
+
+
+class StreamInterrupted(EvlinkError):
+    code = "STREAM_INTERRUPTED"
+    status = 503
+    default_message = "The event stream was interrupted; subscribe again"
 
 
 class InternalError(EvlinkError):

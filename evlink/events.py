@@ -13,16 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import random
+import uuid
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, Protocol
 from uuid import UUID
 
+import redis.asyncio
+
+from evlink.errors import StreamInterrupted
+
 __all__ = [
     "EventBus",
     "MemoryEventBus",
+    "RedisEventBus",
     "Subscription",
+    "build_event_bus",
     "charge_state_topic",
     "command_topic",
     "command_wake_topic",
@@ -111,15 +120,28 @@ class _MemorySubscription:
             logger.warning("events: slow subscriber on %s dropped a message", self._topics)
         self.queue.put_nowait(message)
 
+    def interrupt(self, reason: str) -> None:
+        """Tell the reader its stream broke: the next read raises :class:`StreamInterrupted`."""
+        self.deliver({_INTERRUPTED: reason})
+
     async def __aiter__(self) -> AsyncIterator[Message]:
         while True:
-            yield await self.queue.get()
+            yield _checked(await self.queue.get())
 
     async def get(self, timeout: float | None = None) -> Message | None:
         try:
-            return await asyncio.wait_for(self.queue.get(), timeout)
+            return _checked(await asyncio.wait_for(self.queue.get(), timeout))
         except TimeoutError:
             return None
+
+
+_INTERRUPTED = "__stream_interrupted__"
+
+
+def _checked(message: Message) -> Message:
+    if _INTERRUPTED in message:
+        raise StreamInterrupted()
+    return message
 
 
 class MemoryEventBus:
@@ -130,11 +152,111 @@ class MemoryEventBus:
         self._max_queue = max_queue
 
     async def publish(self, topic: str, message: Message) -> None:
+        self.deliver(topic, message)
+
+    def deliver(self, topic: str, message: Message) -> None:
         for subscription in tuple(self.subscribers.get(topic, ())):
             subscription.deliver(message)
+
+    def interrupt_all(self, reason: str) -> None:
+        for subscriptions in tuple(self.subscribers.values()):
+            for subscription in tuple(subscriptions):
+                subscription.interrupt(reason)
 
     def subscribe(self, *topics: str) -> _MemorySubscription:
         return _MemorySubscription(self, topics, self._max_queue)
 
     async def aclose(self) -> None:
         self.subscribers.clear()
+
+
+class RedisEventBus:
+    """Events across instances over Redis pub/sub; local subscribers never wait on Redis.
+
+    A message is delivered to this instance's subscribers at once and published
+    to Redis with the instance's id; every instance reads one pattern
+    subscription and delivers what other instances published. When the Redis
+    connection breaks, every local subscription is told (its next read raises
+    :class:`StreamInterrupted`) and the reader reconnects with backoff.
+    """
+
+    def __init__(self, url: str, *, prefix: str = "evlink:events:", max_queue: int = 100) -> None:
+        self.local = MemoryEventBus(max_queue)
+        self.instance = uuid.uuid4().hex
+        self._prefix = prefix
+        self._redis: redis.asyncio.Redis = redis.asyncio.from_url(url)
+        self._reader: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self.connected = False
+
+    @property
+    def subscribers(self) -> dict[str, set[_MemorySubscription]]:
+        return self.local.subscribers
+
+    async def start(self, timeout: float = 5.0) -> None:
+        """Start reading; returns once the pattern subscription is in place (or timeout)."""
+        self._reader = asyncio.create_task(self._read_forever(), name="redis-events")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), timeout)
+
+    async def publish(self, topic: str, message: Message) -> None:
+        self.local.deliver(topic, message)
+        payload = json.dumps({"origin": self.instance, "topic": topic, "message": message})
+        try:
+            await self._redis.publish(self._prefix + topic, payload)
+        except (redis.RedisError, OSError) as exc:
+            logger.warning("events: publishing %s to Redis failed: %s", topic, exc)
+
+    def subscribe(self, *topics: str) -> _MemorySubscription:
+        return self.local.subscribe(*topics)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    async def aclose(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self._redis.aclose()
+        await self.local.aclose()
+
+    async def _read_forever(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.psubscribe(self._prefix + "*")
+                    self.connected = True
+                    self._ready.set()
+                    delay = 0.1
+                    logger.info("events: reading Redis pub/sub")
+                    async for raw in pubsub.listen():
+                        self._dispatch(raw)
+            except (redis.RedisError, OSError) as exc:
+                if self.connected:
+                    logger.warning("events: Redis connection lost (%s); reconnecting", exc)
+                    self.local.interrupt_all("the event stream was interrupted")
+                self.connected = False
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 10.0)
+
+    def _dispatch(self, raw: dict[str, Any]) -> None:
+        if raw.get("type") != "pmessage":
+            return
+        try:
+            envelope = json.loads(raw["data"])
+        except (ValueError, TypeError):
+            logger.warning("events: unreadable message on %r", raw.get("channel"))
+            return
+        if envelope.get("origin") == self.instance:
+            return  # delivered locally when it was published
+        self.local.deliver(str(envelope["topic"]), dict(envelope["message"]))
+
+
+def build_event_bus(redis_url: str) -> EventBus:
+    """In-process events, or Redis pub/sub when a URL is configured."""
+    return RedisEventBus(redis_url) if redis_url else MemoryEventBus()

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from uuid import UUID
 
 from evlink.events import EventBus
+from evlink.metrics import Metrics
 from evlink.providers.base import Provider
 from evlink.settings import Settings
 
@@ -30,6 +31,7 @@ class Services:
     # Refreshes in flight, one per vehicle: concurrent stale reads share one provider call.
     refreshes: dict[UUID, asyncio.Task[VehicleStatus]] = field(default_factory=dict)
     watcher: CommandWatcher | None = None
+    metrics: Metrics = field(default_factory=Metrics)
     _vehicle_locks: dict[UUID, asyncio.Lock] = field(default_factory=dict)
 
     def vehicle_lock(self, vehicle_id: UUID) -> asyncio.Lock:

@@ -21,6 +21,7 @@ T = TypeVar("T")
 
 ProviderName = Literal["simulator", "enode"]
 EnodeEnv = Literal["sandbox", "production"]
+LogFormat = Literal["text", "json"]
 PROVIDERS: tuple[ProviderName, ...] = ("simulator", "enode")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DB_SCHEMES = ("sqlite", "postgres", "asyncpg", "psycopg")
@@ -70,6 +71,11 @@ class Settings:
     enode_breaker_threshold: int = 5  # failures in a row that open the circuit
     enode_breaker_cooldown: float = 30.0  # seconds the circuit stays open
     webhook_max_body: int = 1_048_576  # bytes
+    # Several instances: Redis carries events (and rate limits) between them.
+    redis_url: str = ""
+    log_format: LogFormat = "text"
+    # Seconds an instance holds a command it follows; another takes it over after that.
+    command_lease: float = 30.0
 
     @classmethod
     def from_env(
@@ -205,6 +211,12 @@ def _http_url(raw: str) -> str:
     return raw
 
 
+def _redis_url(raw: str) -> str:
+    if not raw.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("expected redis://HOST:PORT/DB")
+    return raw
+
+
 def _parser_for(default: T) -> Callable[[str], T]:
     if isinstance(default, float):
         return cast(Callable[[str], T], _positive_float)
@@ -220,6 +232,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "log_level": _choice(LOG_LEVELS, upper=True),
     "simulator_action_delay": _non_negative_float,
     "enode_env": _choice(("sandbox", "production")),
+    "redis_url": lambda raw: _redis_url(raw),
+    "log_format": _choice(("text", "json")),
     "enode_api_url": lambda raw: _http_url(raw),
     "enode_oauth_url": lambda raw: _http_url(raw),
 }

@@ -43,6 +43,9 @@ class ChargingCommand(Model):
     failure_reason: str | None = fields.TextField(null=True)
     # When the watcher should next look at this command (resend or poll).
     next_attempt_at = fields.DatetimeField(null=True)
+    # The instance following this command, until when; an expired lease is free to take.
+    lease_owner = fields.CharField(max_length=128, null=True, db_index=True)
+    lease_expires_at = fields.DatetimeField(null=True)
     deadline_at = fields.DatetimeField()
     created_at = fields.DatetimeField(auto_now_add=True)
     updated_at = fields.DatetimeField(auto_now=True)

@@ -25,10 +25,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
+import socket
+import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
+
+from tortoise.expressions import Q
 
 from evlink.errors import (
     BadRequest,
@@ -39,6 +45,7 @@ from evlink.errors import (
     NotFound,
     ProviderLinkMissing,
     SmartChargingActive,
+    StreamInterrupted,
 )
 from evlink.events import charge_state_topic, command_topic, command_wake_topic
 from evlink.models import ChargingCommand, CommandState, Tier, User, Vehicle
@@ -116,6 +123,10 @@ async def set_charging(
         pending = await ChargingCommand.filter(vehicle=vehicle, state=CommandState.PENDING)
         for command in pending:
             if command.action == action:
+                if idempotency_key is not None and command.idempotency_key is None:
+                    # A retry under this key must find this command, not make another.
+                    command.idempotency_key = idempotency_key
+                    await command.save(update_fields=["idempotency_key", "updated_at"])
                 return command
         status = await vehicles.vehicle_status(
             services, vehicle, max_age=services.settings.charging_fresh_age
@@ -123,13 +134,18 @@ async def set_charging(
         _check_request(status.vehicle, status.charge_state, action, superseding=bool(pending))
         for command in pending:
             await _finish(services, command, CommandState.CANCELLED, "superseded")
+        watcher = services.watcher
         command = await ChargingCommand.create(
             vehicle=vehicle,
             user=user,
             action=action,
             idempotency_key=idempotency_key,
             deadline_at=_now() + timedelta(seconds=services.settings.charging_deadline),
+            # The instance that takes the request follows the command first.
+            lease_owner=watcher.owner if watcher else None,
+            lease_expires_at=watcher.lease_until() if watcher else None,
         )
+        services.metrics.commands.labels(state=CommandState.PENDING.value).inc()
         try:
             await _send(services, command, vehicle.provider_vehicle_id)
         except (InvalidVehicleState, SmartChargingActive) as refused:
@@ -166,12 +182,12 @@ async def _send(services: Services, command: ChargingCommand, provider_vehicle_i
     try:
         action = await services.provider.set_charging(provider_vehicle_id, command.action)
     except (InvalidVehicleState, SmartChargingActive):
-        await command.save()
+        await command.save(update_fields=["attempts", "updated_at"])
         raise
     except EvlinkError as exc:
         command.failure_reason = exc.message
         command.next_attempt_at = _now() + _backoff(services, command.attempts)
-        await command.save()
+        await command.save(update_fields=_SEND_FIELDS)
         logger.warning(
             "command %s: provider did not take attempt %d (%s)", command.id, command.attempts, exc
         )
@@ -179,7 +195,18 @@ async def _send(services: Services, command: ChargingCommand, provider_vehicle_i
     _store_action(command, action)
     command.failure_reason = None
     command.next_attempt_at = None
-    await command.save()
+    await command.save(update_fields=_SEND_FIELDS)
+
+
+# Saves name their fields: a whole-row save from a stale copy would undo a lease renewal.
+_SEND_FIELDS = [
+    "attempts",
+    "provider_action_id",
+    "provider_action",
+    "failure_reason",
+    "next_attempt_at",
+    "updated_at",
+]
 
 
 def _store_action(command: ChargingCommand, action: ChargeAction) -> None:
@@ -200,7 +227,18 @@ async def _finish(
     command.next_attempt_at = None
     if reason is not None or state == CommandState.CONFIRMED:
         command.failure_reason = reason
-    await command.save()
+    command.lease_owner = None
+    services.metrics.commands.labels(state=state.value).inc()
+    await command.save(
+        update_fields=[
+            "state",
+            "completed_at",
+            "next_attempt_at",
+            "failure_reason",
+            "lease_owner",
+            "updated_at",
+        ]
+    )
     await _publish(services, command)
     logger.info("command %s (%s) ended %s", command.id, command.action.value, state.value)
 
@@ -247,7 +285,8 @@ async def wait_for_command(
             remaining = until - loop.time()
             if command.state.is_final or remaining <= 0:
                 return command
-            await messages.get(timeout=remaining)
+            with contextlib.suppress(StreamInterrupted):  # read the database again
+                await messages.get(timeout=remaining)
 
 
 # -- provider updates -------------------------------------------------------------
@@ -279,20 +318,61 @@ def _is_newer_action(update: ChargeAction, stored: dict[str, Any] | None) -> boo
 # -- the watcher ---------------------------------------------------------------------
 
 
-class CommandWatcher:
-    """Follows every PENDING command of this process to an end state."""
+class _LeaseLost(Exception):
+    """Another instance holds the command now: stop following it."""
 
-    def __init__(self, services: Services) -> None:
+
+class CommandWatcher:
+    """Follows PENDING commands to an end state, each by exactly one instance.
+
+    A command is followed under a lease in the database (``lease_owner``,
+    ``lease_expires_at``), taken with a compare-and-set UPDATE that only one
+    instance can win, renewed while followed, and released on a clean
+    shutdown. A scan takes over commands whose lease has lapsed (an instance
+    died), so every PENDING command is followed again within about one lease.
+    """
+
+    def __init__(self, services: Services, *, owner: str | None = None) -> None:
         self.services = services
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._tasks: dict[UUID, asyncio.Task[None]] = {}
         self._closing = False
+        self._keeper: asyncio.Task[None] | None = None
+
+    @property
+    def lease_seconds(self) -> float:
+        return self.services.settings.command_lease
+
+    def lease_until(self) -> datetime:
+        return _now() + timedelta(seconds=self.lease_seconds)
 
     async def start(self) -> None:
-        """Resume every PENDING command (after a restart or a crash)."""
-        for command_id in await ChargingCommand.filter(state=CommandState.PENDING).values_list(
-            "id", flat=True
-        ):
-            self.follow(UUID(str(command_id)))
+        """Take every PENDING command that no live instance follows, then keep leases."""
+        await self.scan()
+        self._keeper = asyncio.create_task(self._keep_leases(), name="command-leases")
+
+    async def scan(self) -> None:
+        """Claim and follow the PENDING commands whose lease is free or lapsed."""
+        now = _now()
+        candidates = await ChargingCommand.filter(
+            Q(state=CommandState.PENDING)
+            & (Q(lease_owner=None) | Q(lease_expires_at__lt=now) | Q(lease_owner=self.owner))
+        ).values_list("id", flat=True)
+        for command_id in candidates:
+            command_uuid = UUID(str(command_id))
+            if command_uuid not in self._tasks and await self.claim(command_uuid):
+                logger.info("command %s: following it (%s)", command_uuid, self.owner)
+                self.follow(command_uuid)
+
+    async def claim(self, command_id: UUID) -> bool:
+        """Take or renew the lease of one PENDING command; True when this instance holds it."""
+        now = _now()
+        taken = await ChargingCommand.filter(
+            Q(id=command_id)
+            & Q(state=CommandState.PENDING)
+            & (Q(lease_owner=None) | Q(lease_expires_at__lt=now) | Q(lease_owner=self.owner))
+        ).update(lease_owner=self.owner, lease_expires_at=self.lease_until())
+        return taken == 1
 
     def follow(self, command_id: UUID) -> None:
         if self._closing or command_id in self._tasks:
@@ -305,20 +385,44 @@ class CommandWatcher:
     def following(self) -> set[UUID]:
         return set(self._tasks)
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, release: bool = True) -> None:
+        """Stop following; with ``release`` hand the leases back so others take over at once."""
         self._closing = True
-        tasks = list(self._tasks.values())
+        tasks = [t for t in (self._keeper, *self._tasks.values()) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if release:
+            released = await ChargingCommand.filter(
+                lease_owner=self.owner, state=CommandState.PENDING
+            ).update(lease_owner=None, lease_expires_at=None)
+            if released:
+                logger.info("released %d command lease(s)", released)
+
+    async def _keep_leases(self) -> None:
+        """Renew what this instance follows; drop what another took; take over lapsed ones."""
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                for command_id in list(self._tasks):
+                    if not await self.claim(command_id):
+                        logger.warning(
+                            "command %s: lease lost; another instance follows it", command_id
+                        )
+                        self._tasks[command_id].cancel()
+                await self.scan()
+            except Exception:
+                logger.exception("command leases: renewal failed; retrying")
 
     async def _follow(self, command_id: UUID) -> None:
         try:
             await self._follow_until_final(command_id)
         except asyncio.CancelledError:
             raise
+        except _LeaseLost:
+            logger.warning("command %s: lease lost; another instance follows it", command_id)
         except Exception:
             # The command stays PENDING in the database; a restart resumes it.
             logger.exception("command %s: the watcher stopped following it", command_id)
@@ -330,7 +434,9 @@ class CommandWatcher:
         topics = (charge_state_topic(vehicle.id), command_wake_topic(command_id))
         poll = settings.charging_poll_interval
         async with self.services.events.subscribe(*topics) as messages:
-            fresh = False  # the first look after a (re)start asks the provider
+            # The first look trusts what is stored (fresh enough per max age); a look
+            # after a quiet wait asks the provider.
+            fresh = False
             while True:
                 await command.refresh_from_db()
                 if command.state.is_final:
@@ -340,7 +446,10 @@ class CommandWatcher:
                 if await self._evaluate(command, vehicle, state, action):
                     return
                 wait = self._seconds_to_next_look(command, poll)
-                message = await messages.get(timeout=wait)
+                try:
+                    message = await messages.get(timeout=wait)
+                except StreamInterrupted:
+                    message = None  # events may have been missed: ask the provider
                 fresh = message is None  # nothing came: poll the provider next time
                 poll = (
                     settings.charging_poll_interval
@@ -364,6 +473,10 @@ class CommandWatcher:
             return stored
         try:
             action = await self.services.provider.get_action(command.provider_action_id)
+        except NotFound:
+            # The provider forgot the action (a restarted simulator): it lapsed.
+            logger.warning("command %s: the provider no longer knows its action", command.id)
+            return replace(stored, state=ActionState.FAILED, failure_reason=_LOST_ACTION)
         except EvlinkError as exc:
             logger.warning("command %s: reading the provider action failed: %s", command.id, exc)
             return stored
@@ -420,6 +533,8 @@ class CommandWatcher:
         if now < command.next_attempt_at:
             return False
         assert vehicle.provider_vehicle_id is not None
+        if not await self.claim(command.id):
+            raise _LeaseLost()
         logger.info("command %s: re-sending (attempt %d)", command.id, command.attempts + 1)
         try:
             await _send(self.services, command, vehicle.provider_vehicle_id)
@@ -435,6 +550,9 @@ class CommandWatcher:
         if command.next_attempt_at is not None:
             candidates.append((command.next_attempt_at - now).total_seconds())
         return max(0.0, min(candidates))
+
+
+_LOST_ACTION = {"type": "NOT_FOUND", "detail": "The provider no longer knows the action"}
 
 
 def _failure_text(action: ChargeAction | None) -> str:

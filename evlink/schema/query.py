@@ -90,7 +90,10 @@ class Subscription:
     ) -> AsyncGenerator[ChargingCommand, None]:
         services = info.context.services
         command = await charging.get_command(await info.context.user(), str(id))
-        async with services.events.subscribe(command_topic(command.id)) as messages:
+        async with (
+            services.metrics.subscription("chargingCommand"),
+            services.events.subscribe(command_topic(command.id)) as messages,
+        ):
             last = None
             async for _ in _now_then(messages):
                 await command.refresh_from_db()
@@ -107,7 +110,10 @@ class Subscription:
     ) -> AsyncGenerator[ChargeState, None]:
         services = info.context.services
         vehicle = await vehicles.get_vehicle(await info.context.user(), str(vehicle_id))
-        async with services.events.subscribe(charge_state_topic(vehicle.id)) as messages:
+        async with (
+            services.metrics.subscription("chargeState"),
+            services.events.subscribe(charge_state_topic(vehicle.id)) as messages,
+        ):
             last = (await vehicles.vehicle_status(services, vehicle)).charge_state
             yield ChargeState.from_data(last)
             async for message in messages:

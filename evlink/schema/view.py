@@ -2,23 +2,42 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.types.unset import UnsetType
 
 from evlink.errors import EvlinkError
+from evlink.metrics import Metrics
 from evlink.schema.context import Context
+from evlink.server import OpenSockets, serve_until_closed
 from evlink.services import Services
 
 __all__ = ["GraphQLView"]
 
 
 class GraphQLView(GraphQL[Context, None]):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await super().__call__(scope, receive, send)
+            return
+        app = scope["app"]
+        open_sockets: OpenSockets = app.state.open_sockets
+        metrics: Metrics = app.state.metrics
+        metrics.websockets.inc()
+        try:
+            async with open_sockets.track() as closing:
+                handler = asyncio.ensure_future(super().__call__(scope, receive, send))
+                await serve_until_closed(handler, closing, send)
+        finally:
+            metrics.websockets.dec()
+
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
     ) -> Context:
