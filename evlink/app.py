@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         ensure_sqlite_directory(settings.database_url)
         async with RegisterTortoise(app, config=settings.tortoise_config()):
-            events = build_event_bus(settings.redis_url)
+            events = build_event_bus(settings.redis_url, settings.database_url)
             if isinstance(events, RedisEventBus):
                 await events.start()
             services = Services(

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
@@ -15,6 +14,7 @@ from tortoise.exceptions import OperationalError
 
 from evlink.errors import EvlinkError
 from evlink.events import MemoryEventBus
+from evlink.logs import configure_logging
 from evlink.models import ApiKey, User
 from evlink.models.database import apply_migrations, open_database
 from evlink.providers.enode import EnodeProvider
@@ -100,19 +100,35 @@ async def _seed_if_empty(settings: Settings) -> None:
             )
 
 
-def _serve(settings: Settings, _: argparse.Namespace) -> None:
+def _serve(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     from evlink.app import create_app
+    from evlink.server import EvlinkServer
 
+    workers: int = args.workers
+    if workers > 1 and not settings.redis_url:
+        raise CommandError("--workers above 1 needs EVLINK_REDIS_URL: workers share events there")
+    if workers > 1 and settings.is_sqlite:
+        raise CommandError("--workers above 1 needs PostgreSQL (EVLINK_DATABASE_URL=postgres://…)")
     asyncio.run(_seed_if_empty(settings))
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        lifespan="on",
-    )
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "lifespan": "on",
+        "log_config": None,  # evlink.logs has configured logging already
+        "access_log": False,  # evlink.metrics writes the access log, with the request id
+        "timeout_graceful_shutdown": 10,
+    }
+    if workers == 1:
+        EvlinkServer(uvicorn.Config(create_app(settings), **common)).run()
+        return
+    # Each worker builds its app from the environment, as evlink did above. uvicorn's
+    # supervisor runs its own servers: on SIGTERM their websockets close with 1012
+    # (service restart) rather than 1001; one process per instance keeps 1001.
+    config = uvicorn.Config("evlink.app:create_app", factory=True, workers=workers, **common)
+    Multiprocess(config, sockets=[config.bind_socket()]).run()
 
 
 async def _user_create(settings: Settings, args: argparse.Namespace) -> None:
@@ -219,7 +235,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evlink", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("serve", help="serve the API (makes the demo on an empty database)")
+    serve = commands.add_parser("serve", help="serve the API (makes the demo on an empty database)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes (above 1 needs PostgreSQL and EVLINK_REDIS_URL)",
+    )
     commands.add_parser("migrate", help="apply database migrations")
     demo = commands.add_parser("demo", help="make the demo user, cars and a new key")
     demo.add_argument("--json", action="store_true", help="print one JSON object")
@@ -299,9 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         sys.stderr.write(f"evlink: {exc}\n")
         return 2
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     try:
         if args.command == "serve":
             _serve(settings, args)
@@ -310,6 +330,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(command(settings, args))
     except (CommandError, EvlinkError) as exc:
         sys.stderr.write(f"evlink: {exc}\n")
+        return 1
+    except OperationalError as exc:
+        sys.stderr.write(f"evlink: database error ({exc}); has `evlink migrate` run?\n")
         return 1
     return 0
 

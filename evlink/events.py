@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import random
@@ -257,6 +258,13 @@ class RedisEventBus:
         self.local.deliver(str(envelope["topic"]), dict(envelope["message"]))
 
 
-def build_event_bus(redis_url: str) -> EventBus:
-    """In-process events, or Redis pub/sub when a URL is configured."""
-    return RedisEventBus(redis_url) if redis_url else MemoryEventBus()
+def build_event_bus(redis_url: str, database_url: str) -> EventBus:
+    """In-process events, or Redis pub/sub when a URL is configured.
+
+    On Redis the channels are named after the database: instances that share a
+    database share events, and other deployments on the same Redis stay apart.
+    """
+    if not redis_url:
+        return MemoryEventBus()
+    namespace = hashlib.sha256(database_url.encode()).hexdigest()[:12]
+    return RedisEventBus(redis_url, prefix=f"evlink:{namespace}:events:")
