@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
 from tortoise import Tortoise
+from tortoise.context import get_current_context
 from tortoise.contrib.starlette import RegisterTortoise
 
 from evlink import compat_rest
@@ -20,6 +22,7 @@ from evlink.compat_rest.errors import UnexpectedErrors, exception_handlers
 from evlink.events import RedisEventBus, build_event_bus
 from evlink.metrics import CountedProvider, Metrics, MetricsMiddleware, metrics_endpoint
 from evlink.models.database import ensure_sqlite_directory
+from evlink.playground import page as playground
 from evlink.providers import Provider, build_provider
 from evlink.providers.base import ProviderUpdate
 from evlink.requestid import RequestIdMiddleware
@@ -39,6 +42,15 @@ logger = logging.getLogger(__name__)
 async def healthz(request: Request) -> JSONResponse:
     """The process is up and its lifespan has started."""
     return JSONResponse({"status": "ok"})
+
+
+def _database(app: Starlette, settings: Settings) -> AbstractAsyncContextManager[object]:
+    """Tortoise for this app's life. Tortoise keeps one global context per process, so a
+    second app in the same process (tests of several instances) shares the first's."""
+    current = get_current_context()
+    if current is not None and current.inited:
+        return contextlib.nullcontext()
+    return RegisterTortoise(app, config=settings.tortoise_config())
 
 
 async def readyz(request: Request) -> JSONResponse:
@@ -64,13 +76,13 @@ async def readyz(request: Request) -> JSONResponse:
 def create_app(settings: Settings | None = None, *, provider: Provider | None = None) -> Starlette:
     """The evlink ASGI app. ``provider`` replaces the one the settings name (tests, demos)."""
     settings = settings or Settings.from_env()
-    graphql = GraphQLView(build_schema(), graphql_ide=None)
+    graphql = GraphQLView(build_schema())
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         ensure_sqlite_directory(settings.database_url)
-        async with RegisterTortoise(app, config=settings.tortoise_config()):
+        async with _database(app, settings):
             events = build_event_bus(settings.redis_url, settings.database_url)
             if isinstance(events, RedisEventBus):
                 await events.start()
@@ -107,6 +119,7 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
             Route("/api/webhooks/enode", enode_webhook, methods=["POST"]),
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
+            Mount(playground.STATIC_PATH, playground.static_files, name="playground"),
         ],
         middleware=[
             Middleware(RequestIdMiddleware),

@@ -1,0 +1,267 @@
+"""Several instances on one PostgreSQL and one Redis: events, leases, takeover, shutdown.
+
+These run only on PostgreSQL with ``EVLINK_TEST_REDIS_URL`` set (CI sets both);
+elsewhere they skip with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+from contextlib import aclosing
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+from gql import GraphQLRequest
+
+from evlink.models import ChargingCommand, CommandState
+from evlink.models.database import open_database
+from evlink.providers.base import ChargingAction
+from evlink.providers.simulator import ManualClock, Simulator
+from evlink.resolvers.charging import CommandWatcher, wait_for_command
+from evlink.settings import Settings
+from tests.conftest import (
+    PROTOCOLS,
+    TIMEOUT,
+    WEBHOOK_SECRET,
+    _truncate,
+    enode_settings,
+    run_enode_world,
+    run_server,
+)
+
+COMMAND = "subscription($id: ID!) { chargingCommand(id: $id) { state } }"
+CHARGE_STATE = "subscription($id: ID!) { chargeState(vehicleId: $id) { isPluggedIn } }"
+
+
+@pytest.fixture
+def shared(settings: Settings) -> Settings:
+    """Settings for instances that share the database and Redis."""
+    redis_url = os.environ.get("EVLINK_TEST_REDIS_URL")
+    if settings.is_sqlite:
+        pytest.skip("several instances share PostgreSQL; this backend is SQLite")
+    if not redis_url:
+        pytest.skip("EVLINK_TEST_REDIS_URL is not set: Redis tests skipped")
+    return replace(settings, redis_url=redis_url, command_lease=0.9)
+
+
+async def _next(stream: Any) -> dict[str, Any]:
+    result: dict[str, Any] = await asyncio.wait_for(anext(stream), TIMEOUT)
+    return result
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_a_subscriber_on_one_instance_sees_a_command_followed_on_another(
+    shared: Settings, protocol: str
+) -> None:
+    await _truncate(shared.database_url)
+    clock = ManualClock()
+    car_park = Simulator(clock, action_delay=1.0)  # the one provider both instances talk to
+    async with (
+        run_server(shared, clock=clock, simulator=car_park) as a,
+        run_server(shared, clock=clock, simulator=car_park) as b,
+    ):
+        user, key = await a.user()
+        vehicle = await a.vehicle(user, "plugged")
+        async with a.gql_client(key, protocol) as session:
+            created = await b.graphql(
+                "mutation($id: ID!) { setCharging(vehicleId: $id, action: START) { id } }",
+                {"id": str(vehicle.id)},
+                key=key,
+            )
+            command_id = created["data"]["setCharging"]["id"]
+            request = GraphQLRequest(COMMAND, variable_values={"id": command_id})
+            async with aclosing(session.subscribe(request)) as stream:
+                assert (await _next(stream))["chargingCommand"]["state"] == "PENDING"
+                await clock.advance(2)  # the car starts; B follows the command it took
+                assert (await _next(stream))["chargingCommand"]["state"] == "CONFIRMED"
+        command = await ChargingCommand.get(id=command_id)
+        assert command.lease_owner is None  # released at the end
+
+
+async def test_a_charge_state_change_received_by_one_instance_reaches_the_other(
+    shared: Settings,
+) -> None:
+    await _truncate(shared.database_url)
+    clock = ManualClock()
+    car_park = Simulator(clock, action_delay=1.0)
+    async with (
+        run_server(shared, clock=clock, simulator=car_park) as a,
+        run_server(shared, clock=clock, simulator=car_park) as b,
+    ):
+        user, key = await a.user()
+        vehicle = await a.vehicle(user, "plugged")
+        async with a.gql_client(key, PROTOCOLS[0]) as session:
+            request = GraphQLRequest(CHARGE_STATE, variable_values={"id": str(vehicle.id)})
+            async with aclosing(session.subscribe(request)) as stream:
+                assert (await _next(stream))["chargeState"]["isPluggedIn"] is True
+                car_park.update_vehicle(vehicle.provider_vehicle_id or "", is_plugged_in=False)
+                await clock.advance(1)  # the step is pushed into B (the last to start)
+                assert (await _next(stream))["chargeState"]["isPluggedIn"] is False
+        assert b.services.events is not a.services.events
+
+
+async def test_each_command_is_claimed_by_exactly_one_instance(shared: Settings) -> None:
+    await _truncate(shared.database_url)
+    async with run_server(shared) as server:
+        user, _ = await server.user()
+        vehicle = await server.vehicle(user, "plugged")
+        deadline = datetime.now(UTC) + timedelta(minutes=5)
+        commands = [
+            await ChargingCommand.create(
+                vehicle=vehicle, user=user, action=ChargingAction.START, deadline_at=deadline
+            )
+            for _ in range(20)
+        ]
+        watchers = [CommandWatcher(server.services, owner=f"instance-{i}") for i in range(4)]
+
+        claims = await asyncio.gather(
+            *(w.claim(c.id) for c in commands for w in watchers)  # 80 racing claims
+        )
+
+        wins = [sum(claims[i * 4 : i * 4 + 4]) for i in range(len(commands))]
+        assert wins == [1] * len(commands)
+        owners = {
+            c.lease_owner for c in await ChargingCommand.filter(id__in=[c.id for c in commands])
+        }
+        assert owners <= {w.owner for w in watchers}
+        await ChargingCommand.filter(id__in=[c.id for c in commands]).delete()
+
+
+async def _started(process: asyncio.subprocess.Process) -> None:
+    """Return once the server process says its startup is complete."""
+    assert process.stderr is not None
+    async for line in process.stderr:
+        if b"Application startup complete" in line:
+            return
+    raise AssertionError("the server process ended before it started")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_killed_instance_command_is_taken_over_without_a_duplicate_action(
+    shared: Settings,
+) -> None:
+    async with run_enode_world(shared) as world:
+        fake, b = world.fake, world.server
+        user, key = await world.linked_user()
+        vehicle = await world.vehicle(
+            user, isPluggedIn=True, powerDeliveryState="PLUGGED_IN:STOPPED"
+        )
+        # Instance A: a real `evlink serve` process on the same database, Redis and Enode.
+        port = _free_port()
+        a_settings = enode_settings(shared, fake.base_url or "")
+        env = {
+            **os.environ,
+            "EVLINK_DATABASE_URL": a_settings.database_url,
+            "EVLINK_REDIS_URL": a_settings.redis_url,
+            "EVLINK_PROVIDER": "enode",
+            "EVLINK_ENODE_CLIENT_ID": a_settings.enode_client_id,
+            "EVLINK_ENODE_CLIENT_SECRET": a_settings.enode_client_secret,
+            "EVLINK_ENODE_API_URL": a_settings.enode_api_url,
+            "EVLINK_ENODE_OAUTH_URL": a_settings.enode_oauth_url,
+            "EVLINK_ENODE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "EVLINK_COMMAND_LEASE": "0.9",
+            "EVLINK_CHARGING_POLL_INTERVAL": "60",
+            "EVLINK_PORT": str(port),
+            "EVLINK_LOG_LEVEL": "INFO",
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "evlink.cli",
+            "serve",
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            await asyncio.wait_for(_started(process), TIMEOUT)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as a:
+                answer = await a.post(
+                    f"/api/charging/{vehicle.id}",
+                    json={"action": "START"},
+                    headers={"Authorization": f"Bearer {key}"},
+                )
+            assert answer.status_code == 200, answer.text
+            command_id = answer.json()["command_id"]
+            taken = await ChargingCommand.get(id=command_id)
+            assert taken.lease_owner is not None
+            assert taken.lease_owner != b.services.watcher.owner  # type: ignore[union-attr]
+        finally:
+            process.send_signal(signal.SIGKILL)  # no goodbye: the lease stays behind
+            await asyncio.wait_for(process.wait(), TIMEOUT)
+
+        # The car starts; Enode tells B (its webhook). B takes the command over once
+        # A's lease lapses, and confirms it from what it has recorded, without a resend.
+        await fake.resolve_action_and_notify(answer.json()["enode_response"]["id"])
+        command = await ChargingCommand.get(id=command_id)
+        final = await wait_for_command(b.services, command, TIMEOUT)
+        assert final.lease_owner is None
+
+    assert final.state == CommandState.CONFIRMED
+    assert final.attempts == 1
+    posts = [p for m, p in fake.requests if m == "POST" and p.endswith("/charging")]
+    assert posts == [f"/vehicles/{vehicle.provider_vehicle_id}/charging"]
+
+
+async def test_shutdown_closes_websockets_with_1001_and_releases_leases(
+    shared: Settings,
+) -> None:
+    await _truncate(shared.database_url)
+    async with run_server(shared) as first:
+        user, key = await first.user()
+        vehicle = await first.vehicle(user, "plugged")
+        created = await first.graphql(
+            "mutation($id: ID!) { setCharging(vehicleId: $id, action: START) { id } }",
+            {"id": str(vehicle.id)},
+            key=key,
+        )
+        command_id = created["data"]["setCharging"]["id"]
+        socket_ = await websockets.connect(
+            first.ws_url, subprotocols=[websockets.Subprotocol("graphql-transport-ws")]
+        )
+        await socket_.send(
+            json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {key}"}})
+        )
+        assert json.loads(await socket_.recv())["type"] == "connection_ack"
+        await socket_.send(
+            json.dumps(
+                {
+                    "id": "1",
+                    "type": "subscribe",
+                    "payload": {"query": COMMAND, "variables": {"id": command_id}},
+                }
+            )
+        )
+        assert json.loads(await socket_.recv())["payload"]["data"]["chargingCommand"]["state"] == (
+            "PENDING"
+        )
+        simulator = first.simulator
+        clock = first.clock
+    # The block's end shut the server down, as SIGTERM does.
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await asyncio.wait_for(socket_.recv(), TIMEOUT)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1001
+    async with open_database(shared.database_url):
+        command = await ChargingCommand.get(id=command_id)
+    assert command.state == CommandState.PENDING
+    assert command.lease_owner is None  # released: another instance may follow it at once
+
+    async with run_server(shared, clock=clock, simulator=simulator) as second:
+        await clock.advance(2)
+        final = await wait_for_command(second.services, command, TIMEOUT)
+    assert final.state == CommandState.CONFIRMED
