@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench install clean
+.PHONY: run test lint bench install clean migrations
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# After a change to evlink/models: write the next migration (commit it).
+migrations: $(STAMP)
+	$(BIN)/tortoise makemigrations evlink
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""`make bench`: runs every benchmark under bench/ (see bench/README.md)."""
+"""`make bench`: runs every benchmark under bench/."""
 
 from __future__ import annotations
 

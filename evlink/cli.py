@@ -93,10 +93,15 @@ async def _seed_if_empty(settings: Settings) -> None:
             ) from None
         if empty and settings.provider == "simulator":
             _print_demo(settings, await accounts.ensure_demo())
+        elif empty:
+            _print(
+                f"Serving on {_base_url(settings)}. No users yet: "
+                "`evlink user create --email … --tier PRO`, then `evlink key create --user …`."
+            )
         else:
             _print(
                 f"Serving on {_base_url(settings)}. Keys are shown only when made: "
-                f"`evlink key create --user {accounts.DEMO_EMAIL}` makes another."
+                "`evlink key create --user <email>` makes another."
             )
 
 

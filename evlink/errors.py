@@ -12,6 +12,7 @@ and answered as "Unexpected error" without internals.
     ├── ForbiddenOwner           403 FORBIDDEN_OWNER
     ├── NotFound                 404 NOT_FOUND
     ├── BadRequest               400 BAD_REQUEST
+    ├── PayloadTooLarge          413 PAYLOAD_TOO_LARGE
     ├── InvalidVehicleState      400 INVALID_VEHICLE_STATE
     ├── SmartChargingActive      422 SMART_CHARGING_ACTIVE
     ├── IdempotencyKeyReused     422 IDEMPOTENCY_KEY_REUSED
@@ -35,6 +36,7 @@ __all__ = [
     "InternalError",
     "InvalidVehicleState",
     "NotFound",
+    "PayloadTooLarge",
     "ProviderLinkMissing",
     "ProviderUnavailable",
     "RateLimited",
@@ -94,6 +96,12 @@ class BadRequest(EvlinkError):
     code = "BAD_REQUEST"
     status = 400
     default_message = "Bad request"
+
+
+class PayloadTooLarge(EvlinkError):
+    code = "PAYLOAD_TOO_LARGE"
+    status = 413
+    default_message = "The body is too large"
 
 
 class InvalidVehicleState(EvlinkError):

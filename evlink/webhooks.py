@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from tortoise.exceptions import IntegrityError
 
-from evlink.errors import BadRequest, EvlinkError, NotFound, Unauthenticated
+from evlink.errors import BadRequest, NotFound, PayloadTooLarge, Unauthenticated
 from evlink.events import delivery_topic
 from evlink.models import User, Vehicle, WebhookDelivery
 from evlink.providers.base import ChargeAction, VehicleData
@@ -37,12 +37,6 @@ __all__ = ["enode_webhook", "resume_deliveries", "signature_for"]
 logger = logging.getLogger(__name__)
 
 PROVIDER = "enode"
-
-
-class PayloadTooLarge(EvlinkError):
-    code = "PAYLOAD_TOO_LARGE"
-    status = 413
-    default_message = "The body is too large"
 
 
 def signature_for(secret: str, body: bytes) -> str:

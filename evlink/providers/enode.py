@@ -311,7 +311,7 @@ class EnodeProvider:
             # Whoever waited for the lock finds the token the first one fetched.
             if self._token is not None and self._clock() < self._token_expires:
                 return self._token
-            self.breaker.check()
+            # Failures here count once against the breaker, where _request catches them.
             try:
                 response = await self._client.post(
                     self._token_url,
@@ -319,14 +319,11 @@ class EnodeProvider:
                     auth=(self._client_id, self._client_secret),
                 )
             except httpx.TimeoutException:
-                self.breaker.failure()
                 raise ProviderUnavailable("The vehicle provider timed out", status=504) from None
             except httpx.TransportError as exc:
-                self.breaker.failure()
                 logger.warning("enode: token request failed: %s", type(exc).__name__)
                 raise ProviderUnavailable(status=502) from None
             if not response.is_success:
-                self.breaker.failure()
                 logger.error(
                     "enode: token request answered %s: %s",
                     response.status_code,
@@ -357,7 +354,7 @@ class EnodeProvider:
             return SmartChargingActive()
         if status == 404:
             return NotFound("Not found at the vehicle provider")
-        if status == 409:
+        if status == 409 and path.endswith("/cancel"):
             return _Conflict()
         if status == 400:
             return BadRequest("The vehicle provider refused the request")

@@ -43,6 +43,7 @@ from evlink.providers.base import (
     ProviderUpdate,
     UpdateSink,
     VehicleData,
+    format_timestamp,
 )
 
 __all__ = [
@@ -517,4 +518,4 @@ def _fake_vin(vehicle_id: str) -> str:
 
 
 def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return format_timestamp(value) or ""
