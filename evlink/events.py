@@ -194,7 +194,7 @@ class RedisEventBus:
     def subscribers(self) -> dict[str, set[_MemorySubscription]]:
         return self.local.subscribers
 
-    async def start(self, timeout: float = 5.0) -> None:
+    async def start(self, timeout: float = 2.0) -> None:
         """Start reading; returns once the pattern subscription is in place (or timeout)."""
         self._reader = asyncio.create_task(self._read_forever(), name="redis-events")
         with contextlib.suppress(TimeoutError):

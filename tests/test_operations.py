@@ -1,0 +1,94 @@
+"""Operating evlink: health, readiness, metrics, request ids and structured logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+
+import pytest
+
+from evlink.logs import JsonFormatter, configure_logging
+from evlink.settings import Settings
+from tests.conftest import Server, _truncate, run_server
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def test_healthz_and_readyz(server: Server) -> None:
+    health = await server.http.get("/healthz")
+    ready = await server.http.get("/readyz")
+
+    assert health.json() == {"status": "ok"}
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "database": "ok"}
+
+
+async def test_readyz_reports_an_unreachable_redis(settings: Settings) -> None:
+    # Port 9 on loopback: nothing listens there, the connection is refused at once.
+    await _truncate(settings.database_url)
+    async with run_server(replace(settings, redis_url="redis://127.0.0.1:9/0")) as server:
+        ready = await server.http.get("/readyz")
+        status = await server.http.get("/healthz")
+
+    assert ready.status_code == 503
+    assert ready.json() == {"status": "unavailable", "database": "ok", "redis": "unavailable"}
+    assert status.status_code == 200  # up, just not ready
+
+
+async def test_request_id_is_echoed_or_made(server: Server) -> None:
+    given = await server.http.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    made = await server.http.get("/healthz")
+    forged = await server.http.get(
+        "/healthz", headers={"X-Request-ID": " ".join(["x INFO fake=1"] * 9)}
+    )
+
+    assert given.headers["x-request-id"] == "abc-123"
+    assert len(made.headers["x-request-id"]) == 32
+    assert " " not in forged.headers["x-request-id"]  # not carried into log lines
+
+
+async def test_metrics_count_requests_commands_and_provider_calls(server: Server) -> None:
+    user, key = await server.user()
+    vehicle = await server.vehicle(user, "plugged")
+    await server.http.get(f"/api/status/{vehicle.id}", headers=auth(key))
+    await server.http.get(f"/api/status/{vehicle.id}", headers=auth(key))
+    await server.http.post(
+        f"/api/charging/{vehicle.id}", json={"action": "START"}, headers=auth(key)
+    )
+
+    text = (await server.http.get("/metrics")).text
+
+    assert (
+        'evlink_http_requests_total{method="GET",route="/api/status/{vehicle_id}",status="200"} 2.0'
+        in text
+    )
+    assert (
+        'evlink_http_request_duration_seconds_count{method="GET",route="/api/status/{vehicle_id}"}'
+        in text
+    )
+    assert 'evlink_charging_commands_total{state="PENDING"} 1.0' in text
+    provider_calls = 'evlink_provider_calls_total{operation="set_charging",outcome="ok"'
+    assert provider_calls + ',provider="simulator"} 1.0' in text
+    assert "evlink_websocket_connections 0.0" in text
+    assert str(vehicle.id) not in text  # routes, never raw paths: labels stay bounded
+
+
+def test_json_logs_carry_the_request_id(capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging("INFO", "json")
+        logging.getLogger("evlink.test").warning("hello %s", "world")
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    entry = json.loads(line)
+    assert entry["message"] == "hello world"
+    assert entry["level"] == "WARNING"
+    assert entry["logger"] == "evlink.test"
+    assert entry["request_id"] == "-"
+    assert isinstance(JsonFormatter().format(logging.makeLogRecord({"msg": "x"})), str)
