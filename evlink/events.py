@@ -187,8 +187,8 @@ class RedisEventBus:
         self._prefix = prefix
         self._redis: redis.asyncio.Redis = redis.asyncio.from_url(url)
         self._reader: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
-        self.connected = False
+        # Set while the pattern subscription is in place; cleared when the connection breaks.
+        self.connected = asyncio.Event()
 
     @property
     def subscribers(self) -> dict[str, set[_MemorySubscription]]:
@@ -198,7 +198,7 @@ class RedisEventBus:
         """Start reading; returns once the pattern subscription is in place (or timeout)."""
         self._reader = asyncio.create_task(self._read_forever(), name="redis-events")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), timeout)
+            await asyncio.wait_for(self.connected.wait(), timeout)
 
     async def publish(self, topic: str, message: Message) -> None:
         self.local.deliver(topic, message)
@@ -212,10 +212,13 @@ class RedisEventBus:
         return self.local.subscribe(*topics)
 
     async def ping(self) -> bool:
-        try:
-            return bool(await self._redis.ping())
-        except (redis.RedisError, OSError):
-            return False
+        # Twice: the first try after Redis came back may meet a dead pooled connection.
+        for _ in range(2):
+            try:
+                return bool(await self._redis.ping())
+            except (redis.RedisError, OSError):
+                continue
+        return False
 
     async def aclose(self) -> None:
         if self._reader is not None:
@@ -231,17 +234,16 @@ class RedisEventBus:
             try:
                 async with self._redis.pubsub() as pubsub:
                     await pubsub.psubscribe(self._prefix + "*")
-                    self.connected = True
-                    self._ready.set()
+                    self.connected.set()
                     delay = 0.1
                     logger.info("events: reading Redis pub/sub")
                     async for raw in pubsub.listen():
                         self._dispatch(raw)
             except (redis.RedisError, OSError) as exc:
-                if self.connected:
+                if self.connected.is_set():
                     logger.warning("events: Redis connection lost (%s); reconnecting", exc)
                     self.local.interrupt_all("the event stream was interrupted")
-                self.connected = False
+                self.connected.clear()
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, 10.0)
 

@@ -7,11 +7,14 @@ elsewhere they skip with the reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -21,7 +24,9 @@ import httpx
 import pytest
 import websockets
 from gql import GraphQLRequest
+from gql.transport.exceptions import TransportQueryError
 
+from evlink.events import RedisEventBus
 from evlink.models import ChargingCommand, CommandState
 from evlink.models.database import open_database
 from evlink.providers.base import ChargingAction
@@ -265,3 +270,62 @@ async def test_shutdown_closes_websockets_with_1001_and_releases_leases(
         await clock.advance(2)
         final = await wait_for_command(second.services, command, TIMEOUT)
     assert final.state == CommandState.CONFIRMED
+
+
+@contextlib.asynccontextmanager
+async def private_redis(port: int) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A redis-server of this test's own on 127.0.0.1:port, stopped at the end."""
+    process = await asyncio.create_subprocess_exec(
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            async for line in process.stdout:
+                if b"Ready to accept connections" in line:
+                    break
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_lost_redis_ends_subscriptions_with_an_error_then_reconnects(
+    settings: Settings,
+) -> None:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    port = _free_port()
+    await _truncate(settings.database_url)
+    shared = replace(settings, redis_url=f"redis://127.0.0.1:{port}/0")
+    async with private_redis(port) as redis_process, run_server(shared) as server:
+        bus = server.services.events
+        assert isinstance(bus, RedisEventBus)
+        assert bus.connected.is_set()
+        user, key = await server.user()
+        vehicle = await server.vehicle(user, "plugged")
+        async with server.gql_client(key, PROTOCOLS[0]) as session:
+            request = GraphQLRequest(CHARGE_STATE, variable_values={"id": str(vehicle.id)})
+            async with aclosing(session.subscribe(request)) as stream:
+                assert (await _next(stream))["chargeState"]["isPluggedIn"] is True
+                redis_process.kill()  # Redis goes away mid-stream
+                with pytest.raises(TransportQueryError) as broken:
+                    await _next(stream)
+        assert broken.value.errors is not None
+        assert broken.value.errors[0]["extensions"]["code"] == "STREAM_INTERRUPTED"
+        assert (await server.http.get("/readyz")).status_code == 503
+        await redis_process.wait()
+        async with private_redis(port):
+            await asyncio.wait_for(bus.connected.wait(), TIMEOUT)
+            assert (await server.http.get("/readyz")).status_code == 200
