@@ -3,16 +3,28 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The playground's GraphiQL bundles, fetched from npm at install time (never committed).
+PLAYGROUND := evlink/playground/static/vendor/.complete
 
-.PHONY: run test lint bench install clean migrations
+.PHONY: run test fuzz lint bench install clean migrations playground screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml $(PLAYGROUND) | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# npm ci of the pinned packages in assets/playground/, then a copy of their bundles.
+$(PLAYGROUND): assets/playground/package.json assets/playground/package-lock.json evlink/playground/vendor.py | $(BIN)/python
+	$(BIN)/python -m evlink.playground.vendor
+
+playground: $(PLAYGROUND)
+
+# Run the browser test and keep its picture as docs/playground.png.
+screenshots: $(STAMP)
+	EVLINK_UPDATE_SCREENSHOTS=1 $(BIN)/python -m pytest tests/playground/test_browser.py -k sqlite
 
 install: $(STAMP)
 
@@ -22,6 +34,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The long run of the fuzz and property tests (CI runs them small in `make test`).
+fuzz: $(STAMP)
+	EVLINK_FUZZ_EXAMPLES=500 EVLINK_PROPERTY_EXAMPLES=200 $(BIN)/python -m pytest \
+		tests/test_fuzz.py tests/resolvers/test_charging_properties.py -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check evlink tests bench
@@ -36,4 +53,5 @@ migrations: $(STAMP)
 	$(BIN)/tortoise makemigrations evlink
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf assets/playground/node_modules evlink/playground/static/vendor

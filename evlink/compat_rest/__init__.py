@@ -1,5 +1,16 @@
-"""The documented Home Assistant REST API, as thin routes over :mod:`evlink.resolvers`."""
+"""The documented Home Assistant REST API, as thin routes over :mod:`evlink.resolvers`,
+and its OpenAPI document (``/api/openapi.json``, rendered at ``/api/docs``)."""
 
-from evlink.compat_rest.routes import routes
+from starlette.routing import BaseRoute, Route
+
+from evlink.compat_rest.apidocs import api_docs
+from evlink.compat_rest.openapi import openapi_json
+from evlink.compat_rest.routes import routes as api_routes
 
 __all__ = ["routes"]
+
+routes: list[BaseRoute] = [
+    *api_routes,
+    Route("/api/openapi.json", openapi_json, methods=["GET"]),
+    Route("/api/docs", api_docs, methods=["GET"]),
+]
