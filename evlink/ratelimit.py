@@ -1,0 +1,657 @@
+"""Tier quotas and rate limits that hold across instances, told in RateLimit headers.
+
+Policies, each a fixed window of the :mod:`limits` library (``300/30days``):
+
+- ``burst``: every authenticated request, per API key (``EVLINK_BURST``);
+- ``reads``: REST reads and GraphQL queries and subscriptions, per user and tier
+  (``EVLINK_QUOTAS``);
+- ``commands``: charging commands evlink sends, per user and tier
+  (``EVLINK_COMMAND_QUOTAS``); charged by the use case, so an idempotent replay
+  or a refused command costs nothing;
+- ``auth-failures``: refused API keys, per client address (``EVLINK_AUTH_FAILURES``).
+
+A window opens with its first request and lasts its length; the count lives in
+Redis when ``EVLINK_REDIS_URL`` is set (instances share it: each count is one
+atomic ``INCRBY``), else in this process. When Redis fails, the limiter counts
+in memory, logs that once, and tries Redis again every
+:data:`REDIS_RETRY_INTERVAL` seconds: limits are then per instance, never gone,
+and the API keeps answering.
+
+Every HTTP answer to an authenticated request carries the policies that applied
+(draft-ietf-httpapi-ratelimit-headers, structured fields):
+
+    RateLimit-Policy: "burst";q=60;w=60, "reads";q=300;w=2592000
+    RateLimit: "burst";r=59;t=60, "reads";r=299;t=2592000
+
+Time comes from :attr:`Limiter.clock` for the in-memory counts, so tests move
+the windows without sleeping; Redis keeps time by its own key expiry.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import redis.asyncio
+from limits import RateLimitItem
+from limits.aio.storage import RedisStorage, Storage
+from limits.errors import StorageError
+from limits.util import parse_many
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from starlette.datastructures import MutableHeaders
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from evlink.errors import ForbiddenTier, RateLimited, Unauthenticated
+from evlink.models import Tier, User, Vehicle
+from evlink.resolvers import auth
+from evlink.settings import Settings, SettingsError
+
+__all__ = [
+    "AUTH_FAILURES",
+    "BURST",
+    "COMMANDS",
+    "READS",
+    "REDIS_RETRY_INTERVAL",
+    "LimitState",
+    "Limiter",
+    "MemoryCounters",
+    "Policy",
+    "QuotaExceeded",
+    "Quotas",
+    "RateLimitHeaders",
+    "admit_request",
+    "authenticate",
+    "check_settings",
+    "check_vehicle_limit",
+    "client_address",
+    "describe",
+    "key_id",
+    "parse_rate",
+    "parse_tier_counts",
+    "parse_tier_rates",
+    "vehicle_limit",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Clock = Callable[[], float]
+
+BURST = "burst"
+READS = "reads"
+COMMANDS = "commands"
+AUTH_FAILURES = "auth-failures"
+
+# Seconds between two tries of a Redis that failed; meanwhile the counts are in memory.
+REDIS_RETRY_INTERVAL = 5.0
+# Seconds a Redis call may take: a hung Redis must not hold requests for long.
+REDIS_TIMEOUT = 1.0
+# Memory counters drop expired windows at most this often (seconds of the clock).
+_SWEEP_INTERVAL = 60.0
+
+_STORAGE_ERRORS: tuple[type[BaseException], ...] = (
+    StorageError,
+    redis.RedisError,
+    OSError,
+    TimeoutError,
+)
+
+
+# -- the syntax ------------------------------------------------------------------
+
+
+def parse_rate(text: str) -> RateLimitItem:
+    """One rate in the syntax of :mod:`limits`: ``60/minute``, ``300/30days``, ``5 per hour``."""
+    try:
+        items = parse_many(text.strip())
+    except ValueError:
+        raise ValueError("expected COUNT/[N]UNIT such as 60/minute or 300/30days") from None
+    if len(items) != 1:
+        raise ValueError("expected one rate, such as 60/minute")
+    return items[0]
+
+
+def _tier_entries(text: str) -> dict[Tier, str]:
+    entries: dict[Tier, str] = {}
+    for part in text.split(";"):
+        if not part.strip():
+            continue
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"expected TIER=VALUE, got {part.strip()!r}")
+        try:
+            tier = Tier(name.strip().upper())
+        except ValueError:
+            raise ValueError(
+                f"unknown tier {name.strip()!r} (one of {', '.join(t.value.lower() for t in Tier)})"
+            ) from None
+        entries[tier] = value.strip()
+    return entries
+
+
+def parse_tier_rates(
+    text: str, defaults: Mapping[Tier, RateLimitItem | None] | None = None
+) -> dict[Tier, RateLimitItem | None]:
+    """``free=300/30days;basic=2000/30days;pro=unlimited``: a tier left out keeps its default."""
+    rates: dict[Tier, RateLimitItem | None] = dict(defaults or {})
+    for tier, value in _tier_entries(text).items():
+        rates[tier] = None if value.lower() == "unlimited" else parse_rate(value)
+    return rates
+
+
+def parse_tier_counts(
+    text: str, defaults: Mapping[Tier, int | None] | None = None
+) -> dict[Tier, int | None]:
+    """``free=1;basic=2;pro=5`` (or ``unlimited``): a tier left out keeps its default."""
+    counts: dict[Tier, int | None] = dict(defaults or {})
+    for tier, value in _tier_entries(text).items():
+        if value.lower() == "unlimited":
+            counts[tier] = None
+            continue
+        try:
+            count = int(value)
+        except ValueError:
+            raise ValueError(f"expected a whole number for {tier.value.lower()}") from None
+        if count < 0:
+            raise ValueError(f"{tier.value.lower()} must be 0 or more")
+        counts[tier] = count
+    return counts
+
+
+def describe(item: RateLimitItem) -> str:
+    """A rate in the syntax it is configured in: ``300/30days``, ``60/minute``."""
+    unit = item.GRANULARITY.name
+    window = unit if item.multiples == 1 else f"{item.multiples}{unit}s"
+    return f"{item.amount}/{window}"
+
+
+# -- policies and what is left of them --------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A named limit: ``limit`` requests per ``window`` seconds."""
+
+    name: str
+    item: RateLimitItem
+
+    @property
+    def limit(self) -> int:
+        return self.item.amount
+
+    @property
+    def window(self) -> int:
+        return self.item.get_expiry()
+
+    def key(self, subject: str) -> str:
+        # The rate is part of the key (as in limits): a changed rate starts a fresh count.
+        return self.item.key_for(self.name, subject)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitState:
+    """Where one subject (a key, a user, an address) stands on one policy."""
+
+    policy: Policy
+    subject: str
+    count: int  # counted in the open window, this request included; may pass the limit
+    reset_in: float | None  # seconds until the window closes; None when none is open
+    reset_at: float | None  # the same as a time of the limiter's clock (epoch seconds)
+
+    @property
+    def exceeded(self) -> bool:
+        return self.count > self.policy.limit
+
+    @property
+    def used(self) -> int:
+        return min(self.count, self.policy.limit)
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.policy.limit - self.count)
+
+    @property
+    def reset_datetime(self) -> datetime | None:
+        return None if self.reset_at is None else datetime.fromtimestamp(self.reset_at, UTC)
+
+    @property
+    def reset_seconds(self) -> int:
+        """Whole seconds until the quota is whole again (a full window when none is open)."""
+        if self.reset_in is None:
+            return self.policy.window
+        return max(0, math.ceil(self.reset_in))
+
+
+class QuotaExceeded(RateLimited):
+    """429 RATE_LIMITED: ``state`` says which policy and when it resets (``Retry-After``)."""
+
+    def __init__(self, state: LimitState) -> None:
+        policy = state.policy
+        super().__init__(
+            f"Rate limit exceeded: {policy.name} allows {describe(policy.item)}; "
+            f"retry in {max(1, state.reset_seconds)} s",
+            retry_after=float(max(1, state.reset_seconds)),
+        )
+        self.state = state
+
+
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    """The configured policies per tier, from the settings."""
+
+    burst: RateLimitItem
+    reads: Mapping[Tier, RateLimitItem | None]
+    commands: Mapping[Tier, RateLimitItem | None]
+    auth_failures: RateLimitItem
+    vehicles: Mapping[Tier, int | None]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Quotas:
+        """Parse the settings; raises ValueError (the settings check names the variable)."""
+        return cls(
+            burst=parse_rate(settings.burst),
+            reads=parse_tier_rates(settings.quotas, _DEFAULT_READS),
+            commands=parse_tier_rates(settings.command_quotas, _DEFAULT_COMMANDS),
+            auth_failures=parse_rate(settings.auth_failures),
+            vehicles=parse_tier_counts(settings.vehicle_limits, _DEFAULT_VEHICLES),
+        )
+
+    def policies(self, tier: Tier) -> list[Policy]:
+        """The policies a user of ``tier`` is held to: burst, then reads and commands."""
+        found = [Policy(BURST, self.burst)]
+        for name, rates in ((READS, self.reads), (COMMANDS, self.commands)):
+            item = rates.get(tier)
+            if item is not None:
+                found.append(Policy(name, item))
+        return found
+
+    def policy(self, name: str, tier: Tier) -> Policy | None:
+        return next((p for p in self.policies(tier) if p.name == name), None)
+
+
+# The documented defaults are the settings' own; a tier left out of a variable keeps them.
+# (Charging needs PRO and FORBIDDEN_TIER comes first: only PRO's command quota is reached.)
+_DEFAULTS = Settings()
+_DEFAULT_READS = parse_tier_rates(_DEFAULTS.quotas)
+_DEFAULT_COMMANDS = parse_tier_rates(_DEFAULTS.command_quotas)
+_DEFAULT_VEHICLES = parse_tier_counts(_DEFAULTS.vehicle_limits)
+
+
+def check_settings(settings: Settings) -> None:
+    """Raise :class:`~evlink.settings.SettingsError` naming the first unusable variable."""
+    checks: list[tuple[str, Callable[[str], object]]] = [
+        ("quotas", parse_tier_rates),
+        ("command_quotas", parse_tier_rates),
+        ("burst", parse_rate),
+        ("auth_failures", parse_rate),
+        ("vehicle_limits", parse_tier_counts),
+    ]
+    for name, parse in checks:
+        raw = getattr(settings, name)
+        try:
+            parse(raw)
+        except ValueError as exc:
+            raise SettingsError(f"EVLINK_{name.upper()}: {exc} (got {raw!r})") from None
+
+
+# -- counting ------------------------------------------------------------------------
+
+
+class MemoryCounters(Storage):
+    """Fixed-window counters in this process, on an injectable clock.
+
+    :class:`limits.aio.storage.MemoryStorage` reads ``time.time()`` itself (and
+    expires keys on it from a background task), so tests could not move its
+    windows; this storage speaks the same interface and asks ``clock``.
+    Single event loop, no ``await`` between read and write: each call is atomic.
+    """
+
+    STORAGE_SCHEME = None  # not selectable by URI
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(None)
+        self.clock = clock
+        self._windows: dict[str, tuple[int, float]] = {}  # key -> (count, closes at)
+        self._next_sweep = 0.0
+
+    @property
+    def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
+        return ValueError
+
+    async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        now = self.clock()
+        self._sweep(now)
+        count, closes = self._windows.get(key, (0, now))
+        if closes <= now:
+            count, closes = 0, now + expiry
+        count += amount
+        self._windows[key] = (count, closes)
+        return count
+
+    async def get(self, key: str) -> int:
+        count, closes = self._windows.get(key, (0, 0.0))
+        return count if closes > self.clock() else 0
+
+    async def get_expiry(self, key: str) -> float:
+        now = self.clock()
+        _, closes = self._windows.get(key, (0, now))
+        return closes if closes > now else now
+
+    async def check(self) -> bool:
+        return True
+
+    async def reset(self) -> int | None:
+        dropped = len(self._windows)
+        self._windows.clear()
+        return dropped
+
+    async def clear(self, key: str) -> None:
+        self._windows.pop(key, None)
+
+    def _sweep(self, now: float) -> None:
+        # Windows of users who went quiet would otherwise stay forever.
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + _SWEEP_INTERVAL
+        for key in [k for k, (_, closes) in self._windows.items() if closes <= now]:
+            del self._windows[key]
+
+
+def _storage_uri(redis_url: str) -> str:
+    """The URI limits selects its async Redis storage by (the pool itself is redis-py's)."""
+    if redis_url.startswith("unix://"):
+        return "async+redis+unix://" + redis_url.removeprefix("unix://")
+    return "async+" + redis_url
+
+
+class Limiter:
+    """Counts requests against the policies, in Redis when configured, else in memory."""
+
+    def __init__(
+        self,
+        quotas: Quotas,
+        *,
+        redis_url: str = "",
+        key_prefix: str = "evlink:ratelimit",
+        clock: Clock = time.time,
+        retry_interval: float = REDIS_RETRY_INTERVAL,
+    ) -> None:
+        self.quotas = quotas
+        self.clock = clock
+        self.retry_interval = retry_interval
+        self.memory = MemoryCounters(lambda: self.clock())
+        self._pool: redis.asyncio.ConnectionPool | None = None
+        self._redis: RedisStorage | None = None
+        self._redis_up = True
+        self._retry_at = 0.0
+        if redis_url:
+            # Our own pool: no retries with backoff inside redis-py (the fallback is
+            # ours), short timeouts, and a handle to close on shutdown.
+            self._pool = redis.asyncio.ConnectionPool.from_url(
+                redis_url,
+                socket_connect_timeout=REDIS_TIMEOUT,
+                socket_timeout=REDIS_TIMEOUT,
+                retry=Retry(NoBackoff(), 0),
+            )
+            self._redis = RedisStorage(
+                _storage_uri(redis_url),
+                wrap_exceptions=True,
+                implementation="redispy",
+                key_prefix=key_prefix,
+                # limits types its options as scalars; the redis-py bridge takes a pool.
+                connection_pool=self._pool,  # type: ignore[arg-type]
+            )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, clock: Clock = time.time) -> Limiter:
+        """The limiter the settings describe; Redis keys are named after the database
+        (as the event channels are) unless ``EVLINK_RATELIMIT_PREFIX`` names them."""
+        namespace = hashlib.sha256(settings.database_url.encode()).hexdigest()[:12]
+        prefix = settings.ratelimit_prefix or f"evlink:{namespace}:ratelimit"
+        return cls(
+            Quotas.from_settings(settings),
+            redis_url=settings.redis_url,
+            key_prefix=prefix,
+            clock=clock,
+        )
+
+    @property
+    def shared(self) -> bool:
+        """True while the counts are in Redis, shared by every instance."""
+        return self._redis is not None and self._redis_up
+
+    async def start(self) -> None:
+        """Say at start-up whether Redis answers (the first request would find out too)."""
+        if self._redis is not None and not await self._redis.check():
+            self._redis_down("it does not answer at start-up")
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.disconnect()
+
+    # -- the requests' charges
+
+    async def admit(self, user: User, key: str, *, reads: bool = True) -> list[LimitState]:
+        """Charge one request: ``burst`` for the key, then ``reads`` unless it is a
+        mutation or a charging command. Raises :class:`QuotaExceeded` (429)."""
+        checks = [(Policy(BURST, self.quotas.burst), f"key:{key}")]
+        read_policy = self.quotas.policy(READS, user.tier)
+        if reads and read_policy is not None:
+            checks.append((read_policy, f"user:{user.id}"))
+        return await self._charge(checks)
+
+    async def charge_command(self, user: User) -> LimitState | None:
+        """Charge one charging command to the user's tier quota (none: not limited)."""
+        policy = self.quotas.policy(COMMANDS, user.tier)
+        if policy is None:
+            return None
+        (state,) = await self._charge([(policy, f"user:{user.id}")])
+        return state
+
+    async def count_auth_failure(self, address: str) -> None:
+        """Count one refused key from ``address``; past the limit, 429 instead of 401."""
+        await self._charge([(Policy(AUTH_FAILURES, self.quotas.auth_failures), f"ip:{address}")])
+
+    async def usage(self, user: User, keys: Sequence[str] = ()) -> list[LimitState]:
+        """What ``user`` has spent of each quota (``burst`` per key in ``keys``), uncharged."""
+        states = [await self._peek(Policy(BURST, self.quotas.burst), f"key:{k}") for k in keys]
+        for policy in self.quotas.policies(user.tier):
+            if policy.name != BURST:
+                states.append(await self._peek(policy, f"user:{user.id}"))
+        return states
+
+    async def _charge(self, checks: list[tuple[Policy, str]]) -> list[LimitState]:
+        # Hit in order and stop at the first refusal: a request the burst limit
+        # refuses costs no quota. Policies after a refusal are only read, for the headers.
+        states: list[LimitState] = []
+        refused: LimitState | None = None
+        for policy, subject in checks:
+            if refused is None:
+                state = await self._hit(policy, subject)
+                refused = state if state.exceeded else None
+            else:
+                state = await self._peek(policy, subject)
+            states.append(state)
+        _report(states)
+        if refused is not None:
+            raise QuotaExceeded(refused)
+        return states
+
+    async def _hit(self, policy: Policy, subject: str) -> LimitState:
+        key = policy.key(subject)
+
+        async def hit(storage: Storage) -> tuple[int, float]:
+            count = await storage.incr(key, policy.window)
+            return count, await storage.get_expiry(key)
+
+        (count, closes), now = await self._run(hit)
+        return LimitState(policy, subject, count, closes - now, self._to_clock(closes, now))
+
+    async def _peek(self, policy: Policy, subject: str) -> LimitState:
+        key = policy.key(subject)
+
+        async def peek(storage: Storage) -> tuple[int, float]:
+            return await storage.get(key), await storage.get_expiry(key)
+
+        (count, closes), now = await self._run(peek)
+        if count == 0:
+            return LimitState(policy, subject, 0, None, None)
+        return LimitState(policy, subject, count, closes - now, self._to_clock(closes, now))
+
+    def _to_clock(self, closes: float, now: float) -> float:
+        # Redis reports expiry on the wall clock; resetAt is told on the limiter's.
+        return self.clock() + (closes - now)
+
+    async def _run(self, operation: Callable[[Storage], Awaitable[T]]) -> tuple[T, float]:
+        """``operation`` on Redis while it answers, else on memory; with that storage's now."""
+        if self._redis is not None and (self._redis_up or self.clock() >= self._retry_at):
+            try:
+                result = await operation(self._redis)
+            except _STORAGE_ERRORS as exc:
+                self._redis_down(f"{type(exc).__name__}: {exc}")
+            else:
+                if not self._redis_up:
+                    self._redis_up = True
+                    logger.warning("rate limits: Redis answers again; counts are shared again")
+                # limits' Redis storage tells expiry as time.time() plus the key's TTL.
+                return result, time.time()
+        return await operation(self.memory), self.clock()
+
+    def _redis_down(self, reason: str) -> None:
+        self._retry_at = self.clock() + self.retry_interval
+        if self._redis_up:
+            # Once per outage: every request during it would otherwise log the same.
+            logger.warning(
+                "rate limits: Redis failed (%s); counting in this instance's memory "
+                "until it answers again",
+                reason,
+            )
+        self._redis_up = False
+
+
+# -- the HTTP edge -------------------------------------------------------------------
+
+_reported: contextvars.ContextVar[list[LimitState] | None] = contextvars.ContextVar(
+    "ratelimit_report", default=None
+)
+
+
+def _report(states: Sequence[LimitState]) -> None:
+    """Add ``states`` to the current HTTP request's RateLimit headers (one per policy)."""
+    reported = _reported.get()
+    if reported is None:
+        return  # a websocket operation, the CLI: no headers to tell
+    for state in states:
+        reported[:] = [s for s in reported if s.policy.name != state.policy.name]
+        reported.append(state)
+
+
+def policy_field(states: Sequence[LimitState]) -> str:
+    """``RateLimit-Policy``: a structured-field list, one item per policy."""
+    return ", ".join(f'"{s.policy.name}";q={s.policy.limit};w={s.policy.window}' for s in states)
+
+
+def limit_field(states: Sequence[LimitState]) -> str:
+    """``RateLimit``: remaining (``r``) and seconds to reset (``t``) per policy."""
+    return ", ".join(f'"{s.policy.name}";r={s.remaining};t={s.reset_seconds}' for s in states)
+
+
+class RateLimitHeaders:
+    """Writes the limits charged while handling an HTTP request into its answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        states: list[LimitState] = []
+        token = _reported.set(states)
+
+        async def send_with_limits(message: Message) -> None:
+            if message["type"] == "http.response.start" and states:
+                headers = MutableHeaders(scope=message)
+                headers["RateLimit-Policy"] = policy_field(states)
+                headers["RateLimit"] = limit_field(states)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_limits)
+        finally:
+            _reported.reset(token)
+
+
+def client_address(connection: HTTPConnection) -> str | None:
+    """The client's address as the server sees it (uvicorn applies trusted proxy headers)."""
+    return connection.client.host if connection.client else None
+
+
+def key_id(key: str) -> str:
+    """A key's name in the counters: a prefix of its hash, never the secret itself."""
+    return auth.hash_key(key)[:16]
+
+
+async def authenticate(
+    limiter: Limiter | None, authorization: str | None, address: str | None
+) -> tuple[User, str]:
+    """The caller and its key's id, with failed attempts limited per address.
+
+    A well-formed key is always checked first and only a refused one is counted,
+    so a valid key is never turned away for others' failures from its address
+    (a shared NAT, an office). Past the limit a refused key gets 429 with
+    ``Retry-After`` instead of 401; a malformed one is refused without a lookup
+    either way. No ``Authorization`` at all is not an attempt and is not counted.
+    """
+    key = auth.key_from_authorization(authorization)
+    if key is None:
+        raise Unauthenticated()
+    if auth.check_key_format(key):
+        try:
+            return await auth.authenticate(key), key_id(key)
+        except Unauthenticated:
+            pass
+    if limiter is not None and address is not None:
+        await limiter.count_auth_failure(address)
+    raise Unauthenticated()
+
+
+async def admit_request(connection: HTTPConnection, *, reads: bool = True) -> User:
+    """Authenticate a REST request and charge it (``reads=False`` for a charging command,
+    which the use case charges to the ``commands`` quota once it is sent)."""
+    limiter: Limiter | None = connection.app.state.services.limiter
+    user, key = await authenticate(
+        limiter, connection.headers.get("authorization"), client_address(connection)
+    )
+    if limiter is not None:
+        await limiter.admit(user, key, reads=reads)
+    return user
+
+
+# -- vehicles per tier --------------------------------------------------------------
+
+
+def vehicle_limit(settings: Settings, tier: Tier) -> int | None:
+    """How many vehicles a user of ``tier`` may have (None: no limit)."""
+    return parse_tier_counts(settings.vehicle_limits, _DEFAULT_VEHICLES).get(tier)
+
+
+async def check_vehicle_limit(settings: Settings, user: User) -> None:
+    """403 FORBIDDEN_TIER when ``user`` already has as many vehicles as the tier allows."""
+    limit = vehicle_limit(settings, user.tier)
+    if limit is None:
+        return
+    if await Vehicle.filter(user=user, deleted_at=None).count() >= limit:
+        plural = "vehicle" if limit == 1 else "vehicles"
+        raise ForbiddenTier(
+            f"The {user.tier.value} tier allows {limit} {plural}; remove one or upgrade"
+        )
