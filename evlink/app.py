@@ -7,9 +7,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import timedelta
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -20,16 +22,18 @@ from tortoise.contrib.starlette import RegisterTortoise
 from evlink import compat_rest
 from evlink.compat_rest.errors import UnexpectedErrors, exception_handlers
 from evlink.events import RedisEventBus, build_event_bus
+from evlink.guards import BodyLimit, SecurityHeaders
 from evlink.metrics import CountedProvider, Metrics, MetricsMiddleware, metrics_endpoint
 from evlink.models.database import ensure_sqlite_directory
 from evlink.playground import page as playground
 from evlink.providers import Provider, build_provider
 from evlink.providers.base import ProviderUpdate
+from evlink.ratelimit import Limiter, RateLimitHeaders
 from evlink.requestid import RequestIdMiddleware
 from evlink.resolvers.charging import CommandWatcher, ingest_provider_update
 from evlink.schema import build_schema
 from evlink.schema.view import GraphQLView
-from evlink.server import OpenSockets
+from evlink.server import OpenSockets, tune_gc
 from evlink.services import Services
 from evlink.settings import Settings, connection_name
 from evlink.webhooks import enode_webhook, resume_deliveries
@@ -51,6 +55,23 @@ def _database(app: Starlette, settings: Settings) -> AbstractAsyncContextManager
     if current is not None and current.inited:
         return contextlib.nullcontext()
     return RegisterTortoise(app, config=settings.tortoise_config())
+
+
+def _cors(settings: Settings) -> list[Middleware]:
+    """CORS only when origins are configured: Home Assistant and GraphQL clients need none."""
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if not origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After", "RateLimit", "RateLimit-Policy"],
+            max_age=600,
+        )
+    ]
 
 
 async def readyz(request: Request) -> JSONResponse:
@@ -76,21 +97,32 @@ async def readyz(request: Request) -> JSONResponse:
 def create_app(settings: Settings | None = None, *, provider: Provider | None = None) -> Starlette:
     """The evlink ASGI app. ``provider`` replaces the one the settings name (tests, demos)."""
     settings = settings or Settings.from_env()
-    graphql = GraphQLView(build_schema())
+    graphql = GraphQLView(
+        build_schema(settings),
+        keep_alive=True,
+        keep_alive_interval=settings.ws_keepalive,
+        connection_init_wait_timeout=timedelta(seconds=settings.ws_init_timeout),
+        max_subscriptions_per_connection=settings.ws_max_operations,
+    )
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        tune_gc()
         ensure_sqlite_directory(settings.database_url)
         async with _database(app, settings):
             events = build_event_bus(settings.redis_url, settings.database_url)
             if isinstance(events, RedisEventBus):
                 await events.start()
+            limiter = Limiter.from_settings(settings)
+            await limiter.start()
             services = Services(
                 settings=settings,
                 provider=CountedProvider(provider or build_provider(settings), metrics),
                 events=events,
                 metrics=metrics,
+                limiter=limiter,
+                open_sockets=app.state.open_sockets,
             )
             services.watcher = CommandWatcher(services)
             app.state.services = services
@@ -109,6 +141,7 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
                 await services.provider.aclose()
                 await services.watcher.aclose(release=True)
                 await services.events.aclose()
+                await limiter.aclose()
 
     app = Starlette(
         routes=[
@@ -124,7 +157,15 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
         middleware=[
             Middleware(RequestIdMiddleware),
             Middleware(MetricsMiddleware, metrics=metrics),
+            *_cors(settings),
+            Middleware(SecurityHeaders),
             Middleware(UnexpectedErrors),
+            Middleware(RateLimitHeaders),
+            Middleware(
+                BodyLimit,
+                limit=settings.max_body,
+                overrides={"/api/webhooks/enode": settings.webhook_max_body},
+            ),
         ],
         exception_handlers=exception_handlers,
         lifespan=lifespan,

@@ -1,4 +1,4 @@
-"""The ``evlink`` command: serve | migrate | demo | user | key | vehicle | enode."""
+"""The ``evlink`` command: serve | migrate | demo | user | key | vehicle | usage | enode."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from evlink.logs import configure_logging
 from evlink.models import ApiKey, User
 from evlink.models.database import apply_migrations, open_database
 from evlink.providers.enode import EnodeProvider
+from evlink.ratelimit import Limiter, describe
 from evlink.resolvers import accounts
 from evlink.resolvers.auth import issue_key, revoke_key
 from evlink.services import Services
@@ -125,6 +126,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
         "log_config": None,  # evlink.logs has configured logging already
         "access_log": False,  # evlink.metrics writes the access log, with the request id
         "timeout_graceful_shutdown": 10,
+        "ws_max_size": settings.ws_max_message,
     }
     if workers == 1:
         EvlinkServer(uvicorn.Config(create_app(settings), **common)).run()
@@ -187,8 +189,37 @@ async def _vehicle_add(settings: Settings, args: argparse.Namespace) -> None:
             provider=args.provider or settings.provider,
             provider_vehicle_id=args.provider_vehicle_id,
             name=args.name,
+            settings=settings,  # the tier's vehicle limit holds here too
         )
     _print(f"vehicle {vehicle.id}")
+
+
+async def _usage(settings: Settings, args: argparse.Namespace) -> None:
+    """What a user has spent of each quota, from the counts the servers share in Redis."""
+    async with open_database(settings.database_url):
+        user = await accounts.find_user(args.user)
+        keys = await ApiKey.filter(user=user, revoked_at=None).order_by("id")
+    limiter = Limiter.from_settings(settings)
+    try:
+        # ApiKey.hash[:16] is the key's name in the counters (ratelimit.key_id).
+        states = await limiter.usage(user, [key.hash[:16] for key in keys])
+        shared = limiter.shared
+    finally:
+        await limiter.aclose()
+    prefixes = {key.hash[:16]: key.prefix for key in keys}
+    _print(f"{user.email}\t{user.tier.value}")
+    if not settings.redis_url:
+        _print("(no EVLINK_REDIS_URL: each server counts in its own memory, unseen from here)")
+    elif not shared:
+        _print("(Redis did not answer: these counts are not the servers')")
+    for state in states:
+        subject = state.subject.removeprefix("key:")
+        name = f"burst key {prefixes[subject]}…" if subject in prefixes else state.policy.name
+        reset = state.reset_datetime
+        _print(
+            f"{name}\t{state.used}/{describe(state.policy.item)}\t{state.remaining} left"
+            f"\tresets {reset.isoformat() if reset else '-'}"
+        )
 
 
 @contextlib.asynccontextmanager
@@ -284,6 +315,9 @@ def _parser() -> argparse.ArgumentParser:
         "--provider-vehicle-id", help="the provider's id (simulator: sim-plugged-<anything>)"
     )
 
+    usage = commands.add_parser("usage", help="what a user has spent of each quota")
+    usage.add_argument("--user", required=True, help="the user's email")
+
     enode = commands.add_parser(
         "enode", help="link and sync Enode vehicle accounts"
     ).add_subparsers(dest="action", required=True)
@@ -313,6 +347,7 @@ _ASYNC_COMMANDS: dict[
     ("key", "list"): _key_list,
     ("key", "revoke"): _key_revoke,
     ("vehicle", "add"): _vehicle_add,
+    ("usage", None): _usage,
     ("enode", "link"): _enode_link,
     ("enode", "sync"): _enode_sync,
     ("enode", "webhook"): _enode_webhook,

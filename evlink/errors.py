@@ -13,6 +13,7 @@ and answered as "Unexpected error" without internals.
     ├── NotFound                 404 NOT_FOUND
     ├── BadRequest               400 BAD_REQUEST
     ├── PayloadTooLarge          413 PAYLOAD_TOO_LARGE
+    ├── UnsupportedMediaType     415 UNSUPPORTED_MEDIA_TYPE
     ├── InvalidVehicleState      400 INVALID_VEHICLE_STATE
     ├── SmartChargingActive      422 SMART_CHARGING_ACTIVE
     ├── IdempotencyKeyReused     422 IDEMPOTENCY_KEY_REUSED
@@ -43,6 +44,7 @@ __all__ = [
     "SmartChargingActive",
     "StreamInterrupted",
     "Unauthenticated",
+    "UnsupportedMediaType",
 ]
 
 
@@ -102,6 +104,12 @@ class PayloadTooLarge(EvlinkError):
     code = "PAYLOAD_TOO_LARGE"
     status = 413
     default_message = "The body is too large"
+
+
+class UnsupportedMediaType(EvlinkError):
+    code = "UNSUPPORTED_MEDIA_TYPE"
+    status = 415
+    default_message = "Send the body as application/json"
 
 
 class InvalidVehicleState(EvlinkError):

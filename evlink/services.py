@@ -14,9 +14,11 @@ from uuid import UUID
 from evlink.events import EventBus
 from evlink.metrics import Metrics
 from evlink.providers.base import Provider
+from evlink.server import OpenSockets
 from evlink.settings import Settings
 
 if TYPE_CHECKING:
+    from evlink.ratelimit import Limiter
     from evlink.resolvers.charging import CommandWatcher
     from evlink.resolvers.vehicles import VehicleStatus
 
@@ -32,6 +34,9 @@ class Services:
     refreshes: dict[UUID, asyncio.Task[VehicleStatus]] = field(default_factory=dict)
     watcher: CommandWatcher | None = None
     metrics: Metrics = field(default_factory=Metrics)
+    open_sockets: OpenSockets = field(default_factory=OpenSockets)
+    # Tier quotas and rate limits; None (the CLI) limits nothing.
+    limiter: Limiter | None = None
     _vehicle_locks: dict[UUID, asyncio.Lock] = field(default_factory=dict)
 
     def vehicle_lock(self, vehicle_id: UUID) -> asyncio.Lock:

@@ -22,6 +22,7 @@ T = TypeVar("T")
 ProviderName = Literal["simulator", "enode"]
 EnodeEnv = Literal["sandbox", "production"]
 LogFormat = Literal["text", "json"]
+Environment = Literal["development", "production"]
 PROVIDERS: tuple[ProviderName, ...] = ("simulator", "enode")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DB_SCHEMES = ("sqlite", "postgres", "asyncpg", "psycopg")
@@ -76,6 +77,28 @@ class Settings:
     log_format: LogFormat = "text"
     # Seconds an instance holds a command it follows; another takes it over after that.
     command_lease: float = 30.0
+    # production: GraphQL errors make no field suggestions (they reveal the schema).
+    environment: Environment = "development"
+    graphql_introspection: bool = True
+    graphql_max_depth: int = 10
+    graphql_max_tokens: int = 2000
+    graphql_max_aliases: int = 15
+    graphql_max_cost: int = 5000
+    max_body: int = 65_536  # bytes of a REST or GraphQL request body
+    ws_max_message: int = 65_536  # bytes of one websocket message
+    ws_max_operations: int = 20  # subscriptions at once on one websocket
+    ws_max_connections_per_key: int = 10
+    ws_init_timeout: float = 10.0  # seconds to send connection_init
+    ws_keepalive: float = 15.0  # seconds between keep-alive pings
+    # Origins allowed by CORS, comma-separated ("*" for any); empty: CORS off.
+    cors_origins: str = ""
+    # Rate limits (evlink.ratelimit), COUNT/[N]UNIT per tier; a tier left out keeps its default.
+    quotas: str = "free=300/30days;basic=2000/30days;pro=10000/30days"  # reads per user
+    command_quotas: str = "free=0/day;basic=0/day;pro=200/day"  # charging commands per user
+    burst: str = "60/minute"  # every authenticated request, per API key
+    auth_failures: str = "20/minute"  # refused API keys per client address
+    vehicle_limits: str = "free=1;basic=2;pro=5"
+    ratelimit_prefix: str = ""  # Redis key prefix of the counts; empty: named after the database
 
     @classmethod
     def from_env(
@@ -110,6 +133,9 @@ class Settings:
                 if not getattr(self, name):
                     variable = f"EVLINK_{name.upper()}"
                     raise SettingsError(f"{variable}: required with EVLINK_PROVIDER=enode")
+        from evlink.ratelimit import check_settings  # lazily: it imports the models
+
+        check_settings(self)
 
     @property
     def enode_urls(self) -> tuple[str, str]:
@@ -217,7 +243,18 @@ def _redis_url(raw: str) -> str:
     return raw
 
 
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
 def _parser_for(default: T) -> Callable[[str], T]:
+    if isinstance(default, bool):
+        return cast(Callable[[str], T], _bool)
     if isinstance(default, float):
         return cast(Callable[[str], T], _positive_float)
     if isinstance(default, int):
@@ -234,6 +271,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "enode_env": _choice(("sandbox", "production")),
     "redis_url": lambda raw: _redis_url(raw),
     "log_format": _choice(("text", "json")),
+    "environment": _choice(("development", "production")),
     "enode_api_url": lambda raw: _http_url(raw),
     "enode_oauth_url": lambda raw: _http_url(raw),
 }

@@ -112,6 +112,12 @@ def _test_settings(database_url: str) -> Settings:
         charging_poll_max_interval=0.2,
         charging_retry_backoff=0.01,
         simulator_action_delay=1.0,
+        # Rate limits far above what any test does; tests/test_ratelimit.py sets its own.
+        quotas="free=1000000/day;basic=1000000/day;pro=1000000/day",
+        command_quotas="free=1000000/day;basic=1000000/day;pro=1000000/day",
+        burst="1000000/minute",
+        auth_failures="1000000/minute",
+        vehicle_limits="free=unlimited;basic=unlimited;pro=unlimited",
     )
 
 
@@ -205,7 +211,9 @@ async def run_server(
     app = create_app(settings, provider=simulator)
     sock = _listening_socket()
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="on", log_level="warning")
+    config = uvicorn.Config(
+        app, lifespan="on", log_level="warning", ws_max_size=settings.ws_max_message
+    )
     server = EvlinkServer(config, app.state.open_sockets)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     base_url = f"http://127.0.0.1:{port}"

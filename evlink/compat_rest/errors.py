@@ -74,6 +74,10 @@ class UnexpectedErrors:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except EvlinkError as exc:  # raised outside an endpoint (a body over its limit)
+            if started:
+                raise
+            await error_response(exc)(scope, receive, send)
         except Exception:
             logger.exception("request %s %s: unexpected error", current_request_id(), scope["path"])
             if started:

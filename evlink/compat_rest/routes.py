@@ -9,11 +9,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from evlink.compat_rest.bodies import charging_body, me_body, status_body, vehicle_body
-from evlink.errors import BadRequest
+from evlink.errors import BadRequest, UnsupportedMediaType
 from evlink.models import User
 from evlink.providers.base import ChargingAction
+from evlink.ratelimit import admit_request
 from evlink.resolvers import charging, vehicles
-from evlink.resolvers.auth import authenticate, key_from_authorization
 from evlink.services import Services
 
 __all__ = ["routes"]
@@ -24,8 +24,9 @@ def _services(request: Request) -> Services:
     return services
 
 
-async def _user(request: Request) -> User:
-    return await authenticate(key_from_authorization(request.headers.get("authorization")))
+async def _user(request: Request, *, reads: bool = True) -> User:
+    """The caller, charged to its rate limits (429 past them); see :mod:`evlink.ratelimit`."""
+    return await admit_request(request, reads=reads)
 
 
 async def status(request: Request) -> JSONResponse:
@@ -76,7 +77,15 @@ def _wait_seconds(request: Request) -> float | None:
     return wait
 
 
+def _check_json(request: Request) -> None:
+    """JSON, or no content type at all (clients that only send a body); anything else is 415."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type and media_type != "application/json" and not media_type.endswith("+json"):
+        raise UnsupportedMediaType()
+
+
 async def _action(request: Request) -> ChargingAction:
+    _check_json(request)
     try:
         body = json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -88,7 +97,7 @@ async def _action(request: Request) -> ChargingAction:
 
 async def set_charging(request: Request) -> JSONResponse:
     """POST /api/charging/{vehicle_id}: start or stop; ``?wait=`` waits for the outcome."""
-    user = await _user(request)
+    user = await _user(request, reads=False)  # the command quota is charged when it is sent
     wait = _wait_seconds(request)
     action = await _action(request)
     services = _services(request)

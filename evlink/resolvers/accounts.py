@@ -10,9 +10,11 @@ from tortoise.transactions import in_transaction
 from evlink.errors import BadRequest, NotFound
 from evlink.models import Tier, User, Vehicle
 from evlink.providers.simulator import simulator_vehicle_id
+from evlink.ratelimit import check_vehicle_limit
 from evlink.resolvers import vehicles
 from evlink.resolvers.auth import IssuedKey, issue_key
 from evlink.services import Services
+from evlink.settings import Settings
 
 __all__ = [
     "DEMO_EMAIL",
@@ -65,8 +67,17 @@ async def set_tier(user: User, tier: Tier) -> User:
 
 
 async def add_vehicle(
-    user: User, *, provider: str, provider_vehicle_id: str | None, name: str | None = None
+    user: User,
+    *,
+    provider: str,
+    provider_vehicle_id: str | None,
+    name: str | None = None,
+    settings: Settings | None = None,
 ) -> Vehicle:
+    """Add a vehicle by hand. With ``settings``, 403 FORBIDDEN_TIER past the tier's
+    vehicle limit (``EVLINK_VEHICLE_LIMITS``); without (the demo, tests), no limit."""
+    if settings is not None:
+        await check_vehicle_limit(settings, user)
     return await Vehicle.create(
         user=user, provider=provider, provider_vehicle_id=provider_vehicle_id, name=name
     )
@@ -113,8 +124,9 @@ async def link_vehicle_account(services: Services, user: User, redirect_uri: str
 
 
 async def sync_vehicles(services: Services, user: User) -> list[Vehicle]:
-    """Import every vehicle the provider lists for ``user``."""
+    """Import every vehicle the provider lists for ``user`` (those within the tier's limit)."""
     if user.enode_user_id is None:
         raise BadRequest(f"{user.email} has not linked a vehicle account yet")
     listed = await services.provider.list_vehicles(user.enode_user_id)
-    return [await vehicles.upsert_provider_vehicle(services, user, data) for data in listed]
+    imported = [await vehicles.upsert_provider_vehicle(services, user, data) for data in listed]
+    return [vehicle for vehicle in imported if vehicle is not None]

@@ -132,6 +132,9 @@ async def set_charging(
             services, vehicle, max_age=services.settings.charging_fresh_age
         )
         _check_request(status.vehicle, status.charge_state, action, superseding=bool(pending))
+        if services.limiter is not None:
+            # Only a command that will be sent costs quota: not a replay, not a refusal.
+            await services.limiter.charge_command(user)
         for command in pending:
             await _finish(services, command, CommandState.CANCELLED, "superseded")
         watcher = services.watcher
@@ -222,23 +225,27 @@ def _backoff(services: Services, attempts: int) -> timedelta:
 async def _finish(
     services: Services, command: ChargingCommand, state: CommandState, reason: str | None = None
 ) -> None:
-    command.state = state
-    command.completed_at = _now()
-    command.next_attempt_at = None
+    now = _now()
     if reason is not None or state == CommandState.CONFIRMED:
         command.failure_reason = reason
+    # A command ends once: the watcher and a request superseding it may both try, and
+    # the first end state stays (compare-and-set on PENDING), with one end event.
+    ended = await ChargingCommand.filter(id=command.id, state=CommandState.PENDING).update(
+        state=state,
+        completed_at=now,
+        next_attempt_at=None,
+        failure_reason=command.failure_reason,
+        lease_owner=None,
+        updated_at=now,
+    )
+    if not ended:
+        await command.refresh_from_db()
+        return
+    command.state = state
+    command.completed_at = command.updated_at = now
+    command.next_attempt_at = None
     command.lease_owner = None
     services.metrics.commands.labels(state=state.value).inc()
-    await command.save(
-        update_fields=[
-            "state",
-            "completed_at",
-            "next_attempt_at",
-            "failure_reason",
-            "lease_owner",
-            "updated_at",
-        ]
-    )
     await _publish(services, command)
     logger.info("command %s (%s) ended %s", command.id, command.action.value, state.value)
 

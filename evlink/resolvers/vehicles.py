@@ -17,11 +17,12 @@ from uuid import UUID
 
 from tortoise.exceptions import IntegrityError
 
-from evlink.errors import EvlinkError, ForbiddenOwner, NotFound, ProviderLinkMissing
+from evlink.errors import EvlinkError, ForbiddenOwner, ForbiddenTier, NotFound, ProviderLinkMissing
 from evlink.events import charge_state_topic
 from evlink.models import ChargeState, User, Vehicle
 from evlink.models.vehicles import CHARGE_STATE_FIELDS, charge_state_data
 from evlink.providers.base import ChargeStateData, VehicleData
+from evlink.ratelimit import check_vehicle_limit
 from evlink.services import Services
 
 __all__ = [
@@ -201,10 +202,25 @@ async def _publish(services: Services, vehicle: Vehicle, state: ChargeStateData)
     )
 
 
-async def upsert_provider_vehicle(services: Services, owner: User, data: VehicleData) -> Vehicle:
-    """Add a vehicle the provider reports for ``owner`` (or bring it back), then record it."""
+async def upsert_provider_vehicle(
+    services: Services, owner: User, data: VehicleData
+) -> Vehicle | None:
+    """Add a vehicle the provider reports for ``owner`` (or bring it back), then record it.
+
+    Past the tier's vehicle limit a new (or deleted) vehicle is not added: None, and
+    a warning in the log. The provider's account may hold more cars than the plan;
+    refusing the webhook would only make the provider send it again.
+    """
     provider = services.provider.name
     vehicle = await Vehicle.get_or_none(provider=provider, provider_vehicle_id=data.id)
+    if vehicle is None or vehicle.deleted_at is not None:
+        try:
+            await check_vehicle_limit(services.settings, owner)
+        except ForbiddenTier as refused:
+            logger.warning(
+                "vehicle %s %s of user %s not added: %s", provider, data.id, owner.id, refused
+            )
+            return None
     if vehicle is None:
         vehicle = await Vehicle.create(
             user=owner,

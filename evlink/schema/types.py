@@ -18,6 +18,7 @@ from evlink.providers.base import ChargeStateData, parse_timestamp
 from evlink.providers.base import ChargingAction as ChargingActionModel
 from evlink.resolvers import charging, vehicles
 from evlink.schema.context import Info
+from evlink.schema.quotas import Quota
 
 __all__ = [
     "ChargeState",
@@ -46,6 +47,18 @@ class Viewer:
     @classmethod
     def from_user(cls, user: User) -> Viewer:
         return cls(id=strawberry.ID(str(user.id)), email=user.email, tier=user.tier)
+
+    @strawberry.field(
+        description="The caller's rate limits: burst for this API key, reads and commands "
+        "for the user's tier (this request included)."
+    )
+    async def quotas(self, info: Info) -> list[Quota]:
+        context = info.context
+        user = await context.user()
+        if context.services.limiter is None:
+            return []
+        keys = [context.key_id] if context.key_id else []
+        return [Quota.from_state(s) for s in await context.services.limiter.usage(user, keys)]
 
 
 @strawberry.type(description="A vehicle's charge state as last reported by the vehicle.")

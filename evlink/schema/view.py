@@ -1,20 +1,27 @@
-"""The GraphQL endpoint: HTTP and both websocket protocols, context from the request."""
+"""The GraphQL endpoint: HTTP and both websocket protocols, context from the request.
+
+A browser's ``GET /graphql`` gets the self-hosted playground (:mod:`evlink.playground`)."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+from cross_web import AsyncHTTPRequestAdapter
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http import GraphQLRequestData
+from strawberry.types import ExecutionResult, SubscriptionExecutionResult
 from strawberry.types.unset import UnsetType
 
 from evlink.errors import EvlinkError
 from evlink.metrics import Metrics
+from evlink.playground.page import playground_response
+from evlink.ratelimit import client_address
 from evlink.schema.context import Context
 from evlink.server import OpenSockets, serve_until_closed
 from evlink.services import Services
@@ -31,23 +38,79 @@ class GraphQLView(GraphQL[Context, None]):
         open_sockets: OpenSockets = app.state.open_sockets
         metrics: Metrics = app.state.metrics
         metrics.websockets.inc()
+        # The connection's user, once authenticated: counted against the per-user cap.
+        scope[_OWNER] = owner = _SocketOwner()
         try:
             async with open_sockets.track() as closing:
                 handler = asyncio.ensure_future(super().__call__(scope, receive, send))
                 await serve_until_closed(handler, closing, send)
         finally:
             metrics.websockets.dec()
+            if owner.user_id is not None:
+                open_sockets.release_user(owner.user_id)
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
     ) -> Context:
         services: Services = request.app.state.services
-        return Context(services=services, authorization=request.headers.get("authorization"))
+        context = Context(
+            services=services,
+            authorization=request.headers.get("authorization"),
+            socket_owner=request.scope.get(_OWNER),
+            client=client_address(request),
+            websocket=isinstance(request, WebSocket),
+        )
+        if not context.websocket and context.authorization:
+            # Up front, so the operation can be charged (429) before it runs.
+            await context.authenticate_now()
+        return context
+
+    async def execute_operation(
+        self,
+        request: Request,
+        request_adapter: AsyncHTTPRequestAdapter,
+        request_data: GraphQLRequestData | list[GraphQLRequestData],
+        context: Context,
+        root_value: None,
+        sub_response: Response,
+    ) -> ExecutionResult | list[ExecutionResult] | SubscriptionExecutionResult:
+        """Run the operation; answer 429 when :class:`~evlink.schema.quotas.OperationQuotas`
+        refused it before it executed."""
+        result = await super().execute_operation(
+            request, request_adapter, request_data, context, root_value, sub_response
+        )
+        if context.refusal is not None:
+            raise context.refusal  # the exception handlers answer 429 with Retry-After
+        if context.authenticated and not context.charged:
+            await context.charge(reads=False)  # it never executed (invalid): burst only
+        return result
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        """Strawberry's IDE page loads GraphiQL from a CDN: serve evlink's own instead."""
+        return playground_response(request)
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, Any] | None:
         """Refuse a bad key before any operation runs (4403 / connection_error)."""
         try:
-            await context.user()
+            user = await context.user()
         except EvlinkError as exc:
             raise ConnectionRejectionError({"message": exc.message, "code": exc.code}) from None
+        owner = context.socket_owner
+        if isinstance(owner, _SocketOwner) and owner.user_id is None:
+            services = context.services
+            cap = services.settings.ws_max_connections_per_key
+            if not services.open_sockets.acquire_user(user.id, cap):
+                raise ConnectionRejectionError(
+                    {"message": f"At most {cap} websockets per user", "code": "RATE_LIMITED"}
+                )
+            owner.user_id = user.id
         return None
+
+
+_OWNER = "evlink.socket_owner"
+
+
+class _SocketOwner:
+    """Whose websocket this is, set once its key is accepted."""
+
+    user_id: int | None = None
