@@ -19,6 +19,7 @@ from contextlib import aclosing
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import uuid4
 
 import httpx
 import pytest
@@ -27,7 +28,7 @@ from gql import GraphQLRequest
 from gql.transport.exceptions import TransportQueryError
 
 from evlink.events import RedisEventBus
-from evlink.models import ChargingCommand, CommandState
+from evlink.models import ChargingCommand, CommandState, Tier, User, Vehicle
 from evlink.models.database import open_database
 from evlink.providers.base import ChargingAction
 from evlink.providers.simulator import ManualClock, Simulator
@@ -117,15 +118,19 @@ async def test_a_charge_state_change_received_by_one_instance_reaches_the_other(
 async def test_each_command_is_claimed_by_exactly_one_instance(shared: Settings) -> None:
     await _truncate(shared.database_url)
     async with run_server(shared) as server:
-        user, _ = await server.user()
-        vehicle = await server.vehicle(user, "plugged")
+        user, _ = await server.user(tier=Tier.PRO)
+        await User.filter(id=user.id).update(tier=Tier.PRO)
         deadline = datetime.now(UTC) + timedelta(minutes=5)
-        commands = [
-            await ChargingCommand.create(
-                vehicle=vehicle, user=user, action=ChargingAction.START, deadline_at=deadline
+        commands = []
+        for _ in range(20):  # one pending command per vehicle, as the database insists
+            vehicle = await Vehicle.create(
+                user=user, provider="simulator", provider_vehicle_id=f"sim-plugged-{uuid4().hex}"
             )
-            for _ in range(20)
-        ]
+            commands.append(
+                await ChargingCommand.create(
+                    vehicle=vehicle, user=user, action=ChargingAction.START, deadline_at=deadline
+                )
+            )
         watchers = [CommandWatcher(server.services, owner=f"instance-{i}") for i in range(4)]
 
         claims = await asyncio.gather(

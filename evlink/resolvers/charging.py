@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from tortoise.exceptions import IntegrityError
 from tortoise.expressions import Q
 
 from evlink.errors import (
@@ -41,6 +42,7 @@ from evlink.errors import (
     EvlinkError,
     ForbiddenTier,
     IdempotencyKeyReused,
+    InternalError,
     InvalidVehicleState,
     NotFound,
     ProviderLinkMissing,
@@ -113,51 +115,72 @@ async def set_charging(
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise BadRequest(f"idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
 
-    async with services.vehicle_lock(vehicle.id):
-        if idempotency_key is not None:
-            earlier = await ChargingCommand.get_or_none(user=user, idempotency_key=idempotency_key)
-            if earlier is not None:
-                if earlier.vehicle_id != vehicle.id or earlier.action != action:  # type: ignore[attr-defined]
-                    raise IdempotencyKeyReused()
-                return earlier
-        pending = await ChargingCommand.filter(vehicle=vehicle, state=CommandState.PENDING)
-        for command in pending:
-            if command.action == action:
-                if idempotency_key is not None and command.idempotency_key is None:
-                    # A retry under this key must find this command, not make another.
-                    command.idempotency_key = idempotency_key
-                    await command.save(update_fields=["idempotency_key", "updated_at"])
-                return command
-        status = await vehicles.vehicle_status(
-            services, vehicle, max_age=services.settings.charging_fresh_age
-        )
-        _check_request(status.vehicle, status.charge_state, action, superseding=bool(pending))
-        if services.limiter is not None:
-            # Only a command that will be sent costs quota: not a replay, not a refusal.
-            await services.limiter.charge_command(user)
-        for command in pending:
-            await _finish(services, command, CommandState.CANCELLED, "superseded")
-        watcher = services.watcher
-        command = await ChargingCommand.create(
-            vehicle=vehicle,
-            user=user,
-            action=action,
-            idempotency_key=idempotency_key,
-            deadline_at=_now() + timedelta(seconds=services.settings.charging_deadline),
-            # The instance that takes the request follows the command first.
-            lease_owner=watcher.owner if watcher else None,
-            lease_expires_at=watcher.lease_until() if watcher else None,
-        )
-        services.metrics.commands.labels(state=CommandState.PENDING.value).inc()
+    # The lock orders requests within this process; the database's one-pending-per-
+    # vehicle index orders them across instances: the loser of a race decides again.
+    for _ in range(3):
         try:
-            await _send(services, command, vehicle.provider_vehicle_id)
-        except (InvalidVehicleState, SmartChargingActive) as refused:
-            await _finish(services, command, CommandState.FAILED, refused.message)
-            raise
-        await _publish(services, command)
-    if services.watcher is not None:
-        services.watcher.follow(command.id)
-    return command
+            async with services.vehicle_lock(vehicle.id):
+                command, created = await _decide(services, user, vehicle, action, idempotency_key)
+        except IntegrityError:
+            logger.info("vehicle %s: a concurrent charging request won; deciding again", vehicle.id)
+            continue
+        if created and services.watcher is not None:
+            services.watcher.follow(command.id)
+        return command
+    raise InternalError("Concurrent charging requests did not settle")
+
+
+async def _decide(
+    services: Services,
+    user: User,
+    vehicle: Vehicle,
+    action: ChargingAction,
+    idempotency_key: str | None,
+) -> tuple[ChargingCommand, bool]:
+    """The command for this request, and whether it was made (and sent) now."""
+    assert vehicle.provider_vehicle_id is not None
+    if idempotency_key is not None:
+        earlier = await ChargingCommand.get_or_none(user=user, idempotency_key=idempotency_key)
+        if earlier is not None:
+            if earlier.vehicle_id != vehicle.id or earlier.action != action:  # type: ignore[attr-defined]
+                raise IdempotencyKeyReused()
+            return earlier, False
+    pending = await ChargingCommand.filter(vehicle=vehicle, state=CommandState.PENDING)
+    for command in pending:
+        if command.action == action:
+            if idempotency_key is not None and command.idempotency_key is None:
+                # A retry under this key must find this command, not make another.
+                command.idempotency_key = idempotency_key
+                await command.save(update_fields=["idempotency_key", "updated_at"])
+            return command, False
+    status = await vehicles.vehicle_status(
+        services, vehicle, max_age=services.settings.charging_fresh_age
+    )
+    _check_request(status.vehicle, status.charge_state, action, superseding=bool(pending))
+    if services.limiter is not None:
+        # Only a command that will be sent costs quota: not a replay, not a refusal.
+        await services.limiter.charge_command(user)
+    for command in pending:
+        await _finish(services, command, CommandState.CANCELLED, "superseded")
+    watcher = services.watcher
+    command = await ChargingCommand.create(
+        vehicle=vehicle,
+        user=user,
+        action=action,
+        idempotency_key=idempotency_key,
+        deadline_at=_now() + timedelta(seconds=services.settings.charging_deadline),
+        # The instance that takes the request follows the command first.
+        lease_owner=watcher.owner if watcher else None,
+        lease_expires_at=watcher.lease_until() if watcher else None,
+    )
+    services.metrics.commands.labels(state=CommandState.PENDING.value).inc()
+    try:
+        await _send(services, command, vehicle.provider_vehicle_id)
+    except (InvalidVehicleState, SmartChargingActive) as refused:
+        await _finish(services, command, CommandState.FAILED, refused.message)
+        raise
+    await _publish(services, command)
+    return command, True
 
 
 def _check_request(

@@ -440,3 +440,28 @@ async def test_restart_mid_command_resumes_and_confirms_without_resending(
     assert command.attempts == 1
     sends = [c for c in simulator.calls if c.startswith("set_charging")]
     assert len(sends) == 1
+
+
+async def test_the_database_refuses_a_second_pending_command_for_a_vehicle(
+    server: Server,
+) -> None:
+    from datetime import UTC, datetime
+
+    from tortoise.exceptions import IntegrityError
+
+    from evlink.providers.base import ChargingAction
+
+    user, key = await server.user()
+    vehicle = await server.vehicle(user, "plugged")
+    created = (await gql_charge(server, vehicle.id, key))["data"]["setCharging"]
+
+    # What a second instance racing this one would try: it loses at the database.
+    with pytest.raises(IntegrityError):
+        await ChargingCommand.create(
+            vehicle=vehicle,
+            user=user,
+            action=ChargingAction.START,
+            deadline_at=datetime.now(UTC) + timedelta(minutes=5),
+        )
+    again = (await gql_charge(server, vehicle.id, key))["data"]["setCharging"]
+    assert again["id"] == created["id"]
