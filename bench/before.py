@@ -1,0 +1,58 @@
+"""evlink as it was before the benchmark's fixes, for the "Before fixes" column.
+
+``python -m bench.serve_evlink --before`` calls :func:`apply` before it builds the
+app, so that one run measures evlink with and without the fixes side by side.
+Each undo is a small patch of this process only.
+
+- **GraphQL validation ran on every request.** ``build_schema`` made the
+  depth, alias and cost rule classes afresh for each request, and
+  ``ValidationCache`` is keyed by those classes, so it never hit. The fix makes
+  the classes once. Undone here by a stand-in for ``AddValidationRules`` that
+  hands each request fresh copies of the rule classes.
+- **Full garbage collections stalled every subscriber.** With 1,000 subscribers,
+  CPython's default young-generation threshold (700 allocations) let each burst
+  of events promote enough objects to trigger full collections of every
+  websocket's objects, 300-700 ms each. The fix (``evlink.server.tune_gc``,
+  called by the app's lifespan) raises the threshold. Undone here by a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+__all__ = ["apply"]
+
+logger = logging.getLogger(__name__)
+
+
+def _fresh_validation_rules() -> None:
+    from strawberry.extensions import AddValidationRules
+
+    import evlink.schema
+
+    class FreshRules(AddValidationRules):
+        """Each request gets new rule classes, as the factories used to make them."""
+
+        def __init__(self, validation_rules: list[Any]) -> None:
+            super().__init__([type(r.__name__, (r,), {}) for r in validation_rules])
+
+    if getattr(evlink.schema, "AddValidationRules", None) is None:
+        logger.warning("before: evlink.schema no longer uses AddValidationRules; not undone")
+        return
+    evlink.schema.AddValidationRules = FreshRules  # type: ignore[attr-defined]
+
+
+def _default_gc() -> None:
+    import evlink.app
+
+    if getattr(evlink.app, "tune_gc", None) is None:
+        logger.warning("before: evlink.app no longer calls tune_gc; not undone")
+        return
+    evlink.app.tune_gc = lambda: None  # type: ignore[attr-defined]
+
+
+def apply() -> None:
+    """Put the pre-fix code back in place (in this process only)."""
+    _fresh_validation_rules()
+    _default_gc()
