@@ -7,9 +7,10 @@ from collections.abc import Iterator
 
 from graphql import GraphQLError
 from strawberry.extensions import SchemaExtension
+from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.types.execution import StreamExecutionResult
 
-from evlink.errors import EvlinkError, InternalError
+from evlink.errors import BadRequest, EvlinkError, InternalError
 from evlink.requestid import current_request_id
 
 __all__ = ["ErrorCodes", "format_error"]
@@ -22,6 +23,12 @@ def format_error(error: GraphQLError) -> GraphQLError:
     original = error.original_error
     if original is None or isinstance(original, GraphQLError):
         return error  # GraphQL's own (syntax, validation): stays GraphQL's
+    if isinstance(original, InvalidOperationTypeError):
+        # A client's mistake (e.g. a query over the legacy graphql-ws protocol), not ours.
+        original = BadRequest(
+            f"{original.operation_type.value} operations are not served here; "
+            "send queries and mutations over HTTP or graphql-transport-ws"
+        )
     if not isinstance(original, EvlinkError):
         logger.error(
             "request %s: unexpected error in %s",

@@ -158,3 +158,26 @@ async def test_key_in_upgrade_header_is_accepted(server: Server) -> None:
     ):
         first = await _next(stream)
     assert first["chargeState"]["powerDeliveryState"] == "PLUGGED_IN:STOPPED"
+
+
+async def test_a_query_over_legacy_graphql_ws_is_a_clear_client_error(server: Server) -> None:
+    _, key = await server.user()
+    async with websockets.connect(
+        server.ws_url, subprotocols=[websockets.Subprotocol("graphql-ws")]
+    ) as socket:
+        await socket.send(
+            json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {key}"}})
+        )
+        assert json.loads(await asyncio.wait_for(socket.recv(), TIMEOUT))["type"] == (
+            "connection_ack"
+        )
+        await socket.send(
+            json.dumps({"id": "1", "type": "start", "payload": {"query": "{ viewer { id } }"}})
+        )
+        answer = {"type": "ka"}
+        for _ in range(5):  # bounded: keep-alives may come first
+            answer = json.loads(await asyncio.wait_for(socket.recv(), TIMEOUT))
+            if answer["type"] != "ka":
+                break
+    assert answer["type"] == "error"
+    assert answer["payload"]["extensions"]["code"] == "BAD_REQUEST"
