@@ -4,8 +4,9 @@ The signature (``x-enode-signature: sha1=<hex>``, an HMAC-SHA1 of the raw body
 with ``EVLINK_ENODE_WEBHOOK_SECRET``) is checked in constant time before the
 body is parsed; an oversized body is refused while it is read. An accepted
 delivery is written to the database first, answered at once, and worked off
-after the answer; a delivery id already seen is acknowledged and ignored.
-Deliveries that were accepted but not worked off (a crash) are resumed when the
+after the answer. A delivery id already seen (Enode retrying), or a body already
+seen under another id (a replay: the signature covers the body, not the id), is
+acknowledged and ignored. Deliveries that were accepted but not worked off (a crash) are resumed when the
 app starts. Out-of-order events cannot move state backwards: the recording
 functions keep the newer ``lastUpdated`` / ``updatedAt``.
 """
@@ -74,10 +75,15 @@ async def enode_webhook(request: Request) -> JSONResponse:
         raise BadRequest("The body is not JSON") from None
     if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
         raise BadRequest("The body must be a JSON array of events")
-    delivery_id = request.headers.get("x-enode-delivery") or hashlib.sha256(body).hexdigest()
+    body_hash = hashlib.sha256(body).hexdigest()
+    delivery_id = request.headers.get("x-enode-delivery") or body_hash
     try:
-        await WebhookDelivery.create(id=delivery_id[:128], provider=PROVIDER, body=events)
+        await WebhookDelivery.create(
+            id=delivery_id[:128], provider=PROVIDER, body=events, body_sha256=body_hash
+        )
     except IntegrityError:
+        # The same delivery id (Enode retrying), or the same signed body under another id
+        # (a replay): acknowledged, and nothing happens again.
         logger.info("webhook: delivery %s seen before; ignored", delivery_id)
         return JSONResponse({"status": "duplicate"})
     return JSONResponse(

@@ -157,3 +157,23 @@ async def test_out_of_order_action_updates_keep_the_newest(settings: Settings) -
         assert final.state == CommandState.FAILED
         assert final.failure_reason is not None
         assert "NO_RESPONSE" in final.failure_reason
+
+
+async def test_a_signed_body_replayed_under_a_new_delivery_id_is_ignored(
+    enode: EnodeWorld,
+) -> None:
+    user, key = await enode.linked_user("user-1")
+    kept = await enode.vehicle(user, isPluggedIn=True)
+    gone = await enode.vehicle(user, isPluggedIn=True)
+    deleted = [enode.fake.vehicle_event(gone.provider_vehicle_id or "", "user:vehicle:deleted")]
+    await enode.deliver(deleted, delivery_id="original")
+    # The car comes back (re-linked); then an attacker replays the captured deletion.
+    await enode.deliver(
+        [enode.fake.vehicle_event(gone.provider_vehicle_id or "", "user:vehicle:discovered")]
+    )
+
+    replayed = await enode.fake.deliver(deleted, delivery_id="forged-new-id")
+
+    assert replayed[0].json()["status"] == "duplicate"
+    listed = (await enode.server.http.get("/api/ha/vehicles", headers=auth(key))).json()
+    assert sorted(v["id"] for v in listed) == sorted([str(kept.id), str(gone.id)])
