@@ -6,9 +6,10 @@ body is parsed; an oversized body is refused while it is read. An accepted
 delivery is written to the database first, answered at once, and worked off
 after the answer. A delivery id already seen (Enode retrying), or a body already
 seen under another id (a replay: the signature covers the body, not the id), is
-acknowledged and ignored. Deliveries that were accepted but not worked off (a crash) are resumed when the
-app starts. Out-of-order events cannot move state backwards: the recording
-functions keep the newer ``lastUpdated`` / ``updatedAt``.
+acknowledged and ignored. Deliveries that were accepted but not worked off (a
+crash) are resumed when the app starts. Out-of-order events cannot move state
+backwards: the recording functions keep the newer ``lastUpdated`` /
+``updatedAt``.
 """
 
 from __future__ import annotations
