@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -10,23 +9,11 @@ from typing import Any
 from evlink.models import Tier
 from evlink.resolvers import accounts
 from evlink.schema.printed import printed_schema
+from tests.compat_rest.test_status import CHARGE_STATE_KEYS, ISO_Z
 from tests.conftest import Server
 
-ISO_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
-CHARGE_STATE_FIELDS = [
-    "batteryLevel",
-    "range",
-    "isPluggedIn",
-    "isCharging",
-    "batteryCapacity",
-    "chargeLimit",
-    "chargeRate",
-    "chargeTimeRemaining",
-    "isFullyCharged",
-    "lastUpdated",
-    "powerDeliveryState",
-    "maxCurrent",
-]
+# The documented chargeState block: GraphQL serves the same fields as REST.
+CHARGE_STATE_FIELDS = CHARGE_STATE_KEYS
 CHARGE_STATE = "chargeState { " + " ".join(CHARGE_STATE_FIELDS) + " }"
 
 VIEWER = "{ viewer { id email tier } }"
