@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from evlink.errors import EvlinkError
 from evlink.providers.base import (
     ChargeAction,
     ChargingAction,
@@ -83,8 +84,6 @@ class Metrics:
     async def provider_call(
         self, provider: str, operation: str, call: Callable[[], Awaitable[T]]
     ) -> T:
-        from evlink.errors import EvlinkError
-
         try:
             result = await call()
         except EvlinkError as exc:

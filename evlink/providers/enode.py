@@ -87,10 +87,6 @@ class _CircuitBreaker:
                 self._failures,
             )
 
-    @property
-    def is_open(self) -> bool:
-        return self._open_until > self._clock()
-
 
 class EnodeProvider:
     """A :class:`~evlink.providers.base.Provider` backed by Enode."""
@@ -130,7 +126,6 @@ class EnodeProvider:
         self._token: str | None = None
         self._token_expires = 0.0
         self._token_lock = asyncio.Lock()
-        self._sink: UpdateSink | None = None
 
     @classmethod
     def from_settings(
@@ -153,11 +148,10 @@ class EnodeProvider:
     # -- Provider protocol -------------------------------------------------
 
     async def start(self, sink: UpdateSink) -> None:
-        # Enode pushes through webhooks (evlink.webhooks), which feed the same sink.
-        self._sink = sink
+        """Nothing to start: Enode pushes through webhooks (evlink.webhooks), which feed
+        the app's update sink themselves."""
 
     async def aclose(self) -> None:
-        self._sink = None
         await self._client.aclose()
 
     async def get_vehicle(self, vehicle_id: str) -> VehicleData:
