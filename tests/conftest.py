@@ -15,6 +15,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -23,7 +24,7 @@ import asyncpg
 import httpx
 import pytest
 import uvicorn
-from gql import Client, gql
+from gql import Client, GraphQLRequest, gql
 from gql.transport.websockets import WebsocketsTransport
 
 from evlink.app import create_app
@@ -187,6 +188,18 @@ class Server:
         return Client(transport=transport, fetch_schema_from_transport=False)
 
 
+def subscription(session: Any, query: str, **variables: str) -> Any:
+    """A gql subscription closed when the block ends, as a well-behaved client does
+    (left open, the client waits out its close timeout)."""
+    return aclosing(session.subscribe(GraphQLRequest(query, variable_values=variables)))
+
+
+async def next_result(stream: Any) -> dict[str, Any]:
+    """The subscription's next result, or a failure after TIMEOUT seconds."""
+    result: dict[str, Any] = await asyncio.wait_for(anext(stream), TIMEOUT)
+    return result
+
+
 def _listening_socket() -> socket.socket:
     # IPPROTO_TCP: asyncio then turns Nagle off on accepted connections (40 ms per answer).
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -258,8 +271,10 @@ __all__ = [
     "EnodeWorld",
     "Server",
     "gql",
+    "next_result",
     "run_enode_world",
     "run_server",
+    "subscription",
 ]
 
 

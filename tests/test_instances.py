@@ -15,16 +15,13 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from uuid import uuid4
 
 import httpx
 import pytest
 import websockets
-from gql import GraphQLRequest
 from gql.transport.exceptions import TransportQueryError
 
 from evlink.events import RedisEventBus
@@ -40,8 +37,10 @@ from tests.conftest import (
     WEBHOOK_SECRET,
     _truncate,
     enode_settings,
+    next_result,
     run_enode_world,
     run_server,
+    subscription,
 )
 
 COMMAND = "subscription($id: ID!) { chargingCommand(id: $id) { state } }"
@@ -57,11 +56,6 @@ def shared(settings: Settings) -> Settings:
     if not redis_url:
         pytest.skip("EVLINK_TEST_REDIS_URL is not set: Redis tests skipped")
     return replace(settings, redis_url=redis_url, command_lease=0.9)
-
-
-async def _next(stream: Any) -> dict[str, Any]:
-    result: dict[str, Any] = await asyncio.wait_for(anext(stream), TIMEOUT)
-    return result
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -84,11 +78,10 @@ async def test_a_subscriber_on_one_instance_sees_a_command_followed_on_another(
                 key=key,
             )
             command_id = created["data"]["setCharging"]["id"]
-            request = GraphQLRequest(COMMAND, variable_values={"id": command_id})
-            async with aclosing(session.subscribe(request)) as stream:
-                assert (await _next(stream))["chargingCommand"]["state"] == "PENDING"
+            async with subscription(session, COMMAND, id=command_id) as stream:
+                assert (await next_result(stream))["chargingCommand"]["state"] == "PENDING"
                 await clock.advance(2)  # the car starts; B follows the command it took
-                assert (await _next(stream))["chargingCommand"]["state"] == "CONFIRMED"
+                assert (await next_result(stream))["chargingCommand"]["state"] == "CONFIRMED"
         command = await ChargingCommand.get(id=command_id)
         assert command.lease_owner is None  # released at the end
 
@@ -105,13 +98,14 @@ async def test_a_charge_state_change_received_by_one_instance_reaches_the_other(
     ):
         user, key = await a.user()
         vehicle = await a.vehicle(user, "plugged")
-        async with a.gql_client(key, PROTOCOLS[0]) as session:
-            request = GraphQLRequest(CHARGE_STATE, variable_values={"id": str(vehicle.id)})
-            async with aclosing(session.subscribe(request)) as stream:
-                assert (await _next(stream))["chargeState"]["isPluggedIn"] is True
-                car_park.update_vehicle(vehicle.provider_vehicle_id or "", is_plugged_in=False)
-                await clock.advance(1)  # the step is pushed into B (the last to start)
-                assert (await _next(stream))["chargeState"]["isPluggedIn"] is False
+        async with (
+            a.gql_client(key, PROTOCOLS[0]) as session,
+            subscription(session, CHARGE_STATE, id=str(vehicle.id)) as stream,
+        ):
+            assert (await next_result(stream))["chargeState"]["isPluggedIn"] is True
+            car_park.update_vehicle(vehicle.provider_vehicle_id or "", is_plugged_in=False)
+            await clock.advance(1)  # the step is pushed into B (the last to start)
+            assert (await next_result(stream))["chargeState"]["isPluggedIn"] is False
         assert b.services.events is not a.services.events
 
 
@@ -320,13 +314,14 @@ async def test_lost_redis_ends_subscriptions_with_an_error_then_reconnects(
         assert bus.connected.is_set()
         user, key = await server.user()
         vehicle = await server.vehicle(user, "plugged")
-        async with server.gql_client(key, PROTOCOLS[0]) as session:
-            request = GraphQLRequest(CHARGE_STATE, variable_values={"id": str(vehicle.id)})
-            async with aclosing(session.subscribe(request)) as stream:
-                assert (await _next(stream))["chargeState"]["isPluggedIn"] is True
-                redis_process.kill()  # Redis goes away mid-stream
-                with pytest.raises(TransportQueryError) as broken:
-                    await _next(stream)
+        async with (
+            server.gql_client(key, PROTOCOLS[0]) as session,
+            subscription(session, CHARGE_STATE, id=str(vehicle.id)) as stream,
+        ):
+            assert (await next_result(stream))["chargeState"]["isPluggedIn"] is True
+            redis_process.kill()  # Redis goes away mid-stream
+            with pytest.raises(TransportQueryError) as broken:
+                await next_result(stream)
         assert broken.value.errors is not None
         assert broken.value.errors[0]["extensions"]["code"] == "STREAM_INTERRUPTED"
         assert (await server.http.get("/readyz")).status_code == 503

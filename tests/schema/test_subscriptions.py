@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from contextlib import aclosing
-from typing import Any
 
 import pytest
 import websockets
-from gql import Client, GraphQLRequest
+from gql import Client
 from gql.transport.exceptions import TransportQueryError
 from gql.transport.websockets import WebsocketsTransport
 
 from evlink.models import Tier
-from tests.conftest import PROTOCOLS, TIMEOUT, Server
+from tests.conftest import PROTOCOLS, TIMEOUT, Server, next_result, subscription
 
 SET_CHARGING = """
 mutation($id: ID!, $action: ChargingAction!) {
@@ -29,16 +27,6 @@ subscription($id: ID!) {
   chargeState(vehicleId: $id) { batteryLevel isCharging powerDeliveryState lastUpdated }
 }
 """
-
-
-def subscription(session: Any, query: str, **variables: str) -> Any:
-    """A subscription that is closed when the block ends, as a well-behaved client does."""
-    return aclosing(session.subscribe(GraphQLRequest(query, variable_values=variables)))
-
-
-async def _next(stream: Any) -> dict[str, Any]:
-    result: dict[str, Any] = await asyncio.wait_for(anext(stream), TIMEOUT)
-    return result
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -59,15 +47,15 @@ async def test_start_is_pending_then_confirmed_and_status_says_charging(
         server.gql_client(key, protocol) as session,
         subscription(session, COMMAND, id=command["id"]) as stream,
     ):
-        first = await _next(stream)
+        first = await next_result(stream)
         assert first["chargingCommand"]["state"] == "PENDING"
 
         await server.clock.advance(2)  # the simulated car takes the action after 1 s
 
-        second = await _next(stream)
+        second = await next_result(stream)
         assert second["chargingCommand"]["state"] == "CONFIRMED"
         with pytest.raises(StopAsyncIteration):
-            await _next(stream)  # completes after an end state
+            await next_result(stream)  # completes after an end state
 
     status = await server.http.get(
         f"/api/status/{vehicle.id}", headers={"Authorization": f"Bearer {key}"}
@@ -87,18 +75,18 @@ async def test_charge_state_streams_current_then_each_change(server: Server, pro
         server.gql_client(key, protocol) as session,
         subscription(session, CHARGE_STATE, id=str(vehicle.id)) as stream,
     ):
-        now = (await _next(stream))["chargeState"]
+        now = (await next_result(stream))["chargeState"]
         assert now["isCharging"] is True
         assert now["powerDeliveryState"] == "PLUGGED_IN:CHARGING"
 
         await server.clock.advance(1800)
-        later = (await _next(stream))["chargeState"]
+        later = (await next_result(stream))["chargeState"]
         assert later["batteryLevel"] > now["batteryLevel"]
         assert later["lastUpdated"] > now["lastUpdated"]
 
         server.simulator.update_vehicle(vehicle.provider_vehicle_id or "", is_plugged_in=False)
         await server.clock.advance(1)
-        unplugged = (await _next(stream))["chargeState"]
+        unplugged = (await next_result(stream))["chargeState"]
         assert unplugged["powerDeliveryState"] == "UNPLUGGED"
         assert unplugged["isCharging"] is False
 
@@ -114,7 +102,7 @@ async def test_only_the_owner_may_subscribe(server: Server, protocol: str) -> No
         subscription(session, CHARGE_STATE, id=str(vehicle.id)) as stream,
     ):
         with pytest.raises(TransportQueryError) as refused:
-            await _next(stream)
+            await next_result(stream)
     assert refused.value.errors is not None
     assert refused.value.errors[0]["extensions"]["code"] == "FORBIDDEN_OWNER"
 
@@ -156,7 +144,7 @@ async def test_key_in_upgrade_header_is_accepted(server: Server) -> None:
         Client(transport=transport) as session,
         subscription(session, CHARGE_STATE, id=str(vehicle.id)) as stream,
     ):
-        first = await _next(stream)
+        first = await next_result(stream)
     assert first["chargeState"]["powerDeliveryState"] == "PLUGGED_IN:STOPPED"
 
 
