@@ -471,7 +471,7 @@ class CommandWatcher:
                 await command.refresh_from_db()
                 if command.state.is_final:
                     return
-                state = await self._charge_state(vehicle, fresh=fresh)
+                state = await self._charge_state(vehicle, command, fresh=fresh)
                 action = await self._action(command, fresh=fresh)
                 if await self._evaluate(command, vehicle, state, action):
                     return
@@ -487,11 +487,23 @@ class CommandWatcher:
                     else min(poll * 2, settings.charging_poll_max_interval)
                 )
 
-    async def _charge_state(self, vehicle: Vehicle, *, fresh: bool) -> ChargeStateData:
-        max_age = 0.0 if fresh else self.services.settings.status_max_age
+    async def _charge_state(
+        self, vehicle: Vehicle, command: ChargingCommand, *, fresh: bool
+    ) -> ChargeStateData | None:
+        """The car's state as seen since ``command`` was made; None when there is none
+        (the provider failed, and only an older state is stored).
+
+        A state seen before the command cannot confirm it: it may be what a
+        superseded command of the other kind left behind (the car was charging,
+        STOP pending, then START) while the car has moved since. So the first
+        look asks the provider unless a newer state is stored already.
+        """
         await vehicle.refresh_from_db()
+        max_age = self.services.settings.status_max_age
+        if fresh or not _seen_since(vehicle, command):
+            max_age = 0.0
         status = await vehicles.vehicle_status(self.services, vehicle, max_age=max_age)
-        return status.charge_state
+        return status.charge_state if _seen_since(status.vehicle, command) else None
 
     async def _action(self, command: ChargingCommand, *, fresh: bool) -> ChargeAction | None:
         if command.provider_action_id is None:
@@ -519,13 +531,14 @@ class CommandWatcher:
         self,
         command: ChargingCommand,
         vehicle: Vehicle,
-        state: ChargeStateData,
+        state: ChargeStateData | None,
         action: ChargeAction | None,
     ) -> bool:
-        """Move the command on; True once it has reached an end state."""
+        """Move the command on; True once it has reached an end state. ``state``: the
+        car's as seen since the command was made (None: not seen yet)."""
         settings = self.services.settings
         now = _now()
-        if state_matches(command.action, state):
+        if state is not None and state_matches(command.action, state):
             await _finish(self.services, command, CommandState.CONFIRMED)
             return True
         if now >= command.deadline_at:
@@ -580,6 +593,11 @@ class CommandWatcher:
         if command.next_attempt_at is not None:
             candidates.append((command.next_attempt_at - now).total_seconds())
         return max(0.0, min(candidates))
+
+
+def _seen_since(vehicle: Vehicle, command: ChargingCommand) -> bool:
+    """evlink has read or been told the car's state since ``command`` was made."""
+    return vehicle.refreshed_at is not None and vehicle.refreshed_at >= command.created_at
 
 
 _LOST_ACTION = {"type": "NOT_FOUND", "detail": "The provider no longer knows the action"}

@@ -65,7 +65,13 @@ async def test_start_confirmed_by_polling_when_webhooks_are_off(enode: EnodeWorl
 
     command = await settle(enode, answer["command_id"])
     assert command.state == CommandState.CONFIRMED
-    assert ("GET", f"/vehicles/actions/{answer['enode_response']['id']}") in enode.fake.requests
+    # Confirmed by asking Enode after the command: the vehicle's state, or the action's.
+    sent = enode.fake.requests.index(("POST", f"/vehicles/{vehicle.provider_vehicle_id}/charging"))
+    asked = {
+        ("GET", f"/vehicles/{vehicle.provider_vehicle_id}"),
+        ("GET", f"/vehicles/actions/{answer['enode_response']['id']}"),
+    }
+    assert asked & set(enode.fake.requests[sent + 1 :])
 
 
 async def test_provider_refusals_map_to_the_documented_codes(enode: EnodeWorld) -> None:
