@@ -14,6 +14,15 @@ Each undo is a small patch of this process only.
   of events promote enough objects to trigger full collections of every
   websocket's objects, 300-700 ms each. The fix (``evlink.server.tune_gc``,
   called by the app's lifespan) raises the threshold. Undone here by a no-op.
+- **Every read went to the database, every GraphQL query was executed.** A status
+  read was three queries (key, vehicle, charge state). The fix is the read cache
+  (:mod:`evlink.cache`, :mod:`evlink.schema.results`). Undone by its setting:
+  ``EVLINK_CACHE_TTL=0`` (:data:`SETTINGS`).
+
+Not undone (they are not switchable): the five HTTP middlewares merged into
+:class:`evlink.edge.HttpEdge`, and the limiter counting in memory without a
+storage round trip. The "before" column therefore understates how slow evlink
+was before the benchmark: it had those costs too.
 """
 
 from __future__ import annotations
@@ -21,7 +30,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-__all__ = ["apply"]
+__all__ = ["SETTINGS", "apply"]
+
+# Settings of the "before" server (passed to bench.serve_evlink.bench_settings).
+SETTINGS: dict[str, Any] = {"cache_ttl": 0.0}
 
 logger = logging.getLogger(__name__)
 

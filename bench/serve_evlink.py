@@ -50,6 +50,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from bench import before
 from bench.common import announce_ready, listening_socket, raise_nofile_limit
 from bench.serve_baseline import uvicorn_config
 from evlink.app import create_app
@@ -224,13 +225,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     raise_nofile_limit()
     if args.before:
-        from bench import before
-
         before.apply()
     settings = bench_settings(
         database_url=args.database_url,
         log_level="WARNING",
         simulator_action_delay=args.action_delay,
+        **before.SETTINGS if args.before else {},
     )
     seeded = asyncio.run(seed(settings.database_url, args.vehicles))
     clock = ManualClock(datetime.now(UTC))

@@ -20,16 +20,17 @@ from tortoise.context import get_current_context
 from tortoise.contrib.starlette import RegisterTortoise
 
 from evlink import compat_rest
-from evlink.compat_rest.errors import UnexpectedErrors, exception_handlers
+from evlink.cache import ReadCache, follow_invalidations
+from evlink.compat_rest.errors import exception_handlers
+from evlink.edge import HttpEdge
 from evlink.events import RedisEventBus, build_event_bus
-from evlink.guards import BodyLimit, SecurityHeaders
-from evlink.metrics import CountedProvider, Metrics, MetricsMiddleware, metrics_endpoint
+from evlink.guards import BodyLimit
+from evlink.metrics import CountedProvider, Metrics, metrics_endpoint
 from evlink.models.database import ensure_sqlite_directory
 from evlink.playground import page as playground
 from evlink.providers import Provider, build_provider
 from evlink.providers.base import ProviderUpdate
-from evlink.ratelimit import Limiter, RateLimitHeaders
-from evlink.requestid import RequestIdMiddleware
+from evlink.ratelimit import Limiter
 from evlink.resolvers.charging import CommandWatcher, ingest_provider_update
 from evlink.schema import build_schema
 from evlink.schema.view import GraphQLView
@@ -116,6 +117,9 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
                 await events.start()
             limiter = Limiter.from_settings(settings)
             await limiter.start()
+            cache = ReadCache(settings.cache_ttl)
+            cache.events = events
+            metrics.watch_cache(cache)
             services = Services(
                 settings=settings,
                 provider=CountedProvider(provider or build_provider(settings), metrics),
@@ -123,6 +127,7 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
                 metrics=metrics,
                 limiter=limiter,
                 open_sockets=app.state.open_sockets,
+                cache=cache,
             )
             services.watcher = CommandWatcher(services)
             app.state.services = services
@@ -133,11 +138,17 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
             await services.provider.start(sink)
             await services.watcher.start()
             resuming = asyncio.create_task(resume_deliveries(services), name="resume-deliveries")
+            listening = asyncio.Event()
+            following = asyncio.create_task(
+                follow_invalidations(cache, events, listening), name="cache-invalidations"
+            )
+            await listening.wait()  # no invalidation is missed once requests come in
             logger.info("evlink ready (provider %s)", services.provider.name)
             try:
                 yield
             finally:
                 resuming.cancel()
+                following.cancel()
                 await services.provider.aclose()
                 await services.watcher.aclose(release=True)
                 await services.events.aclose()
@@ -145,22 +156,19 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
 
     app = Starlette(
         routes=[
+            # The routes clients poll come first: a request is matched against each in turn.
+            Route("/graphql", graphql, methods=["GET", "POST"]),
+            *compat_rest.routes,
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
-            *compat_rest.routes,
             Route("/api/webhooks/enode", enode_webhook, methods=["POST"]),
-            Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
             Mount(playground.STATIC_PATH, playground.static_files, name="playground"),
         ],
         middleware=[
-            Middleware(RequestIdMiddleware),
-            Middleware(MetricsMiddleware, metrics=metrics),
+            Middleware(HttpEdge, metrics=metrics),
             *_cors(settings),
-            Middleware(SecurityHeaders),
-            Middleware(UnexpectedErrors),
-            Middleware(RateLimitHeaders),
             Middleware(
                 BodyLimit,
                 limit=settings.max_body,

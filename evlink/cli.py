@@ -12,8 +12,9 @@ from typing import Any
 
 from tortoise.exceptions import OperationalError
 
+from evlink.cache import ReadCache
 from evlink.errors import EvlinkError
-from evlink.events import MemoryEventBus
+from evlink.events import MemoryEventBus, build_event_bus
 from evlink.logs import configure_logging
 from evlink.models import ApiKey, User
 from evlink.models.database import apply_migrations, open_database
@@ -144,10 +145,24 @@ async def _user_create(settings: Settings, args: argparse.Namespace) -> None:
     _print(f"user {user.id} {user.email} {user.tier.value}")
 
 
+@contextlib.asynccontextmanager
+async def _servers_told(settings: Settings) -> AsyncIterator[ReadCache]:
+    """A cache with nothing in it whose invalidations reach the servers' read caches over
+    Redis when it is configured; without Redis they see the change within EVLINK_CACHE_TTL."""
+    cache = ReadCache(0.0)
+    if settings.redis_url:
+        cache.events = build_event_bus(settings.redis_url, settings.database_url)
+    try:
+        yield cache
+    finally:
+        if cache.events is not None:
+            await cache.events.aclose()
+
+
 async def _user_set_tier(settings: Settings, args: argparse.Namespace) -> None:
-    async with open_database(settings.database_url):
+    async with open_database(settings.database_url), _servers_told(settings) as cache:
         user = await accounts.set_tier(
-            await accounts.find_user(args.email), accounts.parse_tier(args.tier)
+            await accounts.find_user(args.email), accounts.parse_tier(args.tier), cache
         )
     _print(f"user {user.id} {user.email} {user.tier.value}")
 
@@ -177,19 +192,20 @@ async def _key_list(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def _key_revoke(settings: Settings, args: argparse.Namespace) -> None:
-    async with open_database(settings.database_url):
-        key = await revoke_key(args.key)
+    async with open_database(settings.database_url), _servers_told(settings) as cache:
+        key = await revoke_key(args.key, cache)
     _print(f"revoked key {key.id} ({key.prefix}…)")
 
 
 async def _vehicle_add(settings: Settings, args: argparse.Namespace) -> None:
-    async with open_database(settings.database_url):
+    async with open_database(settings.database_url), _servers_told(settings) as cache:
         vehicle = await accounts.add_vehicle(
             await accounts.find_user(args.user),
             provider=args.provider or settings.provider,
             provider_vehicle_id=args.provider_vehicle_id,
             name=args.name,
             settings=settings,  # the tier's vehicle limit holds here too
+            cache=cache,
         )
     _print(f"vehicle {vehicle.id}")
 
@@ -229,8 +245,10 @@ async def _enode(settings: Settings) -> AsyncIterator[Services]:
         raise CommandError("set EVLINK_ENODE_CLIENT_ID and EVLINK_ENODE_CLIENT_SECRET first")
     provider = EnodeProvider.from_settings(settings)
     try:
-        async with open_database(settings.database_url):
-            yield Services(settings=settings, provider=provider, events=MemoryEventBus())
+        async with open_database(settings.database_url), _servers_told(settings) as cache:
+            # What sync imports reaches the servers' subscribers and caches over Redis.
+            events = cache.events or MemoryEventBus()
+            yield Services(settings=settings, provider=provider, events=events, cache=cache)
     finally:
         await provider.aclose()
 

@@ -6,15 +6,15 @@ before any endpoint parses it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from evlink.compat_rest.errors import error_response
 from evlink.errors import PayloadTooLarge
+from evlink.headers import raw_header
 
-__all__ = ["BodyLimit", "SecurityHeaders"]
+__all__ = ["BodyLimit", "with_security_headers"]
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -39,7 +39,7 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         limit = self.overrides.get(scope["path"], self.limit)
-        declared = dict(scope["headers"]).get(b"content-length")
+        declared = raw_header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await error_response(PayloadTooLarge())(scope, receive, send)
             return
@@ -57,25 +57,23 @@ class BodyLimit:
         await self.app(scope, limited_receive, send)
 
 
-class SecurityHeaders:
-    """Adds the security headers (and a strict policy on JSON) to every HTTP answer."""
+_RAW_HEADERS = [(name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS.items()]
+_RAW_JSON_HEADERS = [
+    (b"content-security-policy", JSON_POLICY.encode()),
+    (b"cache-control", b"no-store"),
+]
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in SECURITY_HEADERS.items():
-                    headers.setdefault(name, value)
-                if headers.get("content-type", "").startswith("application/json"):
-                    headers.setdefault("Content-Security-Policy", JSON_POLICY)
-                    headers.setdefault("Cache-Control", "no-store")
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+def with_security_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``headers`` and each security header the answer does not set itself."""
+    answer = list(headers)
+    present = set()
+    is_json = False
+    for name, value in answer:
+        name = name.lower()
+        present.add(name)
+        if name == b"content-type":
+            is_json = value.startswith(b"application/json")
+    wanted = _RAW_HEADERS + _RAW_JSON_HEADERS if is_json else _RAW_HEADERS
+    answer.extend(header for header in wanted if header[0] not in present)
+    return answer

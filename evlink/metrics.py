@@ -6,19 +6,17 @@ subscriptions, charging commands by end state, provider calls and errors.
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
+from evlink.cache import ReadCache
 from evlink.errors import EvlinkError
 from evlink.providers.base import (
     ChargeAction,
@@ -28,9 +26,8 @@ from evlink.providers.base import (
     VehicleData,
 )
 
-__all__ = ["CountedProvider", "Metrics", "MetricsMiddleware", "metrics_endpoint"]
+__all__ = ["CountedProvider", "Metrics", "metrics_endpoint"]
 
-access_log = logging.getLogger("evlink.access")
 T = TypeVar("T")
 
 
@@ -71,6 +68,36 @@ class Metrics:
             ["provider", "operation", "outcome"],
             registry=self.registry,
         )
+        self.cache_lookups = Gauge(
+            "evlink_read_cache_lookups",
+            "Read-cache lookups since start, by outcome (hit or miss)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.cache_entries = Gauge(
+            "evlink_read_cache_entries", "Entries in the read cache", registry=self.registry
+        )
+        # Bounded: routes x methods x statuses (unmatched paths share one route label).
+        self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def watch_cache(self, cache: ReadCache) -> None:
+        """Report ``cache``'s counts when scraped (it counts in plain integers)."""
+        self.cache_lookups.labels(outcome="hit").set_function(lambda: cache.hits)
+        self.cache_lookups.labels(outcome="miss").set_function(lambda: cache.misses)
+        self.cache_entries.set_function(lambda: len(cache))
+
+    def observe_request(self, scope: Scope, method: str, status: int, elapsed: float) -> None:
+        """Count and time one HTTP request, by its route's path template."""
+        key = (_route_of(scope), method, status)
+        series = self._series.get(key)
+        if series is None:
+            # labels() takes a lock and builds a key on every call: once per series.
+            series = self._series[key] = (
+                self.requests.labels(key[0], method, str(status)),
+                self.latency.labels(key[0], method),
+            )
+        series[0].inc()
+        series[1].observe(elapsed)
 
     @asynccontextmanager
     async def subscription(self, field: str) -> AsyncIterator[None]:
@@ -138,45 +165,10 @@ class CountedProvider:
 
 
 def _route_of(scope: Scope) -> str:
-    """The route's path template (bounded label values), not the raw path."""
-    app: Any = scope.get("app")
-    router = getattr(app, "router", None)
-    for route in getattr(router, "routes", ()):
-        match, _ = route.matches(scope)
-        if match == Match.FULL:
-            return str(getattr(route, "path", "other"))
-    return "unmatched"
-
-
-class MetricsMiddleware:
-    """Counts and times every HTTP request; writes one access-log line for each."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_and_see(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_see)
-        finally:
-            elapsed = time.perf_counter() - started
-            route = _route_of(scope)
-            method = scope["method"]
-            self.metrics.requests.labels(route, method, str(status)).inc()
-            self.metrics.latency.labels(route, method).observe(elapsed)
-            access_log.info("%s %s %d %.1f ms", method, scope["path"], status, elapsed * 1000)
+    """The route's path template (bounded label values), not the raw path: the router
+    notes the route it chose in the scope."""
+    route = scope.get("route")
+    return "unmatched" if route is None else str(getattr(route, "path", "other"))
 
 
 async def metrics_endpoint(request: Request) -> Response:

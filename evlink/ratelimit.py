@@ -30,12 +30,13 @@ the windows without sleeping; Redis keeps time by its own key expiry.
 from __future__ import annotations
 
 import contextvars
+import functools
 import hashlib
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -46,11 +47,11 @@ from limits.errors import StorageError
 from limits.util import parse_many
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from starlette.datastructures import MutableHeaders
 from starlette.requests import HTTPConnection
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from evlink.cache import ReadCache
 from evlink.errors import ForbiddenTier, RateLimited, Unauthenticated
+from evlink.headers import header
 from evlink.models import Tier, User, Vehicle
 from evlink.resolvers import auth
 from evlink.settings import Settings, SettingsError
@@ -67,7 +68,6 @@ __all__ = [
     "Policy",
     "QuotaExceeded",
     "Quotas",
-    "RateLimitHeaders",
     "admit_request",
     "authenticate",
     "check_settings",
@@ -75,9 +75,12 @@ __all__ = [
     "client_address",
     "describe",
     "key_id",
+    "limit_field",
     "parse_rate",
     "parse_tier_counts",
     "parse_tier_rates",
+    "policy_field",
+    "reported_limits",
     "vehicle_limit",
 ]
 
@@ -183,18 +186,23 @@ class Policy:
 
     name: str
     item: RateLimitItem
+    # Worked out once: the limit, the window and the parts of the counters' keys.
+    limit: int = field(init=False, compare=False)
+    window: int = field(init=False, compare=False)
+    _key_head: str = field(init=False, compare=False, repr=False)
+    _key_tail: str = field(init=False, compare=False, repr=False)
 
-    @property
-    def limit(self) -> int:
-        return self.item.amount
-
-    @property
-    def window(self) -> int:
-        return self.item.get_expiry()
+    def __post_init__(self) -> None:
+        head, _, tail = self.item.key_for(self.name, "\0").partition("/\0/")
+        object.__setattr__(self, "limit", self.item.amount)
+        object.__setattr__(self, "window", self.item.get_expiry())
+        object.__setattr__(self, "_key_head", head + "/")
+        object.__setattr__(self, "_key_tail", "/" + tail)
 
     def key(self, subject: str) -> str:
-        # The rate is part of the key (as in limits): a changed rate starts a fresh count.
-        return self.item.key_for(self.name, subject)
+        """limits' own key for ``subject`` (``item.key_for(name, subject)``): the rate is
+        part of it, so a changed rate starts a fresh count."""
+        return self._key_head + subject + self._key_tail
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +283,18 @@ class Quotas:
         return found
 
     def policy(self, name: str, tier: Tier) -> Policy | None:
-        return next((p for p in self.policies(tier) if p.name == name), None)
+        """One of :meth:`policies` (None: ``tier`` is not held to it)."""
+        if name == BURST:
+            return _policy(BURST, self.burst)
+        rates = {READS: self.reads, COMMANDS: self.commands}.get(name, {})
+        item = rates.get(tier)
+        return None if item is None else _policy(name, item)
+
+
+@functools.lru_cache(maxsize=256)
+def _policy(name: str, item: RateLimitItem) -> Policy:
+    """The same few policies on every request, made once."""
+    return Policy(name, item)
 
 
 # The documented defaults are the settings' own; a tier left out of a variable keeps them.
@@ -328,6 +347,11 @@ class MemoryCounters(Storage):
         return ValueError
 
     async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        count, _, _ = self.hit(key, expiry, amount)
+        return count
+
+    def hit(self, key: str, expiry: int, amount: int = 1) -> tuple[int, float, float]:
+        """Count ``amount`` on ``key``: (the count, when its window closes, now)."""
         now = self.clock()
         self._sweep(now)
         count, closes = self._windows.get(key, (0, now))
@@ -335,7 +359,7 @@ class MemoryCounters(Storage):
             count, closes = 0, now + expiry
         count += amount
         self._windows[key] = (count, closes)
-        return count
+        return count, closes, now
 
     async def get(self, key: str) -> int:
         count, closes = self._windows.get(key, (0, 0.0))
@@ -443,10 +467,11 @@ class Limiter:
     async def admit(self, user: User, key: str, *, reads: bool = True) -> list[LimitState]:
         """Charge one request: ``burst`` for the key, then ``reads`` unless it is a
         mutation or a charging command. Raises :class:`QuotaExceeded` (429)."""
-        checks = [(Policy(BURST, self.quotas.burst), f"key:{key}")]
-        read_policy = self.quotas.policy(READS, user.tier)
-        if reads and read_policy is not None:
-            checks.append((read_policy, f"user:{user.id}"))
+        checks = [(_policy(BURST, self.quotas.burst), f"key:{key}")]
+        if reads:
+            read_policy = self.quotas.policy(READS, user.tier)
+            if read_policy is not None:
+                checks.append((read_policy, f"user:{user.id}"))
         return await self._charge(checks)
 
     async def charge_command(self, user: User) -> LimitState | None:
@@ -488,6 +513,9 @@ class Limiter:
 
     async def _hit(self, policy: Policy, subject: str) -> LimitState:
         key = policy.key(subject)
+        if self._redis is None:  # memory only, on the limiter's clock: no round trip to wrap
+            count, closes, now = self.memory.hit(key, policy.window)
+            return LimitState(policy, subject, count, closes - now, closes)
 
         async def hit(storage: Storage) -> tuple[int, float]:
             count = await storage.incr(key, policy.window)
@@ -540,69 +568,59 @@ class Limiter:
 
 # -- the HTTP edge -------------------------------------------------------------------
 
-_reported: contextvars.ContextVar[list[LimitState] | None] = contextvars.ContextVar(
+# The limits charged while handling the current HTTP request, for its RateLimit headers;
+# evlink.edge.HttpEdge sets a list per request and writes the headers.
+reported_limits: contextvars.ContextVar[list[LimitState] | None] = contextvars.ContextVar(
     "ratelimit_report", default=None
 )
 
 
 def _report(states: Sequence[LimitState]) -> None:
     """Add ``states`` to the current HTTP request's RateLimit headers (one per policy)."""
-    reported = _reported.get()
+    reported = reported_limits.get()
     if reported is None:
         return  # a websocket operation, the CLI: no headers to tell
     for state in states:
-        reported[:] = [s for s in reported if s.policy.name != state.policy.name]
+        if reported:
+            reported[:] = [s for s in reported if s.policy.name != state.policy.name]
         reported.append(state)
 
 
 def policy_field(states: Sequence[LimitState]) -> str:
     """``RateLimit-Policy``: a structured-field list, one item per policy."""
-    return ", ".join(f'"{s.policy.name}";q={s.policy.limit};w={s.policy.window}' for s in states)
+    return _policies_field(tuple(s.policy for s in states))
+
+
+@functools.lru_cache(maxsize=64)
+def _policies_field(policies: tuple[Policy, ...]) -> str:
+    # The same few combinations of policies on every request: formatted once each.
+    return ", ".join(f'"{p.name}";q={p.limit};w={p.window}' for p in policies)
 
 
 def limit_field(states: Sequence[LimitState]) -> str:
     """``RateLimit``: remaining (``r``) and seconds to reset (``t``) per policy."""
-    return ", ".join(f'"{s.policy.name}";r={s.remaining};t={s.reset_seconds}' for s in states)
-
-
-class RateLimitHeaders:
-    """Writes the limits charged while handling an HTTP request into its answer."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        states: list[LimitState] = []
-        token = _reported.set(states)
-
-        async def send_with_limits(message: Message) -> None:
-            if message["type"] == "http.response.start" and states:
-                headers = MutableHeaders(scope=message)
-                headers["RateLimit-Policy"] = policy_field(states)
-                headers["RateLimit"] = limit_field(states)
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_limits)
-        finally:
-            _reported.reset(token)
+    items = []
+    for state in states:
+        items.append(f'"{state.policy.name}";r={state.remaining};t={state.reset_seconds}')
+    return ", ".join(items)
 
 
 def client_address(connection: HTTPConnection) -> str | None:
     """The client's address as the server sees it (uvicorn applies trusted proxy headers)."""
-    return connection.client.host if connection.client else None
+    client = connection.scope.get("client")
+    return str(client[0]) if client else None
 
 
 def key_id(key: str) -> str:
     """A key's name in the counters: a prefix of its hash, never the secret itself."""
-    return auth.hash_key(key)[:16]
+    return auth.hash_key(key)[: auth.KEY_ID_LENGTH]
 
 
 async def authenticate(
-    limiter: Limiter | None, authorization: str | None, address: str | None
+    limiter: Limiter | None,
+    authorization: str | None,
+    address: str | None,
+    cache: ReadCache | None = None,
 ) -> tuple[User, str]:
     """The caller and its key's id, with failed attempts limited per address.
 
@@ -615,11 +633,11 @@ async def authenticate(
     key = auth.key_from_authorization(authorization)
     if key is None:
         raise Unauthenticated()
-    if auth.check_key_format(key):
-        try:
-            return await auth.authenticate(key), key_id(key)
-        except Unauthenticated:
-            pass
+    digest = auth.hash_key(key)
+    try:
+        return await auth.authenticate(key, cache, digest=digest), digest[: auth.KEY_ID_LENGTH]
+    except Unauthenticated:
+        pass
     if limiter is not None and address is not None:
         await limiter.count_auth_failure(address)
     raise Unauthenticated()
@@ -628,9 +646,11 @@ async def authenticate(
 async def admit_request(connection: HTTPConnection, *, reads: bool = True) -> User:
     """Authenticate a REST request and charge it (``reads=False`` for a charging command,
     which the use case charges to the ``commands`` quota once it is sent)."""
-    limiter: Limiter | None = connection.app.state.services.limiter
+    scope = connection.scope
+    services = scope["app"].state.services
+    limiter: Limiter | None = services.limiter
     user, key = await authenticate(
-        limiter, connection.headers.get("authorization"), client_address(connection)
+        limiter, header(scope, b"authorization"), client_address(connection), services.cache
     )
     if limiter is not None:
         await limiter.admit(user, key, reads=reads)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from uuid import UUID
 
+from evlink.cache import ReadCache
 from evlink.events import EventBus
 from evlink.metrics import Metrics
 from evlink.providers.base import Provider
@@ -37,6 +38,9 @@ class Services:
     open_sockets: OpenSockets = field(default_factory=OpenSockets)
     # Tier quotas and rate limits; None (the CLI) limits nothing.
     limiter: Limiter | None = None
+    # Keys, statuses and GraphQL results read from memory (evlink.cache); off (ttl 0)
+    # unless the app's lifespan makes one from the settings.
+    cache: ReadCache = field(default_factory=lambda: ReadCache(0.0))
     _vehicle_locks: dict[UUID, asyncio.Lock] = field(default_factory=dict)
 
     def vehicle_lock(self, vehicle_id: UUID) -> asyncio.Lock:

@@ -99,6 +99,9 @@ class Settings:
     auth_failures: str = "20/minute"  # refused API keys per client address
     vehicle_limits: str = "free=1;basic=2;pro=5"
     ratelimit_prefix: str = ""  # Redis key prefix of the counts; empty: named after the database
+    # Seconds an entry of the read cache (keys, statuses, GraphQL results) lives at most;
+    # also how long a key revoked from another process without Redis may still work. 0: off.
+    cache_ttl: float = 5.0
 
     @classmethod
     def from_env(
@@ -268,6 +271,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "port": _port,
     "log_level": _choice(LOG_LEVELS, upper=True),
     "simulator_action_delay": _non_negative_float,
+    "cache_ttl": _non_negative_float,
     "enode_env": _choice(("sandbox", "production")),
     "redis_url": lambda raw: _redis_url(raw),
     "log_format": _choice(("text", "json")),

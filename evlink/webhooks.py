@@ -25,7 +25,9 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from tortoise.exceptions import IntegrityError
+from tortoise.queryset import QuerySet
 
+from evlink.cache import user_tag, vehicle_tag
 from evlink.errors import BadRequest, NotFound, PayloadTooLarge, Unauthenticated
 from evlink.events import delivery_topic
 from evlink.models import User, Vehicle, WebhookDelivery
@@ -123,17 +125,26 @@ async def handle_event(services: Services, event: dict[str, Any]) -> None:
         await _vehicle_seen(services, user_id, VehicleData.from_enode(event["vehicle"]))
     elif name == "user:vehicle:deleted":
         vehicle_id = str((event.get("vehicle") or {}).get("id") or "")
-        await Vehicle.filter(
-            provider=PROVIDER, provider_vehicle_id=vehicle_id, deleted_at=None
-        ).update(deleted_at=datetime.now(UTC))
+        deleted = Vehicle.filter(provider=PROVIDER, provider_vehicle_id=vehicle_id, deleted_at=None)
+        await _updating(services, deleted, deleted_at=datetime.now(UTC))
     elif name == "user:vendor-action:updated":
         await ingest_provider_update(services, ChargeAction.from_enode(event["vendorAction"]))
     elif name == "user:credentials:invalidated":
-        await Vehicle.filter(provider=PROVIDER, provider_user_id=user_id).update(is_reachable=False)
+        unreachable = Vehicle.filter(provider=PROVIDER, provider_user_id=user_id)
+        await _updating(services, unreachable, is_reachable=False)
     elif name in ("system:heartbeat", "enode:webhook:test"):
         return
     else:
         logger.info("webhook: event %r ignored", name)
+
+
+async def _updating(services: Services, vehicles: QuerySet[Vehicle], **values: Any) -> None:
+    """Update ``vehicles`` and invalidate them (and their owners' lists) in the read cache."""
+    touched = await vehicles.values_list("id", "user_id")
+    await vehicles.update(**values)
+    tags = {vehicle_tag(vehicle_id) for vehicle_id, _ in touched}
+    tags |= {user_tag(owner_id) for _, owner_id in touched}
+    await services.cache.invalidate(*sorted(tags))
 
 
 async def _vehicle_seen(services: Services, enode_user_id: str, data: VehicleData) -> None:

@@ -7,12 +7,12 @@ import logging
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, Send
+from starlette.types import ExceptionHandler
 
 from evlink.errors import EvlinkError, InternalError
 from evlink.requestid import current_request_id
 
-__all__ = ["UnexpectedErrors", "error_response", "exception_handlers"]
+__all__ = ["error_response", "exception_handlers"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,34 +52,3 @@ exception_handlers: dict[type[Exception] | int, ExceptionHandler] = {
     EvlinkError: _evlink_error,
     HTTPException: _http_error,
 }
-
-
-class UnexpectedErrors:
-    """Answers any escaped exception with the masked 500, inside the request-id middleware
-    (Starlette's own last-resort handler sits outside every middleware)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except EvlinkError as exc:  # raised outside an endpoint (a body over its limit)
-            if started:
-                raise
-            await error_response(exc)(scope, receive, send)
-        except Exception:
-            logger.exception("request %s %s: unexpected error", current_request_id(), scope["path"])
-            if started:
-                raise
-            await error_response(InternalError())(scope, receive, send)

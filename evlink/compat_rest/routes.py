@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from evlink.compat_rest.bodies import charging_body, me_body, status_body, vehicle_body
@@ -29,12 +31,25 @@ async def _user(request: Request, *, reads: bool = True) -> User:
     return await admit_request(request, reads=reads)
 
 
-async def status(request: Request) -> JSONResponse:
+def _status_response(
+    result: vehicles.VehicleStatus, shape: Callable[[vehicles.VehicleStatus], Any]
+) -> Response:
+    """``shape(result)`` as JSON, rendered once per status (the read cache shares one)."""
+    body = result.rendered.get(shape)
+    if body is None:
+        body = result.rendered[shape] = bytes(JSONResponse(shape(result)).body)
+    return Response(body, media_type="application/json")
+
+
+def _vehicle_status_body(result: vehicles.VehicleStatus) -> dict[str, Any]:
+    return vehicle_body(result.vehicle, result.charge_state)
+
+
+async def status(request: Request) -> Response:
     """GET /api/status/{vehicle_id}: the documented status body."""
     user = await _user(request)
-    vehicle = await vehicles.get_vehicle(user, request.path_params["vehicle_id"])
-    result = await vehicles.vehicle_status(_services(request), vehicle)
-    return JSONResponse(status_body(result))
+    result = await vehicles.read_status(_services(request), user, request.path_params["vehicle_id"])
+    return _status_response(result, status_body)
 
 
 async def ha_me(request: Request) -> JSONResponse:
@@ -53,12 +68,11 @@ async def ha_vehicles(request: Request) -> JSONResponse:
     )
 
 
-async def ha_status(request: Request) -> JSONResponse:
+async def ha_status(request: Request) -> Response:
     """GET /api/ha/status/{vehicle_id}: the whole vehicle, charge state fresh."""
     user = await _user(request)
-    vehicle = await vehicles.get_vehicle(user, request.path_params["vehicle_id"])
-    result = await vehicles.vehicle_status(_services(request), vehicle)
-    return JSONResponse(vehicle_body(result.vehicle, result.charge_state))
+    result = await vehicles.read_status(_services(request), user, request.path_params["vehicle_id"])
+    return _status_response(result, _vehicle_status_body)
 
 
 MAX_WAIT = 60.0

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from tortoise.transactions import in_transaction
 
+from evlink.cache import ReadCache, user_tag
 from evlink.errors import BadRequest, NotFound
 from evlink.models import Tier, User, Vehicle
 from evlink.providers.simulator import simulator_vehicle_id
@@ -60,9 +61,12 @@ async def find_user(email: str) -> User:
     return user
 
 
-async def set_tier(user: User, tier: Tier) -> User:
+async def set_tier(user: User, tier: Tier, cache: ReadCache | None = None) -> User:
+    """Change the tier; ``cache`` is told (else servers see it within ``EVLINK_CACHE_TTL``)."""
     user.tier = tier
     await user.save(update_fields=["tier"])
+    if cache is not None:
+        await cache.invalidate(user_tag(user.id))
     return user
 
 
@@ -73,14 +77,19 @@ async def add_vehicle(
     provider_vehicle_id: str | None,
     name: str | None = None,
     settings: Settings | None = None,
+    cache: ReadCache | None = None,
 ) -> Vehicle:
     """Add a vehicle by hand. With ``settings``, 403 FORBIDDEN_TIER past the tier's
-    vehicle limit (``EVLINK_VEHICLE_LIMITS``); without (the demo, tests), no limit."""
+    vehicle limit (``EVLINK_VEHICLE_LIMITS``); without (the demo, tests), no limit.
+    ``cache`` is told that the user's vehicles changed."""
     if settings is not None:
         await check_vehicle_limit(settings, user)
-    return await Vehicle.create(
+    vehicle = await Vehicle.create(
         user=user, provider=provider, provider_vehicle_id=provider_vehicle_id, name=name
     )
+    if cache is not None:
+        await cache.invalidate(user_tag(user.id))
+    return vehicle
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +129,7 @@ async def link_vehicle_account(services: Services, user: User, redirect_uri: str
     if user.enode_user_id is None:
         user.enode_user_id = str(uuid.uuid4())
         await user.save(update_fields=["enode_user_id"])
+        await services.cache.invalidate(user_tag(user.id))
     return await services.provider.link_user(user.enode_user_id, redirect_uri)
 
 

@@ -16,12 +16,14 @@ import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from evlink.cache import ReadCache, user_tag
 from evlink.errors import NotFound, Unauthenticated
 from evlink.models import ApiKey, User
 
 __all__ = [
     "IssuedKey",
     "authenticate",
+    "cached_user",
     "check_key_format",
     "issue_key",
     "key_from_authorization",
@@ -34,6 +36,8 @@ _RANDOM_CHARS = 33  # 62**33 > 2**192
 _CHECKSUM_CHARS = 6  # 62**6 > 2**32
 _KEY_RE = re.compile(r"evl_([0-9A-Za-z]{33})_([0-9A-Za-z]{6})")
 PREFIX_LENGTH = 12  # "evl_" and 8 characters of the random part
+# A key's name in the rate-limit counters: this many hex digits of its hash.
+KEY_ID_LENGTH = 16
 # Writing last_used_at on every request would make each read a write.
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
 
@@ -81,8 +85,13 @@ async def issue_key(user: User, name: str = "") -> IssuedKey:
     return IssuedKey(secret=key, record=record)
 
 
-async def revoke_key(prefix_or_id: str) -> ApiKey:
-    """Revoke the key with this database id or public prefix."""
+async def revoke_key(prefix_or_id: str, cache: ReadCache | None = None) -> ApiKey:
+    """Revoke the key with this database id or public prefix.
+
+    ``cache``: the read cache to drop the key from (and, through its event bus, every
+    instance's). Without one, a server stops taking the key once its cached
+    authentication expires (``EVLINK_CACHE_TTL``).
+    """
     query = ApiKey.filter(revoked_at=None)
     if prefix_or_id.isascii() and prefix_or_id.isdecimal():
         key_id = int(prefix_or_id)
@@ -94,6 +103,8 @@ async def revoke_key(prefix_or_id: str) -> ApiKey:
         raise NotFound("No single active key matches")
     record.revoked_at = datetime.now(UTC)
     await record.save(update_fields=["revoked_at"])
+    if cache is not None:
+        await cache.invalidate(user_tag(record.user_id))  # type: ignore[attr-defined]
     return record
 
 
@@ -107,14 +118,41 @@ def key_from_authorization(authorization: str | None) -> str | None:
     return credentials.strip() or None
 
 
-async def authenticate(key: str | None) -> User:
-    """The user a key belongs to. Missing, malformed, unknown and revoked keys alike fail."""
-    if key is None or not check_key_format(key):
+def cached_user(cache: ReadCache, digest: str) -> User | None:
+    """The user of the key with this :func:`hash_key` if it was accepted a moment ago
+    (``cache``), without a lookup."""
+    if not cache.enabled:
+        return None
+    user: User | None = cache.get(("key", digest))
+    return user
+
+
+async def authenticate(
+    key: str | None, cache: ReadCache | None = None, *, digest: str | None = None
+) -> User:
+    """The user a key belongs to. Missing, malformed, unknown and revoked keys alike fail.
+
+    With ``cache``, an accepted key is remembered for the cache's ttl (tagged with
+    its user, whom revoking a key or changing the tier invalidates); refused keys
+    never are. ``digest``: the key's :func:`hash_key`, when the caller has it already.
+    """
+    if key is None:
         raise Unauthenticated()
-    record = await ApiKey.filter(hash=hash_key(key), revoked_at=None).select_related("user").first()
+    digest = digest or hash_key(key)
+    if cache is not None and cache.enabled:
+        # Only a well-formed key was ever stored: a hit needs no format check.
+        user: User | None = cache.get(("key", digest))
+        if user is not None:
+            return user
+    if not check_key_format(key):
+        raise Unauthenticated()
+    began = cache.begin() if cache is not None else 0
+    record = await ApiKey.filter(hash=digest, revoked_at=None).select_related("user").first()
     if record is None:
         raise Unauthenticated()
     now = datetime.now(UTC)
     if record.last_used_at is None or now - record.last_used_at > _LAST_USED_RESOLUTION:
         await ApiKey.filter(id=record.id).update(last_used_at=now)
+    if cache is not None:
+        cache.put(("key", digest), record.user, tags=[user_tag(record.user.id)], began=began)
     return record.user

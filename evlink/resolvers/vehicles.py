@@ -4,19 +4,22 @@ A read serves the stored state while it is younger than ``max_age``; an older
 one refreshes from the provider first, and concurrent reads of one vehicle
 share that one provider call. When the provider fails, the stored state is
 served with its own ``lastUpdated`` (stale but true) and the failure is logged.
-Every accepted change is published on the vehicle's charge-state topic.
+Every accepted change is published on the vehicle's charge-state topic, and
+every write invalidates the vehicle in the read cache (:mod:`evlink.cache`), from
+which :func:`read_status` answers the polls in between.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from tortoise.exceptions import IntegrityError
 
+from evlink.cache import user_tag, vehicle_tag
 from evlink.errors import EvlinkError, ForbiddenOwner, ForbiddenTier, NotFound, ProviderLinkMissing
 from evlink.events import charge_state_topic
 from evlink.models import ChargeState, User, Vehicle
@@ -28,8 +31,10 @@ from evlink.services import Services
 __all__ = [
     "VehicleStatus",
     "ensure_synced",
+    "fresh_for",
     "get_vehicle",
     "list_vehicles",
+    "read_status",
     "record_vehicle_data",
     "upsert_provider_vehicle",
     "vehicle_status",
@@ -54,10 +59,15 @@ _PROVIDER_FIELDS = [
 
 @dataclass(frozen=True, slots=True)
 class VehicleStatus:
-    """A vehicle with the charge state that goes with it."""
+    """A vehicle with the charge state that goes with it.
+
+    ``rendered``: answers made from this status, by whoever renders them (the REST
+    bodies), so that a status served from the read cache is rendered once.
+    """
 
     vehicle: Vehicle
     charge_state: ChargeStateData
+    rendered: dict[object, bytes] = field(default_factory=dict, compare=False, repr=False)
 
 
 def parse_vehicle_id(vehicle_id: str | UUID) -> UUID:
@@ -75,9 +85,44 @@ async def get_vehicle(user: User, vehicle_id: str | UUID) -> Vehicle:
     vehicle = await Vehicle.get_or_none(id=parse_vehicle_id(vehicle_id), deleted_at=None)
     if vehicle is None:
         raise NotFound()
+    _check_owner(user, vehicle)
+    return vehicle
+
+
+def _check_owner(user: User, vehicle: Vehicle) -> None:
     if vehicle.user_id != user.id:  # type: ignore[attr-defined]
         raise ForbiddenOwner()
-    return vehicle
+
+
+async def read_status(services: Services, user: User, vehicle_id: str | UUID) -> VehicleStatus:
+    """The user's vehicle with its charge state (:func:`get_vehicle`, :func:`vehicle_status`),
+    from the read cache while the stored state is younger than the max age.
+
+    A cached status is never mutated: a refresh reads the vehicle from the database.
+    """
+    # Keyed by the id as asked (parsed only on a miss): a UUID spelt another way is
+    # another entry, never another vehicle's.
+    key = ("status", str(vehicle_id))
+    cache = services.cache
+    cached: VehicleStatus | None = cache.get(key) if cache.enabled else None
+    if cached is not None:
+        _check_owner(user, cached.vehicle)
+        return cached
+    began = cache.begin()
+    vehicle = await get_vehicle(user, vehicle_id)
+    status = await vehicle_status(services, vehicle)
+    lifetime = fresh_for(services, status.vehicle)
+    if lifetime > 0:
+        cache.put(key, status, tags=[vehicle_tag(vehicle.id)], began=began, max_age=lifetime)
+    return status
+
+
+def fresh_for(services: Services, vehicle: Vehicle) -> float:
+    """Seconds until a read of ``vehicle`` must refresh it from the provider (0: now)."""
+    if vehicle.refreshed_at is None:
+        return 0.0
+    age = (_now() - vehicle.refreshed_at).total_seconds()
+    return max(0.0, services.settings.status_max_age - age)
 
 
 async def list_vehicles(user: User) -> list[Vehicle]:
@@ -168,7 +213,10 @@ async def record_vehicle_data(
             vehicle.is_reachable = data.is_reachable
     vehicle.refreshed_at = now
     await vehicle.save(update_fields=_PROVIDER_FIELDS)
-    return await _record_charge_state(services, vehicle, data.charge_state)
+    try:
+        return await _record_charge_state(services, vehicle, data.charge_state)
+    finally:
+        await services.cache.invalidate(vehicle_tag(vehicle.id))
 
 
 async def _record_charge_state(
@@ -232,6 +280,7 @@ async def upsert_provider_vehicle(
     elif vehicle.deleted_at is not None:
         vehicle.deleted_at = None
         await vehicle.save(update_fields=["deleted_at"])
+    await services.cache.invalidate(user_tag(owner.id))  # its vehicles may have changed
     await record_vehicle_data(services, vehicle, data)
     return vehicle
 

@@ -15,7 +15,9 @@ from strawberry.types import Info as StrawberryInfo
 
 from evlink import ratelimit
 from evlink.errors import RateLimited, Unauthenticated
-from evlink.models import User
+from evlink.models import User, Vehicle
+from evlink.resolvers import vehicles
+from evlink.schema.results import PendingResult
 from evlink.services import Services
 
 __all__ = ["Context", "Info"]
@@ -38,6 +40,8 @@ class Context:
     charged: bool = False
     # HTTP: the operation was refused before it ran; the view answers 429 with this.
     refusal: RateLimited | None = None
+    # HTTP: the query's answer may go to the read cache; the resolvers note what it shows.
+    pending: PendingResult | None = None
     _user: User | None = field(default=None, repr=False)
     _refused: bool = field(default=False, repr=False)
 
@@ -52,7 +56,7 @@ class Context:
                 raise Unauthenticated()
             try:
                 self._user, self.key_id = await ratelimit.authenticate(
-                    self.services.limiter, self.bearer(), self.client
+                    self.services.limiter, self.bearer(), self.client, self.services.cache
                 )
             except Unauthenticated:
                 self._refused = True
@@ -76,6 +80,11 @@ class Context:
             return
         self.charged = True
         await limiter.admit(self._user, self.key_id, reads=reads)
+
+    def showing(self, vehicle: Vehicle) -> None:
+        """The answer shows ``vehicle``: a cached answer goes stale with it."""
+        if self.pending is not None:
+            self.pending.read_vehicle(vehicle.id, vehicles.fresh_for(self.services, vehicle))
 
     def bearer(self) -> str | None:
         params = self.connection_params or {}

@@ -32,6 +32,8 @@ class Query:
     async def vehicles(self, info: Info) -> list[Vehicle]:
         owned = await vehicles.list_vehicles(await info.context.user())
         await vehicles.ensure_synced(info.context.services, owned)
+        for vehicle in owned:
+            info.context.showing(vehicle)
         return [Vehicle.from_model(vehicle) for vehicle in owned]
 
     @strawberry.field(description="One of the caller's vehicles.")
@@ -39,6 +41,7 @@ class Query:
         user = await info.context.user()
         vehicle = await vehicles.get_vehicle(user, str(id))
         await vehicles.ensure_synced(info.context.services, [vehicle])
+        info.context.showing(vehicle)
         return Vehicle.from_model(vehicle)
 
     @strawberry.field(description="One of the caller's charging commands.")

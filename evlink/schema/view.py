@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import strawberry
 from cross_web import AsyncHTTPRequestAdapter
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,6 +24,7 @@ from evlink.metrics import Metrics
 from evlink.playground.page import playground_response
 from evlink.ratelimit import client_address
 from evlink.schema.context import Context
+from evlink.schema.results import ResultCache, capturing, read_body
 from evlink.server import OpenSockets, serve_until_closed
 from evlink.services import Services
 
@@ -30,7 +32,14 @@ __all__ = ["GraphQLView"]
 
 
 class GraphQLView(GraphQL[Context, None]):
+    def __init__(self, schema: strawberry.Schema, **kwargs: Any) -> None:
+        super().__init__(schema, **kwargs)
+        self.results = ResultCache(schema._schema)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            await self._post(scope, receive, send)
+            return
         if scope["type"] != "websocket":
             await super().__call__(scope, receive, send)
             return
@@ -49,6 +58,26 @@ class GraphQLView(GraphQL[Context, None]):
             if owner.user_id is not None:
                 open_sockets.release_user(owner.user_id)
 
+    async def _post(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A POST: answered from the read cache when it holds the answer (schema.results)."""
+        services: Services = scope["app"].state.services
+        if not services.cache.enabled:
+            await super().__call__(scope, receive, send)
+            return
+        body, receive = await read_body(receive)
+        found = await self.results.answer(scope, body, services.cache, services.limiter)
+        if isinstance(found, Response):
+            await found(scope, receive, send)
+            return
+        if found is None:
+            await super().__call__(scope, receive, send)
+            return
+        scope[_PENDING] = found
+        send, chunks, status = capturing(send)
+        await super().__call__(scope, receive, send)
+        if status:
+            self.results.store(services.cache, found, status[0], b"".join(chunks))
+
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
     ) -> Context:
@@ -59,6 +88,7 @@ class GraphQLView(GraphQL[Context, None]):
             socket_owner=request.scope.get(_OWNER),
             client=client_address(request),
             websocket=isinstance(request, WebSocket),
+            pending=request.scope.get(_PENDING),
         )
         if not context.websocket and context.authorization:
             # Up front, so the operation can be charged (429) before it runs.
@@ -83,6 +113,16 @@ class GraphQLView(GraphQL[Context, None]):
             raise context.refusal  # the exception handlers answer 429 with Retry-After
         if context.authenticated and not context.charged:
             await context.charge(reads=False)  # it never executed (invalid): burst only
+        pending = context.pending
+        if (
+            pending is not None
+            and isinstance(result, ExecutionResult)
+            and not result.errors
+            and isinstance(request_data, GraphQLRequestData)
+            and request_data.query is not None
+            and context.authenticated
+        ):
+            pending.cacheable = self.results.document_cacheable(request_data.query)
         return result
 
     async def render_graphql_ide(self, request: Request) -> Response:
@@ -108,6 +148,7 @@ class GraphQLView(GraphQL[Context, None]):
 
 
 _OWNER = "evlink.socket_owner"
+_PENDING = "evlink.pending_result"
 
 
 class _SocketOwner:

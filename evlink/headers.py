@@ -1,0 +1,26 @@
+"""Reading a request's headers straight from its ASGI scope.
+
+Starlette's ``Headers`` copies the whole list on each use; the paths that run on
+every request (the edge, authentication, the body limit, the GraphQL result cache)
+look up one header by its lower-case name instead.
+"""
+
+from __future__ import annotations
+
+from starlette.types import Scope
+
+__all__ = ["header", "raw_header"]
+
+
+def raw_header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower-case, as ASGI servers give names)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """:func:`raw_header`, decoded as HTTP header values are (latin-1)."""
+    value = raw_header(scope, name)
+    return None if value is None else value.decode("latin-1")
