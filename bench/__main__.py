@@ -551,7 +551,8 @@ def write_report(run: Run, rows: list[Row], args: argparse.Namespace, elapsed: f
         "latencies as multiples of the baseline's (lower is better).",
         "- *Before fixes*: the same evlink with the benchmark's fixes undone "
         "(`--before`, bench/before.py), measured in the same run.",
-        f"- Subscriptions: websocket compression {args.ws_compression}.",
+        f"- Subscriptions: the clients offer websocket compression ({args.ws_compression}); "
+        "evlink accepts it only with EVLINK_WS_COMPRESSION=true (off by default).",
     ]
     if run.profiles:
         names = ", ".join(f"`{p.relative_to(REPO)}`" for p in run.profiles)

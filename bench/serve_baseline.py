@@ -28,8 +28,9 @@ from bench.common import announce_ready, listening_socket, raise_nofile_limit
 __all__ = ["build_app", "main", "uvicorn_config"]
 
 
-def uvicorn_config(app: Any) -> uvicorn.Config:
-    """The uvicorn settings every bench server uses (as ``evlink serve``, quieter)."""
+def uvicorn_config(app: Any, **websockets: Any) -> uvicorn.Config:
+    """The uvicorn settings every bench server uses (as ``evlink serve``, quieter);
+    ``websockets``: evlink's websocket options (``evlink.server.websocket_options``)."""
     return uvicorn.Config(
         app,
         lifespan="on",
@@ -37,6 +38,7 @@ def uvicorn_config(app: Any) -> uvicorn.Config:
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=5,
+        **websockets,
     )
 
 

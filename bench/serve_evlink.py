@@ -19,7 +19,8 @@ exist only in this process, under ``/bench/``:
   push the change at once, as a webhook would; answers ``{"changed_at"}`` (monotonic);
 - ``POST /bench/advance?seconds=S``: move the simulator's clock (actions that fall
   due take effect and are pushed); answers ``{"changed_at"}`` (monotonic, just before);
-- ``POST /bench/max-age?seconds=S``: change ``EVLINK_STATUS_MAX_AGE`` of the running app;
+- ``POST /bench/max-age?seconds=S``: change ``EVLINK_STATUS_MAX_AGE`` of the running app
+  (and empty its read cache, whose entries were timed by the old one);
 - ``POST /bench/gc``: CPython's full garbage collections since the last call (count,
   longest pause in ms);
 - ``POST /bench/profile/start`` / ``POST /bench/profile/stop?out=PATH``: pyinstrument
@@ -60,7 +61,7 @@ from evlink.providers.base import VehicleData
 from evlink.providers.simulator import ManualClock, Simulator
 from evlink.resolvers import accounts
 from evlink.resolvers.auth import issue_key
-from evlink.server import EvlinkServer
+from evlink.server import EvlinkServer, websocket_options
 from evlink.settings import Settings
 
 __all__ = ["main", "seed"]
@@ -189,6 +190,8 @@ def bench_routes(app: Any, simulator: Simulator, clock: ManualClock) -> list[Rou
         services = app.state.services
         seconds = float(request.query_params["seconds"])
         services.settings = replace(services.settings, status_max_age=seconds)
+        # What the read cache holds was timed by the old max age.
+        services.cache.clear()
         return JSONResponse({"status_max_age": seconds})
 
     return [
@@ -239,7 +242,8 @@ def main(argv: list[str] | None = None) -> None:
     app.router.routes.extend(bench_routes(app, simulator, clock))
     sock = listening_socket()
     info = {"port": sock.getsockname()[1], "pid": os.getpid(), "before": args.before, **seeded}
-    _AnnouncingEvlinkServer(uvicorn_config(app), app, info).run(sockets=[sock])
+    config = uvicorn_config(app, **websocket_options(settings))
+    _AnnouncingEvlinkServer(config, app, info).run(sockets=[sock])
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
     from uvicorn.supervisors import Multiprocess
 
     from evlink.app import create_app
-    from evlink.server import EvlinkServer
+    from evlink.server import EvlinkServer, websocket_options
 
     workers: int = args.workers
     if workers > 1 and not settings.redis_url:
@@ -125,9 +125,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
         "port": settings.port,
         "lifespan": "on",
         "log_config": None,  # evlink.logs has configured logging already
-        "access_log": False,  # evlink.metrics writes the access log, with the request id
+        "access_log": False,  # evlink.edge writes the access log, with the request id
         "timeout_graceful_shutdown": 10,
-        "ws_max_size": settings.ws_max_message,
+        **websocket_options(settings),
     }
     if workers == 1:
         EvlinkServer(uvicorn.Config(create_app(settings), **common)).run()

@@ -19,7 +19,9 @@ from typing import Any
 import uvicorn
 from starlette.types import Send
 
-__all__ = ["EvlinkServer", "OpenSockets", "tune_gc"]
+from evlink.settings import Settings
+
+__all__ = ["EvlinkServer", "OpenSockets", "tune_gc", "websocket_options"]
 
 logger = logging.getLogger(__name__)
 
@@ -135,3 +137,11 @@ def _find_open_sockets(config: uvicorn.Config) -> OpenSockets | None:
             return found
         app = getattr(app, "app", None)
     return None
+
+
+def websocket_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's websocket options from the settings (``evlink serve``, the benchmarks)."""
+    return {
+        "ws_max_size": settings.ws_max_message,
+        "ws_per_message_deflate": settings.ws_compression,
+    }

@@ -86,6 +86,9 @@ class Settings:
     graphql_max_cost: int = 5000
     max_body: int = 65_536  # bytes of a REST or GraphQL request body
     ws_max_message: int = 65_536  # bytes of one websocket message
+    # permessage-deflate on GraphQL websockets: off, since events are a few hundred bytes
+    # and each compressed socket costs zlib work per message and its own zlib state.
+    ws_compression: bool = False
     ws_max_operations: int = 20  # subscriptions at once on one websocket
     ws_max_connections_per_key: int = 10
     ws_init_timeout: float = 10.0  # seconds to send connection_init

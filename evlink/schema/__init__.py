@@ -20,6 +20,7 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
 from evlink.schema.errors import ErrorCodes
+from evlink.schema.fanout import SharedEventExecutor
 from evlink.schema.limits import cost_rule, one_command_rule
 from evlink.schema.query import Mutation, Query, Subscription
 from evlink.schema.quotas import OperationQuotas
@@ -75,4 +76,5 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
             disable_field_suggestions=settings.environment == "production",
         ),
         extensions=extensions,
+        execution_context_class=SharedEventExecutor,
     )

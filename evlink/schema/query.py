@@ -11,6 +11,7 @@ from evlink.events import charge_state_topic, command_topic
 from evlink.providers.base import ChargeStateData
 from evlink.resolvers import accounts, charging, vehicles
 from evlink.schema.context import Info
+from evlink.schema.fanout import shared_event
 from evlink.schema.types import (
     ChargeState,
     ChargingAction,
@@ -120,10 +121,16 @@ class Subscription:
             last = (await vehicles.vehicle_status(services, vehicle)).charge_state
             yield ChargeState.from_data(last)
             async for message in messages:
-                state = ChargeStateData.from_enode(message)
+                # One payload per message for all its subscribers (schema.fanout).
+                state, payload = shared_event(message, _charge_state_event)
                 if state != last:  # the read above may have published what it found
                     last = state
-                    yield ChargeState.from_data(state)
+                    yield payload
+
+
+def _charge_state_event(message: dict[str, object]) -> tuple[ChargeStateData, ChargeState]:
+    state = ChargeStateData.from_enode(message)
+    return state, ChargeState.from_data(state)
 
 
 async def _now_then(messages: Subscription_) -> AsyncGenerator[None, None]:

@@ -45,6 +45,7 @@ from starlette.types import Message, Receive, Scope, Send
 from evlink.cache import ReadCache, user_tag, vehicle_tag
 from evlink.headers import header
 from evlink.models import User
+from evlink.providers.base import CAPABILITY_NAMES
 from evlink.ratelimit import Limiter
 from evlink.resolvers import auth
 
@@ -92,18 +93,7 @@ CACHEABLE: Mapping[str, frozenset[str]] = {
     "Location": frozenset({"latitude", "longitude", "lastUpdated"}),
     "Odometer": frozenset({"distance", "lastUpdated"}),
     "SmartChargingPolicy": frozenset({"isEnabled", "deadline", "minimumChargeLimit"}),
-    "Capabilities": frozenset(
-        {
-            "information",
-            "chargeState",
-            "location",
-            "odometer",
-            "setMaxCurrent",
-            "startCharging",
-            "stopCharging",
-            "smartCharging",
-        }
-    ),
+    "Capabilities": frozenset(CAPABILITY_NAMES),
     "Capability": frozenset({"isCapable", "interventionIds"}),
 }
 _DOCUMENTS_REMEMBERED = 256

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 
 import pytest
 import websockets
@@ -12,7 +13,16 @@ from gql.transport.exceptions import TransportQueryError
 from gql.transport.websockets import WebsocketsTransport
 
 from evlink.models import Tier
-from tests.conftest import PROTOCOLS, TIMEOUT, Server, next_result, subscription
+from evlink.settings import Settings
+from tests.conftest import (
+    PROTOCOLS,
+    TIMEOUT,
+    Server,
+    _truncate,
+    next_result,
+    run_server,
+    subscription,
+)
 
 SET_CHARGING = """
 mutation($id: ID!, $action: ChargingAction!) {
@@ -169,3 +179,63 @@ async def test_a_query_over_legacy_graphql_ws_is_a_clear_client_error(server: Se
                 break
     assert answer["type"] == "error"
     assert answer["payload"]["extensions"]["code"] == "BAD_REQUEST"
+
+
+PLUGGED = "subscription($id: ID!) { chargeState(vehicleId: $id) { isPluggedIn } }"
+PLUGGED_AND_STATE = (
+    "subscription($id: ID!) { chargeState(vehicleId: $id) { isPluggedIn powerDeliveryState } }"
+)
+
+
+async def test_subscribers_of_one_change_each_get_their_own_selection(server: Server) -> None:
+    """One change is executed once per document and variables (schema.fanout): subscribers
+    with the same document share the result, others get theirs, other cars are apart."""
+    owner, key = await server.user()
+    car = await server.vehicle(owner, "plugged")
+    other_car = await server.vehicle(owner, "plugged")
+    async with (
+        server.gql_client(key, PROTOCOLS[0]) as a_session,
+        server.gql_client(key, PROTOCOLS[1]) as b_session,
+        server.gql_client(key, PROTOCOLS[0]) as c_session,
+        server.gql_client(key, PROTOCOLS[0]) as d_session,
+        subscription(a_session, PLUGGED, id=str(car.id)) as a,
+        subscription(b_session, PLUGGED, id=str(car.id)) as b,
+        subscription(c_session, PLUGGED_AND_STATE, id=str(car.id)) as c,
+        subscription(d_session, PLUGGED, id=str(other_car.id)) as d,
+    ):
+        for stream in (a, b, c, d):
+            assert (await next_result(stream))["chargeState"]["isPluggedIn"] is True
+        server.simulator.update_vehicle(car.provider_vehicle_id or "", is_plugged_in=False)
+        await server.clock.advance(1)
+        assert await next_result(a) == {"chargeState": {"isPluggedIn": False}}
+        assert await next_result(b) == {"chargeState": {"isPluggedIn": False}}
+        assert await next_result(c) == {
+            "chargeState": {"isPluggedIn": False, "powerDeliveryState": "UNPLUGGED"}
+        }
+        server.simulator.update_vehicle(other_car.provider_vehicle_id or "", is_plugged_in=False)
+        await server.clock.advance(1)
+        assert await next_result(d) == {"chargeState": {"isPluggedIn": False}}
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+async def test_websocket_compression_is_offered_only_when_enabled(
+    settings: Settings, enabled: bool
+) -> None:
+    await _truncate(settings.database_url)
+    async with run_server(replace(settings, ws_compression=enabled)) as server:
+        _, key = await server.user()
+        async with websockets.connect(
+            server.ws_url, subprotocols=[PROTOCOLS[0]], compression="deflate"
+        ) as ws:
+            await ws.send(
+                json.dumps(
+                    {"type": "connection_init", "payload": {"Authorization": f"Bearer {key}"}}
+                )
+            )
+            assert (
+                json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))["type"] == "connection_ack"
+            )
+            extensions = (
+                ws.response.headers.get("Sec-WebSocket-Extensions") if ws.response else None
+            )
+    assert (extensions is not None and "permessage-deflate" in extensions) is enabled
