@@ -19,6 +19,12 @@ Each undo is a small patch of this process only.
   (:mod:`evlink.cache`, :mod:`evlink.schema.results`). Undone by its setting:
   ``EVLINK_CACHE_TTL=0`` (:data:`SETTINGS`).
 
+- **Each subscriber executed the same event.** The fix
+  (:mod:`evlink.schema.fanout`) executes an event once per document and
+  variables. Undone here by Strawberry's own execution context class.
+- **Websockets were compressed.** evlink now declines permessage-deflate unless
+  ``EVLINK_WS_COMPRESSION=true``. Undone by that setting (:data:`SETTINGS`).
+
 Not undone (they are not switchable): the five HTTP middlewares merged into
 :class:`evlink.edge.HttpEdge`, and the limiter counting in memory without a
 storage round trip. The "before" column therefore understates how slow evlink
@@ -33,7 +39,7 @@ from typing import Any
 __all__ = ["SETTINGS", "apply"]
 
 # Settings of the "before" server (passed to bench.serve_evlink.bench_settings).
-SETTINGS: dict[str, Any] = {"cache_ttl": 0.0}
+SETTINGS: dict[str, Any] = {"cache_ttl": 0.0, "ws_compression": True}
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +70,19 @@ def _default_gc() -> None:
     evlink.app.tune_gc = lambda: None  # type: ignore[attr-defined]
 
 
+def _execute_per_subscriber() -> None:
+    from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+
+    import evlink.schema
+
+    if getattr(evlink.schema, "SharedEventExecutor", None) is None:
+        logger.warning("before: evlink.schema no longer uses SharedEventExecutor; not undone")
+        return
+    evlink.schema.SharedEventExecutor = StrawberryGraphQLCoreExecutionContext  # type: ignore[attr-defined]
+
+
 def apply() -> None:
     """Put the pre-fix code back in place (in this process only)."""
     _fresh_validation_rules()
     _default_gc()
+    _execute_per_subscriber()
