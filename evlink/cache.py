@@ -51,6 +51,9 @@ logger = logging.getLogger(__name__)
 
 CACHE_TOPIC = "cache:invalidate"
 DEFAULT_MAX_ENTRIES = 10_000
+# Bytes of the values stored with a size (GraphQL answers): callers choose their
+# documents, so the entry count alone would not bound the memory.
+DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 
 
 def vehicle_tag(vehicle_id: UUID | str) -> str:
@@ -68,21 +71,25 @@ class _Entry:
     value: Any
     expires: float
     tags: tuple[tuple[str, int], ...]
+    size: int
 
 
 class ReadCache:
-    """Entries with tags, a time to live and a size bound; see the module docstring."""
+    """Entries with tags, a time to live and size bounds; see the module docstring."""
 
     def __init__(
         self,
         ttl: float,
         *,
         max_entries: int = DEFAULT_MAX_ENTRIES,
+        max_bytes: int = DEFAULT_MAX_BYTES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self.clock = clock
+        self.bytes = 0  # the sizes of the entries stored with one
         self.events: EventBus | None = None
         self._entries: dict[Hashable, _Entry] = {}
         self._versions: dict[str, int] = {}
@@ -107,7 +114,7 @@ class ReadCache:
         if entry.expires <= self.clock() or any(
             self._versions.get(tag, 0) != version for tag, version in entry.tags
         ):
-            del self._entries[key]
+            self._remove(key)
             self.misses += 1
             return None
         self.hits += 1
@@ -125,27 +132,38 @@ class ReadCache:
         tags: Iterable[str],
         began: int,
         max_age: float | None = None,
+        size: int = 0,
     ) -> bool:
-        """Store ``value`` for at most ``max_age`` seconds (and never past the ttl).
+        """Store ``value`` for at most ``max_age`` seconds (and never past the ttl);
+        ``size``: its bytes, counted against ``max_bytes``.
 
-        Not stored (False) when the cache is off, or when anything was invalidated
-        since :meth:`begin` returned ``began``: the value may predate that write.
+        Not stored (False) when the cache is off, when anything was invalidated
+        since :meth:`begin` returned ``began`` (the value may predate that write), or
+        when it alone would take more than a tenth of ``max_bytes``.
         """
-        if not self.enabled or began != self._generation:
+        if not self.enabled or began != self._generation or size > self.max_bytes // 10:
             return False
         lifetime = self.ttl if max_age is None else min(self.ttl, max_age)
         if lifetime <= 0:
             return False
-        self._entries.pop(key, None)
-        if len(self._entries) >= self.max_entries:
-            # The oldest entry goes first (dicts keep insertion order).
-            del self._entries[next(iter(self._entries))]
+        self._remove(key)
+        while self._entries and (
+            len(self._entries) >= self.max_entries or self.bytes + size > self.max_bytes
+        ):
+            self._remove(next(iter(self._entries)))  # the oldest first (insertion order)
         self._entries[key] = _Entry(
             value,
             self.clock() + lifetime,
             tuple((tag, self._versions.get(tag, 0)) for tag in tags),
+            size,
         )
+        self.bytes += size
         return True
+
+    def _remove(self, key: Hashable) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.bytes -= entry.size
 
     def drop(self, *tags: str) -> None:
         """Invalidate ``tags`` in this process only (what the bus listener calls)."""
@@ -157,6 +175,7 @@ class ReadCache:
         """Forget everything (the event stream broke: invalidations may have been lost)."""
         self._generation += 1
         self._entries.clear()
+        self.bytes = 0
 
     async def invalidate(self, *tags: str) -> None:
         """Invalidate ``tags`` here at once, then on every instance sharing the event bus."""

@@ -7,16 +7,19 @@ way they must not be (a change, a revoked key, another user, quotas, errors).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from graphql import parse
 
-from evlink.cache import ReadCache, user_tag, vehicle_tag
+from evlink.cache import CACHE_TOPIC, ReadCache, user_tag, vehicle_tag
 from evlink.models import ApiKey, Tier
 from evlink.resolvers import accounts
 from evlink.resolvers.auth import hash_key, revoke_key
@@ -84,6 +87,22 @@ def test_the_oldest_entries_make_room_past_the_size_bound() -> None:
         cache.put(n, n, tags=[], began=cache.begin())
     assert len(cache) == 3
     assert [cache.get(n) for n in range(4)] == [None, 1, 2, 3]
+
+
+def test_sized_values_are_held_to_the_byte_budget() -> None:
+    cache = ReadCache(5.0, max_bytes=1000)
+    for n in range(4):
+        assert cache.put(n, b"x" * 100, tags=[], began=cache.begin(), size=100)
+    assert cache.bytes == 400
+    assert cache.put("big", b"y" * 100, tags=[], began=cache.begin(), size=100)
+    assert not cache.put("huge", b"z" * 101, tags=[], began=cache.begin(), size=101)
+    for n in range(4, 10):  # past 1,000 bytes: the oldest make room
+        cache.put(n, b"x" * 100, tags=[], began=cache.begin(), size=100)
+    assert cache.bytes <= 1000
+    assert cache.get(0) is None
+    assert cache.get(9) == b"x" * 100
+    cache.clear()
+    assert cache.bytes == 0
 
 
 def test_a_ttl_of_zero_turns_the_cache_off() -> None:
@@ -306,8 +325,36 @@ async def test_an_instance_drops_what_another_instance_invalidated(settings: Set
         vehicle = await a.vehicle(user, "plugged")
         assert (await _status(b, key, vehicle.id)).status_code == 200  # cached in B
         record = await ApiKey.get(hash=hash_key(key))
-        async with b.services.events.subscribe("cache:invalidate") as seen:
+        async with b.services.events.subscribe(CACHE_TOPIC) as seen:
             await revoke_key(str(record.id), a.services.cache)  # told through A
             assert await seen.get(timeout=5.0) == {"tags": [user_tag(user.id)]}
         # B applied the message before it reads this request off its socket.
         assert (await _status(b, key, vehicle.id)).status_code == 401
+
+
+async def test_a_key_revoked_by_the_cli_with_redis_stops_at_once(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """`evlink key revoke` in a process of its own publishes the invalidation on Redis."""
+    redis_url = os.environ.get("EVLINK_TEST_REDIS_URL")
+    if not redis_url:
+        pytest.skip("EVLINK_TEST_REDIS_URL is not set: Redis tests skipped")
+    await _truncate(settings.database_url)
+    shared = replace(settings, redis_url=redis_url)
+    async with run_server(shared) as server:
+        user, key = await server.user()
+        vehicle = await server.vehicle(user, "plugged")
+        assert (await _status(server, key, vehicle.id)).status_code == 200  # cached
+        record = await ApiKey.get(hash=hash_key(key))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EVLINK_")}
+        env |= {"EVLINK_DATABASE_URL": shared.database_url, "EVLINK_REDIS_URL": redis_url}
+        async with server.services.events.subscribe(CACHE_TOPIC) as seen:
+            revoke = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "evlink.cli", "key", "revoke", str(record.id),
+                env=env, cwd=tmp_path,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, err = await asyncio.wait_for(revoke.communicate(), 60)
+            assert revoke.returncode == 0, (out, err)
+            assert await seen.get(timeout=5.0) == {"tags": [user_tag(user.id)]}
+        assert (await _status(server, key, vehicle.id)).status_code == 401

@@ -200,6 +200,7 @@ class ResultCache:
                 tags=[user_tag(pending.user_id), *pending.tags],
                 began=pending.began,
                 max_age=pending.fresh_for,
+                size=len(body),
             )
 
 
