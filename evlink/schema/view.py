@@ -8,9 +8,9 @@ import asyncio
 from typing import Any
 
 import strawberry
-from cross_web import AsyncHTTPRequestAdapter
+from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
@@ -40,6 +40,9 @@ class GraphQLView(GraphQL[Context, None]):
         if scope["type"] == "http" and scope["method"] == "POST":
             await self._post(scope, receive, send)
             return
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+            return
         if scope["type"] != "websocket":
             await super().__call__(scope, receive, send)
             return
@@ -62,7 +65,7 @@ class GraphQLView(GraphQL[Context, None]):
         """A POST: answered from the read cache when it holds the answer (schema.results)."""
         services: Services = scope["app"].state.services
         if not services.cache.enabled:
-            await super().__call__(scope, receive, send)
+            await self._http(scope, receive, send)
             return
         body, receive = await read_body(receive)
         found = await self.results.answer(scope, body, services.cache, services.limiter)
@@ -70,13 +73,23 @@ class GraphQLView(GraphQL[Context, None]):
             await found(scope, receive, send)
             return
         if found is None:
-            await super().__call__(scope, receive, send)
+            await self._http(scope, receive, send)
             return
         scope[_PENDING] = found
         send, chunks, status = capturing(send)
-        await super().__call__(scope, receive, send)
+        await self._http(scope, receive, send)
         if status:
             self.results.store(services.cache, found, status[0], b"".join(chunks))
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Strawberry's HTTP handling, with its refusals of a malformed request (no query,
+        a body that is not JSON, a batch, an unsupported content type) answered as JSON
+        in the GraphQL error shape rather than Strawberry's plain text."""
+        try:
+            response = await self.run(Request(scope=scope, receive=receive))
+        except HTTPException as refused:
+            response = request_error(refused.status_code, refused.reason)
+        await response(scope, receive, send)
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
@@ -147,6 +160,16 @@ class GraphQLView(GraphQL[Context, None]):
         return None
 
 
+def request_error(status: int, message: str) -> JSONResponse:
+    """``{"errors": [{"message", "extensions": {"code"}}]}`` for a request GraphQL refused
+    before any operation ran (GraphQL over HTTP: a request error has no ``data``)."""
+    code = _REQUEST_ERROR_CODES.get(status, "BAD_REQUEST")
+    return JSONResponse(
+        {"errors": [{"message": message, "extensions": {"code": code}}]}, status_code=status
+    )
+
+
+_REQUEST_ERROR_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}
 _OWNER = "evlink.socket_owner"
 _PENDING = "evlink.pending_result"
 

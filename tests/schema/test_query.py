@@ -295,3 +295,33 @@ async def test_one_unlinked_vehicle_does_not_hide_the_others(server: Server) -> 
     states = {v["id"]: v["chargeState"] for v in body["data"]["vehicles"]}
     assert states[str(linked.id)] == {"powerDeliveryState": "PLUGGED_IN:STOPPED"}
     assert [e["extensions"]["code"] for e in body["errors"]] == ["PROVIDER_LINK_MISSING"]
+
+
+async def test_malformed_requests_are_refused_in_the_graphql_error_shape(server: Server) -> None:
+    """Refused before any operation runs: 400 with {"errors": [...]}, JSON like every
+    other answer, never Strawberry's plain text."""
+    _, key = await server.user()
+    operation = {"query": VIEWER}
+    refusals = {
+        "body not JSON": {"content": b"{not json", "headers": {"Content-Type": "application/json"}},
+        "no query": {"json": {"variables": {}}},
+        "a batch": {"json": [operation, operation]},
+        "unsupported content type": {
+            "content": b"query { viewer { id } }",
+            "headers": {"Content-Type": "text/csv"},
+        },
+    }
+    for label, request in refusals.items():
+        headers = {**auth(key), **request.pop("headers", {})}
+        response = await server.http.post("/graphql", headers=headers, **request)
+        assert response.status_code == 400, label
+        assert response.headers["content-type"] == "application/json", label
+        assert response.headers["x-content-type-options"] == "nosniff", label
+        body = response.json()
+        assert set(body) == {"errors"}, (label, body)
+        assert body["errors"][0]["extensions"]["code"] == "BAD_REQUEST", (label, body)
+        assert body["errors"][0]["message"], (label, body)
+    as_json = {**auth(key), "Accept": "application/json"}  # not a browser: no playground
+    missing = await server.http.get("/graphql", params={"variables": "{}"}, headers=as_json)
+    assert missing.status_code == 400
+    assert missing.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
