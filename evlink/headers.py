@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from starlette.types import Scope
 
-__all__ = ["header", "raw_header"]
+__all__ = ["header", "media_type", "raw_header"]
 
 
 def raw_header(scope: Scope, name: bytes) -> bytes | None:
@@ -24,3 +24,8 @@ def header(scope: Scope, name: bytes) -> str | None:
     """:func:`raw_header`, decoded as HTTP header values are (latin-1)."""
     value = raw_header(scope, name)
     return None if value is None else value.decode("latin-1")
+
+
+def media_type(scope: Scope) -> str:
+    """The request's ``Content-Type`` without its parameters, lower-case ("" for none)."""
+    return (header(scope, b"content-type") or "").split(";", 1)[0].strip().lower()

@@ -275,11 +275,11 @@ class Quotas:
 
     def policies(self, tier: Tier) -> list[Policy]:
         """The policies a user of ``tier`` is held to: burst, then reads and commands."""
-        found = [Policy(BURST, self.burst)]
+        found = [_policy(BURST, self.burst)]
         for name, rates in ((READS, self.reads), (COMMANDS, self.commands)):
             item = rates.get(tier)
             if item is not None:
-                found.append(Policy(name, item))
+                found.append(_policy(name, item))
         return found
 
     def policy(self, name: str, tier: Tier) -> Policy | None:
@@ -484,11 +484,13 @@ class Limiter:
 
     async def count_auth_failure(self, address: str) -> None:
         """Count one refused key from ``address``; past the limit, 429 instead of 401."""
-        await self._charge([(Policy(AUTH_FAILURES, self.quotas.auth_failures), f"ip:{address}")])
+        policy = _policy(AUTH_FAILURES, self.quotas.auth_failures)
+        await self._charge([(policy, f"ip:{address}")])
 
     async def usage(self, user: User, keys: Sequence[str] = ()) -> list[LimitState]:
         """What ``user`` has spent of each quota (``burst`` per key in ``keys``), uncharged."""
-        states = [await self._peek(Policy(BURST, self.quotas.burst), f"key:{k}") for k in keys]
+        burst = _policy(BURST, self.quotas.burst)
+        states = [await self._peek(burst, f"key:{k}") for k in keys]
         for policy in self.quotas.policies(user.tier):
             if policy.name != BURST:
                 states.append(await self._peek(policy, f"user:{user.id}"))

@@ -12,6 +12,7 @@ from starlette.routing import BaseRoute, Route
 
 from evlink.compat_rest.bodies import charging_body, me_body, status_body, vehicle_body
 from evlink.errors import BadRequest, UnsupportedMediaType
+from evlink.headers import media_type
 from evlink.models import User
 from evlink.providers.base import ChargingAction
 from evlink.ratelimit import admit_request
@@ -93,8 +94,8 @@ def _wait_seconds(request: Request) -> float | None:
 
 def _check_json(request: Request) -> None:
     """JSON, or no content type at all (clients that only send a body); anything else is 415."""
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media_type and media_type != "application/json" and not media_type.endswith("+json"):
+    given = media_type(request.scope)
+    if given and given != "application/json" and not given.endswith("+json"):
         raise UnsupportedMediaType()
 
 

@@ -139,11 +139,10 @@ async def authenticate(
     if key is None:
         raise Unauthenticated()
     digest = digest or hash_key(key)
-    if cache is not None and cache.enabled:
-        # Only a well-formed key was ever stored: a hit needs no format check.
-        user: User | None = cache.get(("key", digest))
-        if user is not None:
-            return user
+    # Only a well-formed key was ever stored: a hit needs no format check.
+    user = cached_user(cache, digest) if cache is not None else None
+    if user is not None:
+        return user
     if not check_key_format(key):
         raise Unauthenticated()
     began = cache.begin() if cache is not None else 0

@@ -43,7 +43,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from evlink.cache import ReadCache, user_tag, vehicle_tag
-from evlink.headers import header
+from evlink.headers import header, media_type
 from evlink.models import User
 from evlink.providers.base import CAPABILITY_NAMES
 from evlink.ratelimit import Limiter
@@ -206,7 +206,7 @@ class ResultCache:
 
 def _plain_json(scope: Scope) -> bool:
     """A JSON body asking for a JSON answer (not multipart or event-stream delivery)."""
-    content_type = (header(scope, b"content-type") or "").split(";", 1)[0].strip().lower()
+    content_type = media_type(scope)
     accept = (header(scope, b"accept") or "").lower()
     return content_type == "application/json" and not (
         "multipart" in accept or "event-stream" in accept
