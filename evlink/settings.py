@@ -84,6 +84,7 @@ class Settings:
     graphql_max_tokens: int = 2000
     graphql_max_aliases: int = 15
     graphql_max_cost: int = 5000
+    graphql_max_spreads: int = 100  # fragment spreads written in one document
     max_body: int = 65_536  # bytes of a REST or GraphQL request body
     ws_max_message: int = 65_536  # bytes of one websocket message
     # permessage-deflate on GraphQL websockets: off, since events are a few hundred bytes

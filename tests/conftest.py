@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
@@ -243,6 +244,62 @@ async def run_server(
         sock.close()
 
 
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def serve_process(database_url: str, **env: str) -> AsyncIterator[str]:
+    """``evlink serve`` in a process of its own (its event loop is not the test's), on a
+    free port of 127.0.0.1 with the simulator; ``env`` adds ``EVLINK_*`` variables.
+    Yields the base URL once its startup is complete; killed when the block ends."""
+    port = free_port()
+    environ = {
+        **os.environ,
+        "EVLINK_DATABASE_URL": database_url,
+        "EVLINK_PORT": str(port),
+        "EVLINK_LOG_LEVEL": "INFO",
+        **env,
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "evlink.cli",
+        "serve",
+        env=environ,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    drain: asyncio.Task[None] | None = None
+    try:
+        await asyncio.wait_for(_started(process), TIMEOUT)
+        drain = asyncio.create_task(_drain(process))  # a full pipe would stall the server
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await asyncio.wait_for(process.wait(), TIMEOUT)
+        if drain is not None:
+            drain.cancel()
+
+
+async def _started(process: asyncio.subprocess.Process) -> None:
+    """Return once the server process listens (uvicorn says so after the startup)."""
+    assert process.stderr is not None
+    async for line in process.stderr:
+        if b"Uvicorn running on" in line:
+            return
+    raise AssertionError("the server process ended before it started")
+
+
+async def _drain(process: asyncio.subprocess.Process) -> None:
+    assert process.stderr is not None
+    async for _ in process.stderr:
+        pass
+
+
 @pytest.fixture
 def settings(database_url: str) -> Settings:
     return _test_settings(database_url)
@@ -268,10 +325,12 @@ __all__ = [
     "TIMEOUT",
     "EnodeWorld",
     "Server",
+    "free_port",
     "gql",
     "next_result",
     "run_enode_world",
     "run_server",
+    "serve_process",
     "subscription",
 ]
 

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -35,8 +34,10 @@ from tests.conftest import (
     PROTOCOLS,
     TIMEOUT,
     WEBHOOK_SECRET,
+    _started,
     _truncate,
     enode_settings,
+    free_port,
     next_result,
     run_enode_world,
     run_server,
@@ -140,19 +141,8 @@ async def test_each_command_is_claimed_by_exactly_one_instance(shared: Settings)
         await ChargingCommand.filter(id__in=[c.id for c in commands]).delete()
 
 
-async def _started(process: asyncio.subprocess.Process) -> None:
-    """Return once the server process says its startup is complete."""
-    assert process.stderr is not None
-    async for line in process.stderr:
-        if b"Application startup complete" in line:
-            return
-    raise AssertionError("the server process ended before it started")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def test_killed_instance_command_is_taken_over_without_a_duplicate_action(
@@ -165,7 +155,7 @@ async def test_killed_instance_command_is_taken_over_without_a_duplicate_action(
             user, isPluggedIn=True, powerDeliveryState="PLUGGED_IN:STOPPED"
         )
         # Instance A: a real `evlink serve` process on the same database, Redis and Enode.
-        port = _free_port()
+        port = free_port()
         a_settings = enode_settings(shared, fake.base_url or "")
         env = {
             **os.environ,
@@ -305,7 +295,7 @@ async def test_lost_redis_ends_subscriptions_with_an_error_then_reconnects(
 ) -> None:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
-    port = _free_port()
+    port = free_port()
     await _truncate(settings.database_url)
     shared = replace(settings, redis_url=f"redis://127.0.0.1:{port}/0")
     async with private_redis(port) as redis_process, run_server(shared) as server:

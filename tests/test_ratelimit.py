@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,7 @@ from evlink.resolvers import accounts
 from evlink.resolvers.auth import issue_key, revoke_key
 from evlink.resolvers.vehicles import upsert_provider_vehicle
 from evlink.settings import Settings, SettingsError
-from tests.conftest import PROTOCOLS, TIMEOUT, Server, _truncate, run_server
+from tests.conftest import PROTOCOLS, TIMEOUT, Server, _truncate, free_port, run_server
 
 ME = "/api/ha/me"
 CHARGE_STATE = "subscription($id: ID!) { chargeState(vehicleId: $id) { isPluggedIn } }"
@@ -639,11 +638,6 @@ def _run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]
 # -- Redis failing -------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager
@@ -680,7 +674,7 @@ async def _until_redis_answers(url: str) -> None:
 async def test_a_closed_redis_port_leaves_the_limits_in_memory(
     make_settings: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    url = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens there
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     with caplog.at_level(logging.WARNING, logger="evlink.ratelimit"):
         async with limited(make_settings(redis_url=url, burst="3/minute")) as (server, _):
             _, key = await server.user()
@@ -694,7 +688,7 @@ async def test_a_closed_redis_port_leaves_the_limits_in_memory(
 async def test_redis_stopping_mid_test_keeps_the_api_answering(
     make_settings: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    port = _free_port()
+    port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     settings = make_settings(redis_url=url, burst="100/minute", ratelimit_prefix="evlink-test")
     with (

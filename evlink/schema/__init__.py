@@ -6,22 +6,20 @@ from collections.abc import Callable
 
 import strawberry
 from graphql import GraphQLError
+from graphql.validation import ASTValidationRule
 from strawberry.extensions import (
     AddValidationRules,
     DisableIntrospection,
-    MaxAliasesLimiter,
     MaxTokensLimiter,
     ParserCache,
-    QueryDepthLimiter,
     SchemaExtension,
-    ValidationCache,
 )
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
 from evlink.schema.errors import ErrorCodes
 from evlink.schema.fanout import SharedEventExecutor
-from evlink.schema.limits import cost_rule, one_command_rule
+from evlink.schema.limits import Limits, document_limits, one_command_rule
 from evlink.schema.query import Mutation, Query, Subscription
 from evlink.schema.quotas import OperationQuotas
 from evlink.schema.scalars import SCALARS
@@ -48,21 +46,23 @@ class Schema(strawberry.Schema):
 def build_schema(settings: Settings | None = None) -> strawberry.Schema:
     """The schema with the limits of ``settings`` (defaults when None)."""
     settings = settings or Settings()
-    # The rule classes are made once: ValidationCache is keyed by them, and classes made
-    # afresh per request would miss it, so that every request validated again (bench/).
-    rules = [
-        *QueryDepthLimiter(max_depth=settings.graphql_max_depth).validation_rules,
-        *MaxAliasesLimiter(max_alias_count=settings.graphql_max_aliases).validation_rules,
-        cost_rule(settings.graphql_max_cost),
-        one_command_rule(),
-    ]
+    # The rule classes are made once: validation results are cached by them, and classes
+    # made afresh per request would miss the cache, so that every request validated again.
+    rules: list[type[ASTValidationRule]] = [one_command_rule()]
+    limits = Limits(
+        max_depth=settings.graphql_max_depth,
+        max_aliases=settings.graphql_max_aliases,
+        max_cost=settings.graphql_max_cost,
+        max_spreads=settings.graphql_max_spreads,
+    )
     extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
         ErrorCodes,
         lambda: MaxTokensLimiter(max_token_count=settings.graphql_max_tokens),
         # Factories: the caches live at module level, shared by every request.
         lambda: ParserCache(maxsize=256),
         lambda: AddValidationRules(rules),
-        lambda: ValidationCache(maxsize=256),
+        # The document's limits in linear time, then GraphQL's rules; cached by document.
+        document_limits(limits),
         OperationQuotas,  # charges each valid operation before it executes
     ]
     if not settings.graphql_introspection:

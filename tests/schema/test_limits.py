@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from gql import Client, gql
+from gql.transport.exceptions import TransportQueryError
+from gql.transport.websockets import WebsocketsTransport
+from graphql import Lexer, Source, TokenKind
 
 from evlink.settings import Settings
-from tests.conftest import Server, _truncate, run_server
+from tests.conftest import (
+    PROTOCOLS,
+    Server,
+    _truncate,
+    next_result,
+    run_server,
+    serve_process,
+    subscription,
+)
 
 
 def codes(body: dict[str, Any]) -> list[str | None]:
@@ -92,3 +110,290 @@ async def test_development_mode_suggests_and_allows_introspection(server: Server
 
     assert "Did you mean" in typo["errors"][0]["message"]
     assert schema["data"] == {"__schema": {"queryType": {"name": "Query"}}}
+
+
+# Documents that once cost more than linear time to check. Each try uses new names, so
+# that neither the parser cache nor the validation cache answers it.
+T = TypeVar("T")
+REFUSED_IN = 0.05  # seconds: the issue's bound for refusing a hostile document here
+
+
+def doubling_fragments(count: int, tag: str, on: str = "Query", root: str = "query") -> str:
+    """``count`` fragments, each spreading the next one twice: 2**count fields expanded."""
+    fragments = [
+        f"fragment {tag}{i} on {on} {{ ...{tag}{i + 1} ...{tag}{i + 1} }}" for i in range(count)
+    ]
+    fragments.append(f"fragment {tag}{count} on {on} {{ __typename }}")
+    return f"{root} {{ ...{tag}0 }} " + " ".join(fragments)
+
+
+async def fastest(requests: list[Callable[[], Awaitable[T]]]) -> tuple[float, T]:
+    """The shortest time of ``requests`` (made ready beforehand, each timed alone: the
+    machine is shared, and the best time is the one that says what the work costs), and
+    the last one's result."""
+    best, result = float("inf"), None
+    for request in requests:
+        started = time.perf_counter()
+        result = await request()
+        best = min(best, time.perf_counter() - started)
+    assert result is not None
+    return best, result
+
+
+def post(
+    http: httpx.AsyncClient, document: str, key: str | None = None, **payload: str
+) -> Callable[[], Awaitable[httpx.Response]]:
+    """A GraphQL POST of ``document``, ready to be sent (and timed) later."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    body = {"query": document, **payload}
+    return lambda: http.post("/graphql", json=body, headers=headers)
+
+
+@pytest.fixture
+async def served(server: Server) -> AsyncIterator[tuple[str, str]]:
+    """evlink in a process of its own on the test's database, and a key: a document that
+    freezes that server's event loop cannot freeze the test's timeouts with it."""
+    _, key = await server.user()
+    async with serve_process(server.settings.database_url) as base_url:
+        yield base_url, key
+
+
+@pytest.mark.parametrize("with_key", [False, True], ids=["no key", "key"])
+async def test_fragments_spread_twice_are_refused_at_once_over_http(
+    served: tuple[str, str], with_key: bool
+) -> None:
+    base_url, key = served
+    documents = [doubling_fragments(40, f"F{number}x") for number in range(13)]
+    async with httpx.AsyncClient(base_url=base_url, timeout=5.0) as http:
+        attacks = [post(http, d, key if with_key else None) for d in documents]
+        took, answer = await fastest(attacks[:3])
+        # Ten more at once, and a health check meanwhile: the server keeps answering.
+        health_started = time.perf_counter()
+        health, *answers = await asyncio.gather(
+            http.get("/healthz"), *(attack() for attack in attacks[3:])
+        )
+        health_took = time.perf_counter() - health_started
+
+    assert answer.status_code == 200
+    assert answer.json()["data"] is None
+    assert codes(answer.json()) == ["QUERY_TOO_COMPLEX"]
+    assert took < REFUSED_IN, f"refused in {took * 1000:.1f} ms"
+    assert health.status_code == 200
+    assert health_took < 1.0
+    assert all(codes(a.json()) == ["QUERY_TOO_COMPLEX"] for a in answers)
+
+
+def ws_client(base_url: str, key: str, protocol: str) -> Client:
+    transport = WebsocketsTransport(
+        url=base_url.replace("http://", "ws://") + "/graphql",
+        subprotocols=[protocol],
+        init_payload={"Authorization": f"Bearer {key}"},
+    )
+    return Client(transport=transport, fetch_schema_from_transport=False)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_fragments_spread_twice_are_refused_at_once_over_websockets(
+    served: tuple[str, str], protocol: str
+) -> None:
+    base_url, key = served
+    documents = [
+        doubling_fragments(40, f"S{n}x", on="Subscription", root="subscription") for n in range(3)
+    ]
+    async with ws_client(base_url, key, protocol) as session:
+
+        def attack(document: str) -> Callable[[], Awaitable[TransportQueryError]]:
+            async def subscribe() -> TransportQueryError:
+                with pytest.raises(TransportQueryError) as refused:
+                    async with subscription(session, document) as stream:
+                        await next_result(stream)
+                return refused.value
+
+            return subscribe
+
+        took, refused = await fastest([attack(d) for d in documents])
+        async with httpx.AsyncClient(base_url=base_url, timeout=5.0) as http:
+            health = await http.get("/healthz")
+
+    assert refused.errors
+    assert refused.errors[0]["extensions"]["code"] == "QUERY_TOO_COMPLEX"
+    assert took < REFUSED_IN, f"refused in {took * 1000:.1f} ms"
+    assert health.status_code == 200
+
+
+async def test_a_query_of_doubling_fragments_is_refused_at_once_over_graphql_transport_ws(
+    served: tuple[str, str],
+) -> None:
+    base_url, key = served
+    documents = [gql(doubling_fragments(40, f"Q{n}x")) for n in range(3)]
+    async with ws_client(base_url, key, WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL) as session:
+
+        def attack(document: Any) -> Callable[[], Awaitable[TransportQueryError]]:
+            async def execute() -> TransportQueryError:
+                with pytest.raises(TransportQueryError) as refused:
+                    await session.execute(document)
+                return refused.value
+
+            return execute
+
+        took, refused = await fastest([attack(d) for d in documents])
+
+    assert refused.errors
+    assert refused.errors[0]["extensions"]["code"] == "QUERY_TOO_COMPLEX"
+    assert took < REFUSED_IN, f"refused in {took * 1000:.1f} ms"
+
+
+async def test_fragments_that_branch_are_measured_once_each(served: tuple[str, str]) -> None:
+    """Each fragment selects two fields that each spread the next: no name repeats, and
+    2**40 selection sets lie under the first. Measured once per fragment, the depth is
+    known at once."""
+    base_url, _ = served
+
+    def branching(tag: str) -> str:
+        fragments = [
+            f"fragment {tag}{i} on Query {{ a {{ ...{tag}{i + 1} }} b {{ ...{tag}{i + 1} }} }}"
+            for i in range(40)
+        ]
+        return (
+            f"query {{ ...{tag}0 }} " + " ".join(fragments) + f" fragment {tag}40 on Query {{ c }}"
+        )
+
+    async with httpx.AsyncClient(base_url=base_url, timeout=5.0) as http:
+        took, answer = await fastest([post(http, branching(f"B{n}x")) for n in range(3)])
+
+    assert codes(answer.json()) == ["QUERY_TOO_COMPLEX"]
+    assert "exceeds maximum operation depth of 10" in answer.json()["errors"][0]["message"]
+    assert took < REFUSED_IN, f"refused in {took * 1000:.1f} ms"
+
+
+def _tokens(document: str) -> int:
+    lexer = Lexer(Source(document))
+    count = 0
+    while lexer.advance().kind != TokenKind.EOF:
+        count += 1
+    return count
+
+
+def _largest(make: Callable[[int, str], str], tag: str, tokens: int = 1990) -> str:
+    """The largest document ``make`` builds within ``tokens`` tokens."""
+    size = 1
+    while _tokens(make(size * 2, tag)) <= tokens:
+        size *= 2
+    step = size // 2
+    while step:
+        if _tokens(make(size + step, tag)) <= tokens:
+            size += step
+        step //= 2
+    return make(size, tag)
+
+
+SHAPES: dict[str, Callable[[int, str], str]] = {
+    # One field again and again: GraphQL compares every pair of fields named alike.
+    "one field repeated": lambda n, tag: f"query {tag} {{ " + "__typename " * n + "}",
+    "one object repeated": lambda n, tag: f"query {tag} {{ " + "viewer { id } " * n + "}",
+    "objects of repeated fields": lambda n, tag: (
+        f"query {tag} {{ " + ("viewer { " + "id " * 50 + "} ") * n + "}"
+    ),
+    "lists repeated": lambda n, tag: (
+        f"query {tag} {{ vehicles {{ " + "chargeState { batteryLevel } " * n + "} }"
+    ),
+    "a field repeated through inline fragments": lambda n, tag: (
+        f"query {tag} {{ " + "... on Query { __typename } " * n + "}"
+    ),
+    "wide fragments": lambda n, tag: (
+        f"query {tag} {{ ...{tag}A }} fragment {tag}A on Query {{ "
+        + " ".join(f"...{tag}B{i}" for i in range(n))
+        + " } "
+        + " ".join(f"fragment {tag}B{i} on Query {{ viewer {{ id }} }}" for i in range(n))
+    ),
+    "one fragment spread widely": lambda n, tag: (
+        f"query {tag} {{ " + f"...{tag}A " * n + f"}} fragment {tag}A on Query {{ __typename }}"
+    ),
+    "nested inline fragments": lambda n, tag: (
+        f"query {tag} {{ " + "... on Query { " * n + "__typename" + " }" * n + " }"
+    ),
+    "nested fields": lambda n, tag: (
+        f"query {tag} {{ "
+        + "viewer { vehicles { chargingCommands { vehicle { " * n
+        + "id"
+        + " } } } }" * n
+        + " }"
+    ),
+    "many operations": lambda n, tag: " ".join(
+        f"query {tag}{i} {{ __typename }}" for i in range(n)
+    ),
+    "many variables": lambda n, tag: (
+        f"query {tag}("
+        + ", ".join(f"$v{i}: ID" for i in range(n))
+        + ") { "
+        + " ".join(f"a{i}: vehicle(id: $v{i}) {{ id }}" for i in range(min(n, 10)))
+        + " }"
+    ),
+    "long arguments": lambda n, tag: (
+        f"query {tag} {{ viewer {{ id }} "
+        + " ".join(f'v{i}: vehicle(id: "{i}") {{ id }}' for i in range(n))
+        + " }"
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+async def test_documents_of_2000_tokens_of_any_shape_are_checked_at_once(
+    served: tuple[str, str], shape: str
+) -> None:
+    base_url, key = served
+    documents = [_largest(SHAPES[shape], f"T{number}x") for number in range(3)]
+    assert _tokens(documents[0]) > 1000, "the shape should fill the token limit"
+    async with httpx.AsyncClient(base_url=base_url, timeout=5.0) as http:
+        checks = [
+            post(http, d, key, operationName=f"T{n}x0")
+            if shape == "many operations"
+            else post(http, d, key)
+            for n, d in enumerate(documents)
+        ]
+        took, answer = await fastest(checks)
+
+    assert answer.status_code == 200
+    assert answer.json().get("errors") or answer.json()["data"] is not None
+    assert took < REFUSED_IN, f"checked in {took * 1000:.1f} ms"
+
+
+LIMIT_CASES = {
+    # name: (document at the limit, document just past it, what the refusal says)
+    "fragment spreads": (
+        "{ " + "...Q " * 50 + "viewer { " + "...W " * 50 + "} } "
+        "fragment Q on Query { __typename } fragment W on Viewer { id }",
+        "{ " + "...Q " * 50 + "viewer { " + "...W " * 51 + "} } "
+        "fragment Q on Query { __typename } fragment W on Viewer { id }",
+        "101 fragment spreads, more than the limit of 100",
+    ),
+    "operations": (
+        " ".join(f"query Q{i} {{ __typename }}" for i in range(20)),
+        " ".join(f"query Q{i} {{ __typename }}" for i in range(21)),
+        "21 operations, more than the limit of 20",
+    ),
+    "repeats": (
+        "{ " + "__typename " * 40 + "... on Query { " + "__typename " * 10 + "} }",
+        "{ " + "__typename " * 40 + "... on Query { " + "__typename " * 11 + "} }",
+        "'__typename' is selected 51 times in one selection set, more than the limit of 50",
+    ),
+}
+
+
+@pytest.mark.parametrize("limit", LIMIT_CASES)
+async def test_each_document_limit_refuses_one_past_it(server: Server, limit: str) -> None:
+    _, key = await server.user()
+    within, past, message = LIMIT_CASES[limit]
+    operation = {"operationName": "Q0"} if limit == "operations" else {}
+
+    accepted = await server.http.post(
+        "/graphql", json={"query": within, **operation}, headers={"Authorization": f"Bearer {key}"}
+    )
+    refused = await server.http.post(
+        "/graphql", json={"query": past, **operation}, headers={"Authorization": f"Bearer {key}"}
+    )
+
+    assert accepted.json().get("errors") is None
+    assert accepted.json()["data"]
+    assert codes(refused.json()) == ["QUERY_TOO_COMPLEX"]
+    assert message in refused.json()["errors"][0]["message"]
