@@ -7,7 +7,8 @@ A document is measured once, before GraphQL's own validation rules run
   written, before anything expands them; **operations**: at most
   :data:`MAX_OPERATIONS`; one response name at most :data:`MAX_REPEATS` times in one
   selection set (what GraphQL's overlapping-fields rule compares pair by pair);
-- **depth** (nested fields; fragments and inline fragments add none),
+- **depth** (nested fields; fragments and inline fragments add none, nor do
+  introspection fields),
   **aliases** and **cost** (every field costs 1, a list multiplies what is
   under it by its bound), each computed once per fragment and reused at every
   spread, so a fragment spread twice by a fragment spread twice costs what it
@@ -125,7 +126,10 @@ class _Measurer:
                 inner = _NOTHING
                 if selection.selection_set is not None:
                     inner = self.selection_set(selection.selection_set)
-                    depth = max(depth, inner.depth + 1)
+                    if not selection.name.value.startswith("__"):
+                        # Introspection is not counted, as by GraphQL's depth limiters: the
+                        # standard query nests `ofType` deeper than any limit of data.
+                        depth = max(depth, inner.depth + 1)
                 aliases += inner.aliases + (selection.alias is not None)
                 cost += _bound(selection) * (1 + inner.cost)
                 names[(selection.alias or selection.name).value] += 1
