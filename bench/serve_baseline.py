@@ -30,7 +30,7 @@ __all__ = ["build_app", "main", "uvicorn_config"]
 
 def uvicorn_config(app: Any, **websockets: Any) -> uvicorn.Config:
     """The uvicorn settings every bench server uses (as ``evlink serve``, quieter);
-    ``websockets``: evlink's websocket options (``evlink.server.websocket_options``)."""
+    ``websockets``: evlink's websocket options (``evlink.server.server_options``)."""
     return uvicorn.Config(
         app,
         lifespan="on",

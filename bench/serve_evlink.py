@@ -61,7 +61,7 @@ from evlink.providers.base import VehicleData
 from evlink.providers.simulator import ManualClock, Simulator
 from evlink.resolvers import accounts
 from evlink.resolvers.auth import issue_key
-from evlink.server import EvlinkServer, websocket_options
+from evlink.server import EvlinkServer, server_options
 from evlink.settings import Settings
 
 __all__ = ["main", "seed"]
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     app.router.routes.extend(bench_routes(app, simulator, clock))
     sock = listening_socket()
     info = {"port": sock.getsockname()[1], "pid": os.getpid(), "before": args.before, **seeded}
-    config = uvicorn_config(app, **websocket_options(settings))
+    config = uvicorn_config(app, **server_options(settings))
     _AnnouncingEvlinkServer(config, app, info).run(sockets=[sock])
 
 

@@ -22,6 +22,7 @@ from tortoise.contrib.starlette import RegisterTortoise
 from evlink import compat_rest
 from evlink.cache import ReadCache, follow_invalidations
 from evlink.compat_rest.errors import exception_handlers
+from evlink.connections import ConnectionLimits
 from evlink.edge import HttpEdge
 from evlink.events import RedisEventBus, build_event_bus
 from evlink.guards import BodyLimit
@@ -180,4 +181,5 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
     )
     app.state.metrics = metrics
     app.state.open_sockets = OpenSockets()
+    app.state.connection_limits = ConnectionLimits.from_settings(settings)
     return app

@@ -112,7 +112,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
     from uvicorn.supervisors import Multiprocess
 
     from evlink.app import create_app
-    from evlink.server import EvlinkServer, websocket_options
+    from evlink.server import EvlinkServer, server_options
 
     workers: int = args.workers
     if workers > 1 and not settings.redis_url:
@@ -127,7 +127,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
         "log_config": None,  # evlink.logs has configured logging already
         "access_log": False,  # evlink.edge writes the access log, with the request id
         "timeout_graceful_shutdown": 10,
-        **websocket_options(settings),
+        **server_options(settings),
     }
     if workers == 1:
         EvlinkServer(uvicorn.Config(create_app(settings), **common)).run()

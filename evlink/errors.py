@@ -21,6 +21,7 @@ and answered as "Unexpected error" without internals.
     ├── ProviderLinkMissing      500 PROVIDER_LINK_MISSING
     ├── InternalError            500 INTERNAL_ERROR
     ├── StreamInterrupted        503 STREAM_INTERRUPTED (a subscription lost its events)
+    ├── ServerBusy               503 SERVER_BUSY (past the cap on open connections)
     └── ProviderUnavailable      502 / 503 / 504 PROVIDER_UNAVAILABLE
 """
 
@@ -41,6 +42,7 @@ __all__ = [
     "ProviderLinkMissing",
     "ProviderUnavailable",
     "RateLimited",
+    "ServerBusy",
     "SmartChargingActive",
     "StreamInterrupted",
     "Unauthenticated",
@@ -146,6 +148,17 @@ class StreamInterrupted(EvlinkError):
     code = "STREAM_INTERRUPTED"
     status = 503
     default_message = "The event stream was interrupted; subscribe again"
+
+
+class ServerBusy(EvlinkError):
+    """Answered by the connection itself (evlink.connections), before any request is read."""
+
+    code = "SERVER_BUSY"
+    status = 503
+    default_message = "Too many open connections; try again shortly"
+
+    def __init__(self, message: str | None = None, *, retry_after: float | None = 1.0) -> None:
+        super().__init__(message, retry_after=retry_after)
 
 
 class InternalError(EvlinkError):

@@ -19,9 +19,10 @@ from typing import Any
 import uvicorn
 from starlette.types import Send
 
+from evlink.connections import PROTOCOL
 from evlink.settings import Settings
 
-__all__ = ["EvlinkServer", "OpenSockets", "tune_gc", "websocket_options"]
+__all__ = ["EvlinkServer", "OpenSockets", "server_options", "tune_gc"]
 
 logger = logging.getLogger(__name__)
 
@@ -139,9 +140,11 @@ def _find_open_sockets(config: uvicorn.Config) -> OpenSockets | None:
     return None
 
 
-def websocket_options(settings: Settings) -> dict[str, Any]:
-    """uvicorn's websocket options from the settings (``evlink serve``, the benchmarks)."""
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options from the settings (``evlink serve``, the tests, the benchmarks):
+    the guarded HTTP protocol (:mod:`evlink.connections`) and the websocket limits."""
     return {
+        "http": PROTOCOL,
         "ws_max_size": settings.ws_max_message,
         "ws_per_message_deflate": settings.ws_compression,
     }

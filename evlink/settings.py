@@ -86,6 +86,11 @@ class Settings:
     graphql_max_cost: int = 5000
     graphql_max_spreads: int = 100  # fragment spreads written in one document
     max_body: int = 65_536  # bytes of a REST or GraphQL request body
+    # Seconds a connection may take to send a request head (slowloris sockets are closed).
+    header_timeout: float = 10.0
+    # Open connections (websockets included) past which new ones get 503; 0: the
+    # open-files limit less what the process needs for itself (evlink.connections).
+    max_connections: int = 0
     ws_max_message: int = 65_536  # bytes of one websocket message
     # permessage-deflate on GraphQL websockets: off, since events are a few hundred bytes
     # and each compressed socket costs zlib work per message and its own zlib state.
@@ -201,6 +206,16 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _non_negative_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
 def _non_negative_float(raw: str) -> float:
     try:
         value = float(raw)
@@ -276,6 +291,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "log_level": _choice(LOG_LEVELS, upper=True),
     "simulator_action_delay": _non_negative_float,
     "cache_ttl": _non_negative_float,
+    "max_connections": _non_negative_int,
     "enode_env": _choice(("sandbox", "production")),
     "redis_url": lambda raw: _redis_url(raw),
     "log_format": _choice(("text", "json")),

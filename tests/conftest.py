@@ -15,7 +15,7 @@ import os
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -36,7 +36,7 @@ from evlink.providers.enode import EnodeProvider
 from evlink.providers.simulator import ManualClock, SimulatedVehicle, Simulator
 from evlink.resolvers import accounts
 from evlink.resolvers.auth import issue_key
-from evlink.server import EvlinkServer, websocket_options
+from evlink.server import EvlinkServer, server_options
 from evlink.services import Services
 from evlink.settings import Settings, connection_name
 from tests.fakes.enode import FakeEnode
@@ -225,7 +225,7 @@ async def run_server(
     app = create_app(settings, provider=simulator)
     sock = _listening_socket()
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="on", log_level="warning", **websocket_options(settings))
+    config = uvicorn.Config(app, lifespan="on", log_level="warning", **server_options(settings))
     server = EvlinkServer(config, app.state.open_sockets)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     base_url = f"http://127.0.0.1:{port}"
@@ -251,10 +251,13 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def serve_process(database_url: str, **env: str) -> AsyncIterator[str]:
+async def serve_process(
+    database_url: str, preexec: Callable[[], None] | None = None, **env: str
+) -> AsyncIterator[str]:
     """``evlink serve`` in a process of its own (its event loop is not the test's), on a
-    free port of 127.0.0.1 with the simulator; ``env`` adds ``EVLINK_*`` variables.
-    Yields the base URL once its startup is complete; killed when the block ends."""
+    free port of 127.0.0.1 with the simulator; ``env`` adds ``EVLINK_*`` variables and
+    ``preexec`` runs in the child before it starts. Yields the base URL once it listens;
+    killed when the block ends."""
     port = free_port()
     environ = {
         **os.environ,
@@ -271,6 +274,7 @@ async def serve_process(database_url: str, **env: str) -> AsyncIterator[str]:
         env=environ,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=preexec,
     )
     drain: asyncio.Task[None] | None = None
     try:

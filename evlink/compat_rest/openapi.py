@@ -57,6 +57,10 @@ ERROR_CODES: dict[str, str] = {
         "(503, with `Retry-After`), or timed out (504), with no stored state to serve."
     ),
     "METHOD_NOT_ALLOWED": "The path does not take this HTTP method.",
+    "SERVER_BUSY": (
+        "The server has its most open connections (`EVLINK_MAX_CONNECTIONS`); the connection "
+        "is answered at once, with `Retry-After`, and closed."
+    ),
 }
 
 # ProviderUnavailable's status is chosen per failure; every other error has one.
@@ -343,7 +347,8 @@ def _ok(description: str, schema: Schema, *, limited: bool = True) -> Schema:
 def _error_responses(*raised: type[EvlinkError]) -> Schema:
     """One answer per status that ``raised`` (or an unexpected error) can give, with its codes."""
     by_status: dict[int, list[str]] = {}
-    candidates: list[type[EvlinkError]] = [*raised, errors.InternalError]
+    # Any path may meet an unexpected error, or a server past its cap on connections.
+    candidates: list[type[EvlinkError]] = [*raised, errors.InternalError, errors.ServerBusy]
     for error in candidates:
         for status in _STATUSES.get(error, (error.status,)):
             codes = by_status.setdefault(status, [])

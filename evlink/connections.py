@@ -1,0 +1,172 @@
+"""HTTP connections: a deadline for the request head, a cap on open connections, and the
+open-files limit raised at start-up.
+
+uvicorn closes idle keep-alive connections, but a connection that sends its request head
+a byte at a time (slowloris), or nothing at all, stays open for ever; with enough of them
+the process runs out of file descriptors and refuses every other client. So:
+
+- a connection whose request head is not complete within ``EVLINK_HEADER_TIMEOUT``
+  seconds of its opening (or of the first byte of its next request) is closed;
+- past ``EVLINK_MAX_CONNECTIONS`` open connections (websockets included), a new one is
+  answered ``503 SERVER_BUSY`` with ``Retry-After`` and closed at once, rather than held
+  while the process runs out of descriptors;
+- ``evlink serve`` raises the soft limit of open files to the hard limit, since the
+  common default of 1,024 is reached by an ordinary number of subscribers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import resource
+from dataclasses import dataclass
+from typing import Any
+
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from evlink.errors import ServerBusy
+from evlink.settings import Settings
+
+__all__ = [
+    "PROTOCOL",
+    "ConnectionLimits",
+    "GuardedHttpProtocol",
+    "connection_cap",
+    "raise_open_files_limit",
+]
+
+logger = logging.getLogger(__name__)
+
+# Descriptors kept for what is not a client connection: the database pool, Redis, the
+# provider's HTTP client, log files, the listening socket.
+RESERVED_FILES = 256
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit of open files to the hard limit; the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:  # a sandbox may refuse it: serve within the limit
+            logger.warning("could not raise the open-files limit from %d: %s", soft, exc)
+    return soft
+
+
+def connection_cap(configured: int, open_files: int) -> int:
+    """``EVLINK_MAX_CONNECTIONS``, or (0) what the open-files limit leaves for clients."""
+    if configured > 0:
+        return configured
+    return max(64, open_files - RESERVED_FILES)
+
+
+def _busy_answer() -> bytes:
+    """The whole HTTP answer to a connection past the cap, made once."""
+    error = ServerBusy()
+    body = json.dumps({"detail": error.message, "code": error.code}).encode()
+    head = (
+        f"HTTP/1.1 {error.status} Service Unavailable\r\n"
+        "content-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n"
+        f"retry-after: {round(error.retry_after or 1)}\r\n"
+        "connection: close\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+_BUSY = _busy_answer()
+
+
+@dataclass
+class ConnectionLimits:
+    """What :class:`GuardedHttpProtocol` enforces; the app keeps it in ``app.state``."""
+
+    header_timeout: float
+    max_connections: int
+    # Whether the cap was reached and not yet left: one WARNING, then one INFO.
+    capped: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ConnectionLimits:
+        """The limits of ``settings``, the open-files limit raised first."""
+        open_files = raise_open_files_limit()
+        return cls(settings.header_timeout, connection_cap(settings.max_connections, open_files))
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline for each request head and a cap on
+    the open connections. uvicorn makes it by its import path (:data:`PROTOCOL`), in
+    worker processes too; the limits are those of the app it serves."""
+
+    def __init__(self, config: Config, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        self.limits = _limits_of(config)
+        self._head_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            self._note_capped()
+            transport.write(_BUSY)
+            transport.close()
+            return
+        self._await_head()
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_deadline is None and (self.cycle is None or self.cycle.response_complete):
+            self._await_head()  # the first bytes of the next request on a kept-alive connection
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        self._head_arrived()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_arrived()
+        super().connection_lost(exc)
+        limits = self.limits
+        if limits.capped and len(self.connections) < limits.max_connections * 0.9:
+            limits.capped = False
+            logger.info("%d open connections: under the cap again", len(self.connections))
+
+    def _note_capped(self) -> None:
+        if not self.limits.capped:
+            self.limits.capped = True
+            logger.warning(
+                "%d open connections, past the cap (EVLINK_MAX_CONNECTIONS=%d): "
+                "new ones are answered 503 until some close",
+                len(self.connections) - 1,
+                self.limits.max_connections,
+            )
+
+    def _await_head(self) -> None:
+        self._head_deadline = self.loop.call_later(self.limits.header_timeout, self._head_late)
+
+    def _head_arrived(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_late(self) -> None:
+        self._head_deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+PROTOCOL = f"{__name__}:{GuardedHttpProtocol.__name__}"
+
+_DEFAULT_LIMITS = ConnectionLimits(header_timeout=10.0, max_connections=1_000_000)
+
+
+def _limits_of(config: Config) -> ConnectionLimits:
+    """The limits kept by the app that ``config`` serves (uvicorn wraps it in layers)."""
+    app: Any = getattr(config, "loaded_app", None)
+    for _ in range(6):
+        limits = getattr(getattr(app, "state", None), "connection_limits", None)
+        if isinstance(limits, ConnectionLimits):
+            return limits
+        app = getattr(app, "app", None)
+    return _DEFAULT_LIMITS

@@ -1,0 +1,153 @@
+"""Slow and numerous clients (evlink.connections): request heads have a deadline, open
+connections a cap, and the open-files limit is raised at start-up.
+
+Each test runs ``evlink serve`` in a process of its own and talks to it over raw sockets
+on 127.0.0.1, as a slowloris client would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import resource
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from tests.conftest import TIMEOUT, Server, serve_process
+
+PARTIAL_HEAD = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
+
+
+async def _closed_by_server(reader: asyncio.StreamReader, within: float) -> bytes:
+    """What the server sent before closing the connection (fails if it stays open)."""
+    return await asyncio.wait_for(reader.read(), within)
+
+
+@contextlib.asynccontextmanager
+async def slow_clients(
+    base_url: str, count: int
+) -> AsyncIterator[list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]:
+    """``count`` connections that each sent a request head that never ends."""
+    port = int(base_url.rsplit(":", 1)[1])
+    clients: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        for _ in range(count):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(PARTIAL_HEAD)
+            clients.append((reader, writer))
+        await asyncio.gather(*(writer.drain() for _, writer in clients))
+        yield clients
+    finally:
+        for _, writer in clients:
+            writer.close()
+
+
+async def test_a_request_head_not_complete_in_time_is_closed(server: Server) -> None:
+    async with serve_process(server.settings.database_url, EVLINK_HEADER_TIMEOUT="0.5") as url:
+        port = int(url.rsplit(":", 1)[1])
+        slow_reader, slow = await asyncio.open_connection("127.0.0.1", port)
+        slow.write(PARTIAL_HEAD)
+        silent_reader, silent = await asyncio.open_connection("127.0.0.1", port)
+        async with httpx.AsyncClient(base_url=url) as http:
+            answered = await http.get("/healthz")
+
+        assert await _closed_by_server(slow_reader, TIMEOUT) == b""
+        assert await _closed_by_server(silent_reader, TIMEOUT) == b""
+        slow.close()
+        silent.close()
+    assert answered.status_code == 200
+
+
+async def test_the_next_request_on_a_kept_alive_connection_has_the_deadline_too(
+    server: Server,
+) -> None:
+    """uvicorn stops its keep-alive timer at the first byte of the next request: without a
+    deadline of its own, a head sent a byte at a time would hold the connection for ever."""
+    async with serve_process(server.settings.database_url, EVLINK_HEADER_TIMEOUT="0.5") as url:
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        first = await asyncio.wait_for(reader.readuntil(b'{"status":"ok"}'), TIMEOUT)
+        writer.write(PARTIAL_HEAD)
+
+        rest = await _closed_by_server(reader, 3.0)  # well before the 5 s keep-alive
+        writer.close()
+    assert first.startswith(b"HTTP/1.1 200")
+    assert rest == b""
+
+
+async def test_a_connection_idle_between_requests_outlives_the_header_deadline(
+    server: Server,
+) -> None:
+    """The deadline covers the head only: a kept-alive connection that waits longer than
+    it between two requests is still served (uvicorn's keep-alive decides when it ends)."""
+    async with serve_process(server.settings.database_url, EVLINK_HEADER_TIMEOUT="0.3") as url:
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        writer.write(request)
+        first = await asyncio.wait_for(reader.readuntil(b'{"status":"ok"}'), TIMEOUT)
+        with pytest.raises(TimeoutError):  # idle for three deadlines: nothing happens
+            await asyncio.wait_for(reader.read(1), 1.0)
+        writer.write(request)
+        second = await asyncio.wait_for(reader.readuntil(b'{"status":"ok"}'), TIMEOUT)
+        writer.close()
+    assert first.startswith(b"HTTP/1.1 200")
+    assert second.startswith(b"HTTP/1.1 200")
+
+
+async def test_past_the_connection_cap_a_new_client_gets_503_at_once(server: Server) -> None:
+    env = {"EVLINK_MAX_CONNECTIONS": "20", "EVLINK_HEADER_TIMEOUT": "1"}
+    async with (
+        serve_process(server.settings.database_url, **env) as url,
+        httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as http,
+        slow_clients(url, 20) as slow,
+    ):
+        refused = await http.get("/healthz")
+        # The server closes the slow ones at their deadline: the cap has room again.
+        for reader, _ in slow:
+            assert await _closed_by_server(reader, TIMEOUT) == b""
+        served = await http.get("/healthz")
+
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json() == {
+        "detail": "Too many open connections; try again shortly",
+        "code": "SERVER_BUSY",
+    }
+    assert served.status_code == 200
+
+
+def _low_open_files_limit() -> None:
+    """In the server's process before it starts: the common default of 1,024 open files."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+
+
+@pytest.fixture
+def many_open_files() -> None:
+    """Room in the test's own process for the slow clients' sockets."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 4096:
+        pytest.skip(f"the hard limit of open files is {hard}: too low for 1,100 clients")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), hard))
+
+
+@pytest.mark.usefixtures("many_open_files")
+async def test_1100_slowloris_sockets_do_not_keep_a_status_read_waiting(server: Server) -> None:
+    user, key = await server.user()
+    vehicle = await server.vehicle(user, "plugged")
+    async with (
+        serve_process(server.settings.database_url, preexec=_low_open_files_limit) as url,
+        slow_clients(url, 1100),
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        status = await http.get(
+            f"/api/status/{vehicle.id}",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=1.0,
+        )
+
+    assert status.status_code == 200
+    assert status.json()["vehicleName"] == "Test plugged"
+    assert status.json()["isPluggedIn"] is True
