@@ -296,6 +296,12 @@ SHAPES: dict[str, Callable[[int, str], str]] = {
     "objects of repeated fields": lambda n, tag: (
         f"query {tag} {{ " + ("viewer { " + "id " * 50 + "} ") * n + "}"
     ),
+    # A variable: GraphQL's variable rules then walk the operation too.
+    "objects of repeated fields with a variable": lambda n, tag: (
+        f"query {tag}($v: ID!) {{ vehicle(id: $v) {{ id }} "
+        + ("viewer { " + "id " * 50 + "} ") * n
+        + "}"
+    ),
     "lists repeated": lambda n, tag: (
         f"query {tag} {{ vehicles {{ " + "chargeState { batteryLevel } " * n + "} }"
     ),
@@ -408,3 +414,16 @@ async def test_the_standard_introspection_query_is_within_the_limits(server: Ser
 
     assert body.get("errors") is None
     assert body["data"]["__schema"]["queryType"]["name"] == "Query"
+
+
+async def test_variables_are_still_checked_when_a_document_has_some(server: Server) -> None:
+    """A document without ``$`` skips GraphQL's variable rules; one with them does not."""
+    _, key = await server.user()
+
+    undefined = await server.graphql("query { vehicle(id: $v) { id } }", key=key)
+    unused = await server.graphql("query($v: ID) { viewer { id } }", key=key)
+    misplaced = await server.graphql("query($v: Int) { vehicle(id: $v) { id } }", key=key)
+
+    assert "Variable '$v' is not defined." in undefined["errors"][0]["message"]
+    assert "Variable '$v' is never used." in unused["errors"][0]["message"]
+    assert "used in position expecting type 'ID!'" in misplaced["errors"][0]["message"]
