@@ -31,6 +31,7 @@ from evlink.playground.page import playground_response
 from evlink.ratelimit import client_address
 from evlink.schema.context import Context
 from evlink.schema.results import ResultCache, capturing, read_body
+from evlink.schema.socket_messages import message_problem
 from evlink.server import OpenSockets, serve_until_closed
 from evlink.services import Services
 
@@ -38,8 +39,9 @@ __all__ = ["GraphQLView"]
 
 
 class _WebSocketAdapter(ASGIWebSocketAdapter):
-    """Strawberry's, except that JSON nested too deep closes the socket with 4400 on
-    both protocols (graphql-ws would skip it, as it skips any message that is not JSON)."""
+    """Strawberry's, except that JSON nested too deep, or a message of a shape its
+    handlers cannot read (:mod:`evlink.schema.socket_messages`), closes the socket with
+    4400 on both protocols (graphql-ws would skip the first and fail on the second)."""
 
     async def iter_json(
         self, *, ignore_parsing_errors: bool = False
@@ -47,13 +49,19 @@ class _WebSocketAdapter(ASGIWebSocketAdapter):
         try:
             while self.ws.application_state != WebSocketState.DISCONNECTED:
                 try:
-                    yield self.view.decode_json(await self.ws.receive_text())
+                    message = self.view.decode_json(await self.ws.receive_text())
                 except jsonbody.NestedTooDeep as refused:
                     await self.close(4400, refused.msg)
                     return
                 except JSONDecodeError as exc:
                     if not ignore_parsing_errors:
                         raise NonJsonMessageReceived from exc
+                    continue
+                problem = message_problem(message)
+                if problem is not None:
+                    await self.close(4400, problem)
+                    return
+                yield message
         except KeyError as exc:  # a binary message
             raise NonTextMessageReceived from exc
         except WebSocketDisconnect:
@@ -205,12 +213,18 @@ class GraphQLView(GraphQL[Context, None]):
         return jsonbody.loads(data)
 
     def parse_json(self, data: str | bytes) -> Any:
+        """Strawberry parses the body (bytes) and the query string's ``variables`` and
+        ``extensions`` (text) here. A body must be an object (or a batch's array, refused
+        later): Strawberry fails on anything else (a 500)."""
         try:
-            return self.decode_json(data)
+            value = self.decode_json(data)
         except jsonbody.NestedTooDeep as refused:
             raise HTTPException(400, refused.msg) from None
         except JSONDecodeError:
             raise HTTPException(400, "Unable to parse request body as JSON") from None
+        if isinstance(data, bytes) and not isinstance(value, dict | list):
+            raise HTTPException(400, "The body must be a JSON object")
+        return value
 
     async def render_graphql_ide(self, request: Request) -> Response:
         """Strawberry's IDE page loads GraphiQL from a CDN: serve evlink's own instead."""

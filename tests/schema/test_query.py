@@ -305,6 +305,9 @@ async def test_malformed_requests_are_refused_in_the_graphql_error_shape(server:
     refusals = {
         "body not JSON": {"content": b"{not json", "headers": {"Content-Type": "application/json"}},
         "no query": {"json": {"variables": {}}},
+        "a number for a body": {"json": 5},
+        "a string for a body": {"json": "{ viewer { id } }"},
+        "null for a body": {"content": b"null", "headers": {"Content-Type": "application/json"}},
         "a batch": {"json": [operation, operation]},
         "unsupported content type": {
             "content": b"query { viewer { id } }",
