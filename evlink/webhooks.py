@@ -71,7 +71,7 @@ async def enode_webhook(request: Request) -> JSONResponse:
     body = await _read_body(request, services.settings.webhook_max_body)
     given = request.headers.get("x-enode-signature", "")
     if not hmac.compare_digest(signature_for(secret, body).encode(), given.encode()):
-        logger.warning("webhook: refused a delivery with a bad signature")
+        logger.info("webhook: refused a delivery with a bad signature")
         raise Unauthenticated("Invalid webhook signature")
     try:
         events = jsonbody.loads(body)

@@ -37,7 +37,7 @@ def _payload_problem(kind: str, payload: object) -> str | None:
     for name in ("variables", "extensions"):
         if payload.get(name) is not None and not isinstance(payload[name], dict):
             return f"The {name} of a {kind} message must be an object"
-    name = payload.get("operationName")
-    if name is not None and not isinstance(name, str):
+    operation = payload.get("operationName")
+    if operation is not None and not isinstance(operation, str):
         return f"The operationName of a {kind} message must be a string"
     return None

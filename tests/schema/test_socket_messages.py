@@ -87,7 +87,7 @@ async def test_a_message_of_the_wrong_shape_closes_the_socket_with_4400(
     # A message of the right shape is served on the same protocol.
     socket = await open_socket(server, protocol, key, init=True)
     start = "subscribe" if protocol == "graphql-transport-ws" else "start"
-    subscription = "subscription { chargeState(vehicleId: \"none\") { batteryLevel } }"
+    subscription = 'subscription { chargeState(vehicleId: "none") { batteryLevel } }'
     await socket.send(json.dumps({"id": "1", "type": start, "payload": {"query": subscription}}))
     while True:  # bounded by TIMEOUT per message: keep-alives may come first
         answer = json.loads(await asyncio.wait_for(socket.recv(), TIMEOUT))
