@@ -77,9 +77,10 @@ class Settings:
     log_format: LogFormat = "text"
     # Seconds an instance holds a command it follows; another takes it over after that.
     command_lease: float = 30.0
-    # production: GraphQL errors make no field suggestions (they reveal the schema).
+    # production: GraphQL errors make no field suggestions and name nothing of the schema
+    # the client did not write, and introspection is off unless explicitly turned on.
     environment: Environment = "development"
-    graphql_introspection: bool = True
+    graphql_introspection: bool | None = None  # None: not given (see `introspection`)
     graphql_max_depth: int = 10
     graphql_max_tokens: int = 2000
     graphql_max_aliases: int = 15
@@ -142,6 +143,14 @@ class Settings:
         from evlink.ratelimit import check_settings  # lazily: it imports the models
 
         check_settings(self)
+
+    @property
+    def introspection(self) -> bool:
+        """EVLINK_GRAPHQL_INTROSPECTION when it is given (true or false); otherwise on,
+        except in production."""
+        if self.graphql_introspection is not None:
+            return self.graphql_introspection
+        return self.environment != "production"
 
     @property
     def enode_urls(self) -> tuple[str, str]:
@@ -279,6 +288,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "redis_url": lambda raw: _redis_url(raw),
     "log_format": _choice(("text", "json")),
     "environment": _choice(("development", "production")),
+    "graphql_introspection": _bool,
     "enode_api_url": lambda raw: _http_url(raw),
     "enode_oauth_url": lambda raw: _http_url(raw),
 }

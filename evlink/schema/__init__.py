@@ -65,7 +65,7 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         lambda: ValidationCache(maxsize=256),
         OperationQuotas,  # charges each valid operation before it executes
     ]
-    if not settings.graphql_introspection:
+    if not settings.introspection:
         extensions.append(DisableIntrospection)
     return Schema(
         query=Query,
