@@ -112,7 +112,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
     from uvicorn.supervisors import Multiprocess
 
     from evlink.app import create_app
-    from evlink.server import EvlinkServer, websocket_options
+    from evlink.server import EvlinkServer, proxy_options, websocket_options
 
     workers: int = args.workers
     if workers > 1 and not settings.redis_url:
@@ -128,6 +128,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
         "access_log": False,  # evlink.edge writes the access log, with the request id
         "timeout_graceful_shutdown": 10,
         **websocket_options(settings),
+        **proxy_options(settings),
     }
     if workers == 1:
         EvlinkServer(uvicorn.Config(create_app(settings), **common)).run()

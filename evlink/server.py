@@ -21,7 +21,7 @@ from starlette.types import Send
 
 from evlink.settings import Settings
 
-__all__ = ["EvlinkServer", "OpenSockets", "tune_gc", "websocket_options"]
+__all__ = ["EvlinkServer", "OpenSockets", "proxy_options", "tune_gc", "websocket_options"]
 
 logger = logging.getLogger(__name__)
 
@@ -145,3 +145,13 @@ def websocket_options(settings: Settings) -> dict[str, Any]:
         "ws_max_size": settings.ws_max_message,
         "ws_per_message_deflate": settings.ws_compression,
     }
+
+
+def proxy_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's proxy options from the settings: ``X-Forwarded-For`` and
+    ``X-Forwarded-Proto`` are believed only from EVLINK_FORWARDED_ALLOW_IPS. uvicorn's own
+    default believes them from 127.0.0.1, so that a local client could pick the address
+    the failed-key limit counts (:func:`evlink.ratelimit.client_address`)."""
+    if not settings.forwarded_allow_ips:
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": settings.forwarded_allow_ips}

@@ -35,7 +35,7 @@ from evlink.providers.enode import EnodeProvider
 from evlink.providers.simulator import ManualClock, SimulatedVehicle, Simulator
 from evlink.resolvers import accounts
 from evlink.resolvers.auth import issue_key
-from evlink.server import EvlinkServer, websocket_options
+from evlink.server import EvlinkServer, proxy_options, websocket_options
 from evlink.services import Services
 from evlink.settings import Settings, connection_name
 from tests.fakes.enode import FakeEnode
@@ -224,7 +224,13 @@ async def run_server(
     app = create_app(settings, provider=simulator)
     sock = _listening_socket()
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="on", log_level="warning", **websocket_options(settings))
+    config = uvicorn.Config(
+        app,
+        lifespan="on",
+        log_level="warning",
+        **websocket_options(settings),
+        **proxy_options(settings),
+    )
     server = EvlinkServer(config, app.state.open_sockets)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     base_url = f"http://127.0.0.1:{port}"
