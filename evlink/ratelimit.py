@@ -608,7 +608,9 @@ def limit_field(states: Sequence[LimitState]) -> str:
 
 
 def client_address(connection: HTTPConnection) -> str | None:
-    """The client's address as the server sees it (uvicorn applies trusted proxy headers)."""
+    """The client's address as the server sees it: the connection's peer, or the address a
+    proxy in EVLINK_FORWARDED_ALLOW_IPS forwarded (uvicorn applies it;
+    :func:`evlink.server.proxy_options`)."""
     client = connection.scope.get("client")
     return str(client[0]) if client else None
 

@@ -22,7 +22,7 @@ from starlette.types import Send
 from evlink.connections import PROTOCOL
 from evlink.settings import Settings
 
-__all__ = ["EvlinkServer", "OpenSockets", "server_options", "tune_gc"]
+__all__ = ["EvlinkServer", "OpenSockets", "proxy_options", "server_options", "tune_gc"]
 
 logger = logging.getLogger(__name__)
 
@@ -142,9 +142,21 @@ def _find_open_sockets(config: uvicorn.Config) -> OpenSockets | None:
 
 def server_options(settings: Settings) -> dict[str, Any]:
     """uvicorn's options from the settings (``evlink serve``, the tests, the benchmarks):
-    the guarded HTTP protocol (:mod:`evlink.connections`) and the websocket limits."""
+    the guarded HTTP protocol (:mod:`evlink.connections`), the websocket limits and
+    whom to believe about forwarded addresses."""
     return {
         "http": PROTOCOL,
         "ws_max_size": settings.ws_max_message,
         "ws_per_message_deflate": settings.ws_compression,
+        **proxy_options(settings),
     }
+
+
+def proxy_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's proxy options from the settings: ``X-Forwarded-For`` and
+    ``X-Forwarded-Proto`` are believed only from EVLINK_FORWARDED_ALLOW_IPS. uvicorn's own
+    default believes them from 127.0.0.1, so that a local client could pick the address
+    the failed-key limit counts (:func:`evlink.ratelimit.client_address`)."""
+    if not settings.forwarded_allow_ips:
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": settings.forwarded_allow_ips}

@@ -7,6 +7,7 @@ that line and nothing else.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -77,9 +78,10 @@ class Settings:
     log_format: LogFormat = "text"
     # Seconds an instance holds a command it follows; another takes it over after that.
     command_lease: float = 30.0
-    # production: GraphQL errors make no field suggestions (they reveal the schema).
+    # production: GraphQL errors make no field suggestions and name nothing of the schema
+    # the client did not write, and introspection is off unless explicitly turned on.
     environment: Environment = "development"
-    graphql_introspection: bool = True
+    graphql_introspection: bool | None = None  # None: not given (see `introspection`)
     graphql_max_depth: int = 10
     graphql_max_tokens: int = 2000
     graphql_max_aliases: int = 15
@@ -101,6 +103,9 @@ class Settings:
     ws_keepalive: float = 15.0  # seconds between keep-alive pings
     # Origins allowed by CORS, comma-separated ("*" for any); empty: CORS off.
     cors_origins: str = ""
+    # Peers whose X-Forwarded-For and X-Forwarded-Proto are believed: IP addresses or
+    # networks, comma-separated, or "*"; empty: none, the client is the connection's peer.
+    forwarded_allow_ips: str = ""
     # Rate limits (evlink.ratelimit), COUNT/[N]UNIT per tier; a tier left out keeps its default.
     quotas: str = "free=300/30days;basic=2000/30days;pro=10000/30days"  # reads per user
     command_quotas: str = "free=0/day;basic=0/day;pro=200/day"  # charging commands per user
@@ -148,6 +153,14 @@ class Settings:
         from evlink.ratelimit import check_settings  # lazily: it imports the models
 
         check_settings(self)
+
+    @property
+    def introspection(self) -> bool:
+        """EVLINK_GRAPHQL_INTROSPECTION when it is given (true or false); otherwise on,
+        except in production."""
+        if self.graphql_introspection is not None:
+            return self.graphql_introspection
+        return self.environment != "production"
 
     @property
     def enode_urls(self) -> tuple[str, str]:
@@ -265,6 +278,23 @@ def _redis_url(raw: str) -> str:
     return raw
 
 
+def _forwarded_ips(raw: str) -> str:
+    """``*``, or addresses and networks in the form uvicorn compares (which takes anything
+    else, a typo included, for a name that never matches)."""
+    items = [item.strip() for item in raw.split(",") if item.strip()]
+    if items == ["*"]:
+        return "*"
+    try:
+        return ",".join(
+            str(ipaddress.ip_network(item, strict=False))
+            if "/" in item
+            else str(ipaddress.ip_address(item))
+            for item in items
+        )
+    except ValueError:
+        raise ValueError("expected IP addresses or networks, comma-separated, or *") from None
+
+
 def _bool(raw: str) -> bool:
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -296,6 +326,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "redis_url": lambda raw: _redis_url(raw),
     "log_format": _choice(("text", "json")),
     "environment": _choice(("development", "production")),
+    "graphql_introspection": _bool,
+    "forwarded_allow_ips": _forwarded_ips,
     "enode_api_url": lambda raw: _http_url(raw),
     "enode_oauth_url": lambda raw: _http_url(raw),
 }

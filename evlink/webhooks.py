@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse
 from tortoise.exceptions import IntegrityError
 from tortoise.queryset import QuerySet
 
+from evlink import jsonbody
 from evlink.cache import user_tag, vehicle_tag
 from evlink.errors import BadRequest, NotFound, PayloadTooLarge, Unauthenticated
 from evlink.events import delivery_topic
@@ -70,11 +71,13 @@ async def enode_webhook(request: Request) -> JSONResponse:
     body = await _read_body(request, services.settings.webhook_max_body)
     given = request.headers.get("x-enode-signature", "")
     if not hmac.compare_digest(signature_for(secret, body).encode(), given.encode()):
-        logger.warning("webhook: refused a delivery with a bad signature")
+        logger.info("webhook: refused a delivery with a bad signature")
         raise Unauthenticated("Invalid webhook signature")
     try:
-        events = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        events = jsonbody.loads(body)
+    except jsonbody.NestedTooDeep as refused:
+        raise BadRequest(refused.msg) from None
+    except json.JSONDecodeError:
         raise BadRequest("The body is not JSON") from None
     if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
         raise BadRequest("The body must be a JSON array of events")

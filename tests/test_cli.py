@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from evlink.resolvers.auth import check_key_format
@@ -120,3 +123,61 @@ def test_a_duplicate_user_fails_with_one_line(cli: Cli) -> None:
     assert len(lines) == 1, result.stderr
     assert "dup@b.c" in lines[0]
     assert result.stdout == ""
+
+
+async def test_serve_counts_failed_keys_by_peer_and_escapes_what_it_logs(cli: Cli) -> None:
+    """`evlink serve` as run in production: X-Forwarded-For from an untrusted peer (here
+    127.0.0.1, which uvicorn alone would trust) does not move the failed-key count, and a
+    line feed in a path reaches the log escaped."""
+    port = _free_port()
+    env = {**cli.env, "EVLINK_PORT": str(port), "EVLINK_AUTH_FAILURES": "3/minute"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "evlink.cli",
+        "serve",
+        env=env,
+        cwd=cli.cwd,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    try:
+        await asyncio.wait_for(_line_with(process.stderr, b"Application startup complete"), 30)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            codes = [
+                (
+                    await http.get(
+                        "/api/ha/me",
+                        headers={
+                            "Authorization": "Bearer junk",
+                            "X-Forwarded-For": f"203.0.113.{n}",
+                        },
+                    )
+                ).status_code
+                for n in range(1, 5)
+            ]
+            forged = "/x%0a2026-11-29 12:00:00,000 ERROR evlink.edge [forged]".replace(" ", "%20")
+            assert (await http.get(forged)).status_code == 404
+        line = await asyncio.wait_for(_line_with(process.stderr, b" evlink.access "), 30)
+        while b"/x" not in line:  # bounded by the four requests logged before it
+            line = await asyncio.wait_for(_line_with(process.stderr, b" evlink.access "), 30)
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 30)
+
+    assert codes == [401, 401, 401, 429]
+    assert b"GET /x\\x0a2026-11-29 12:00:00,000 ERROR evlink.edge [forged] 404" in line
+
+
+async def _line_with(stream: asyncio.StreamReader, marker: bytes) -> bytes:
+    async for line in stream:
+        if marker in line:
+            return line
+    raise AssertionError(f"the server ended before it logged {marker!r}")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

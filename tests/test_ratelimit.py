@@ -441,6 +441,31 @@ async def test_failed_keys_are_limited_per_address_but_never_a_valid_key(
         assert (await server.http.get(ME, headers=bearer("junk"))).status_code == 401
 
 
+async def test_forwarded_addresses_count_only_from_the_proxies_configured(
+    make_settings: Any,
+) -> None:
+    """uvicorn alone believes X-Forwarded-For from 127.0.0.1: a local client could then
+    pick a new address for each guess. evlink believes it from EVLINK_FORWARDED_ALLOW_IPS
+    only (none by default)."""
+
+    async def guesses(server: Server, forwarded_for: list[str]) -> list[int]:
+        return [
+            (
+                await server.http.get(ME, headers={**bearer("junk"), "X-Forwarded-For": a})
+            ).status_code
+            for a in forwarded_for
+        ]
+
+    spoofed = [f"203.0.113.{n}" for n in range(1, 5)]
+    async with limited(make_settings(auth_failures="3/minute")) as (server, _):
+        assert await guesses(server, spoofed) == [401, 401, 401, 429]
+    behind_a_proxy = make_settings(auth_failures="3/minute", forwarded_allow_ips="127.0.0.1")
+    async with limited(behind_a_proxy) as (server, _):
+        # The proxy's header names the client: each address has its own count.
+        assert await guesses(server, spoofed) == [401, 401, 401, 401]
+        assert await guesses(server, ["198.51.100.7"] * 4) == [401, 401, 401, 429]
+
+
 async def test_a_bad_key_on_a_websocket_counts_as_a_failure(make_settings: Any) -> None:
     async with limited(make_settings(auth_failures="1/minute")) as (server, _):
         _, key = await server.user()

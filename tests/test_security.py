@@ -165,7 +165,6 @@ async def test_graphql_fields_refuse_another_users_vehicle_and_command_without_p
 
     for query, variables in [
         (VEHICLE, {"id": str(car.id)}),
-        (COMMAND, {"id": str(command.id)}),
         (SET_CHARGING, {"id": str(car.id), "action": "START"}),
         (SET_CHARGING, {"id": str(car.id), "action": "STOP"}),
     ]:
@@ -173,6 +172,11 @@ async def test_graphql_fields_refuse_another_users_vehicle_and_command_without_p
         assert body["data"] is None, query
         assert error_code(body) == "FORBIDDEN_OWNER", query
         assert body["errors"][0]["message"] == FORBIDDEN_OWNER["detail"]
+    # Another user's command answers exactly as a command that does not exist.
+    theirs = await server.graphql(COMMAND, {"id": str(command.id)}, key=intruder_key)
+    missing = await server.graphql(COMMAND, {"id": str(uuid.uuid4())}, key=intruder_key)
+    assert theirs == missing
+    assert error_code(theirs) == "NOT_FOUND"
 
     assert server.simulator.calls == before
     assert await ChargingCommand.filter(vehicle_id=car.id).count() == 1
@@ -192,16 +196,23 @@ async def test_subscriptions_refuse_another_users_vehicle_and_command_on_both_pr
     requests = [
         GraphQLRequest(CHARGE_STATE_SUBSCRIPTION, variable_values={"id": str(car.id)}),
         GraphQLRequest(COMMAND_SUBSCRIPTION, variable_values={"id": str(command.id)}),
+        GraphQLRequest(COMMAND_SUBSCRIPTION, variable_values={"id": str(uuid.uuid4())}),
     ]
 
     for protocol in PROTOCOLS:
         async with server.gql_client(intruder_key, protocol) as session:
+            errors = []
             for request in requests:
                 async with aclosing(session.subscribe(request)) as stream:
                     with pytest.raises(TransportQueryError) as refused:
                         await asyncio.wait_for(anext(stream), TIMEOUT)
                 assert refused.value.errors is not None, protocol
-                assert refused.value.errors[0]["extensions"]["code"] == "FORBIDDEN_OWNER", protocol
+                errors.append(refused.value.errors)
+        vehicle_refused, their_command, missing_command = errors
+        assert vehicle_refused[0]["extensions"]["code"] == "FORBIDDEN_OWNER", protocol
+        # Another user's command answers exactly as a command that does not exist.
+        assert their_command == missing_command, protocol
+        assert their_command[0]["extensions"]["code"] == "NOT_FOUND", protocol
 
     assert server.simulator.calls == before
     # The owner's own subscription gets the state, read from the provider.

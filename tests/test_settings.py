@@ -122,6 +122,10 @@ def test_a_missing_env_file_is_not_an_error(tmp_path: Path) -> None:
         ("EVLINK_LOG_LEVEL", "verbose"),
         ("EVLINK_DATABASE_URL", "mysql://x"),
         ("EVLINK_DATABASE_URL", "var/evlink.sqlite3"),
+        ("EVLINK_GRAPHQL_INTROSPECTION", "sometimes"),
+        ("EVLINK_FORWARDED_ALLOW_IPS", "10.0.0.300"),
+        ("EVLINK_FORWARDED_ALLOW_IPS", "proxy.internal"),
+        ("EVLINK_FORWARDED_ALLOW_IPS", "10.0.0.1,*"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_variable(name: str, value: str) -> None:
@@ -180,3 +184,29 @@ def test_enode_needs_its_credentials() -> None:
     with pytest.raises(SettingsError) as error:
         from_env({"EVLINK_PROVIDER": "enode"})
     assert str(error.value).startswith("EVLINK_ENODE_CLIENT_ID:")
+
+
+@pytest.mark.parametrize(
+    ("environ", "introspection"),
+    [
+        ({}, True),
+        ({"EVLINK_GRAPHQL_INTROSPECTION": "false"}, False),
+        ({"EVLINK_ENVIRONMENT": "production"}, False),
+        ({"EVLINK_ENVIRONMENT": "production", "EVLINK_GRAPHQL_INTROSPECTION": "true"}, True),
+        ({"EVLINK_ENVIRONMENT": "production", "EVLINK_GRAPHQL_INTROSPECTION": "false"}, False),
+        ({"EVLINK_ENVIRONMENT": "production", "EVLINK_GRAPHQL_INTROSPECTION": ""}, False),
+    ],
+)
+def test_production_turns_introspection_off_unless_the_variable_is_given(
+    environ: dict[str, str], introspection: bool
+) -> None:
+    assert from_env(environ).introspection is introspection
+
+
+def test_forwarded_ips_are_read_as_uvicorn_compares_them() -> None:
+    assert from_env({}).forwarded_allow_ips == ""  # no proxy believed
+    given = from_env({"EVLINK_FORWARDED_ALLOW_IPS": " 10.0.0.7 , 172.16.0.1/12, ::1 "})
+    # A network with host bits set is written as the network: uvicorn would otherwise take
+    # it for a name and never match it.
+    assert given.forwarded_allow_ips == "10.0.0.7,172.16.0.0/12,::1"
+    assert from_env({"EVLINK_FORWARDED_ALLOW_IPS": "*"}).forwarded_allow_ips == "*"

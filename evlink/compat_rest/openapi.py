@@ -37,8 +37,9 @@ ERROR_CODES: dict[str, str] = {
     "FORBIDDEN_OWNER": "The vehicle belongs to another user.",
     "NOT_FOUND": "No such vehicle (any id that is not a UUID included).",
     "BAD_REQUEST": (
-        "The body is not a JSON object, the action is not START or STOP, `wait` is out of "
-        "range, or the idempotency key is not 1 to 255 characters."
+        "The body is not a JSON object or nests more than 32 levels of arrays and objects, "
+        "the action is not START or STOP, `wait` is out of range, or the idempotency key is "
+        "not 1 to 255 characters."
     ),
     "PAYLOAD_TOO_LARGE": "The request body is larger than the server accepts.",
     "UNSUPPORTED_MEDIA_TYPE": "The body is sent with a content type other than JSON.",

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from evlink import jsonbody
 from evlink.compat_rest.bodies import charging_body, me_body, status_body, vehicle_body
 from evlink.errors import BadRequest, UnsupportedMediaType
 from evlink.headers import media_type
@@ -102,8 +103,10 @@ def _check_json(request: Request) -> None:
 async def _action(request: Request) -> ChargingAction:
     _check_json(request)
     try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = jsonbody.loads(await request.body())
+    except jsonbody.NestedTooDeep as refused:
+        raise BadRequest(refused.msg) from None
+    except json.JSONDecodeError:
         raise BadRequest('body must be JSON: {"action": "START"} or {"action": "STOP"}') from None
     if not isinstance(body, dict):
         raise BadRequest('body must be a JSON object: {"action": "START"}')

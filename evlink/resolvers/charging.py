@@ -291,10 +291,16 @@ def _parse_command_id(command_id: str | UUID) -> UUID:
 
 
 async def get_command(user: User, command_id: str | UUID) -> ChargingCommand:
-    command = await ChargingCommand.get_or_none(id=_parse_command_id(command_id))
+    """The command on one of the user's vehicles. Another user's command answers exactly
+    as a missing one does (NOT_FOUND, from the same query), so that command ids cannot be
+    probed; vehicles keep their 403 (docs/security.md)."""
+    command = await ChargingCommand.get_or_none(
+        id=_parse_command_id(command_id),
+        vehicle__user_id=user.id,
+        vehicle__deleted_at__isnull=True,
+    )
     if command is None:
         raise NotFound("Command not found")
-    await vehicles.get_vehicle(user, command.vehicle_id)  # type: ignore[attr-defined]
     return command
 
 

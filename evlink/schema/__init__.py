@@ -17,7 +17,7 @@ from strawberry.extensions import (
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
-from evlink.schema.errors import ErrorCodes
+from evlink.schema.errors import ErrorCodes, without_schema_names
 from evlink.schema.fanout import SharedEventExecutor
 from evlink.schema.limits import Limits, document_limits, one_command_rule
 from evlink.schema.query import Mutation, Query, Subscription
@@ -37,10 +37,10 @@ class Schema(strawberry.Schema):
 
     @staticmethod
     def remove_field_suggestion(error: GraphQLError) -> None:
-        """Production mode: no error suggests a name (field, argument, enum value), since
-        suggestions would show the schema that disabled introspection hides."""
-        if "Did you mean" in error.message:
-            error.message = error.message.split("Did you mean")[0].strip()
+        """Production mode: no error suggests a name (field, argument, enum value) or names
+        an argument or type the client did not write (:func:`without_schema_names`), since
+        either would show the schema that disabled introspection hides."""
+        error.message = without_schema_names(error.message)
 
 
 def build_schema(settings: Settings | None = None) -> strawberry.Schema:
@@ -65,7 +65,7 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         document_limits(limits),
         OperationQuotas,  # charges each valid operation before it executes
     ]
-    if not settings.graphql_introspection:
+    if not settings.introspection:
         extensions.append(DisableIntrospection)
     return Schema(
         query=Query,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 
 from graphql import GraphQLError
@@ -13,7 +14,7 @@ from strawberry.types.execution import StreamExecutionResult
 from evlink.errors import BadRequest, EvlinkError, InternalError
 from evlink.requestid import current_request_id
 
-__all__ = ["ErrorCodes", "format_error"]
+__all__ = ["ErrorCodes", "format_error", "without_schema_names"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,56 @@ def format_error(error: GraphQLError) -> GraphQLError:
         original_error=None,
         extensions=extensions,
     )
+
+
+# GraphQL's own messages that name an argument, a type or a parent type the client did
+# not write, with what production answers instead (the client's own names kept).
+_SCHEMA_NAMES: list[tuple[re.Pattern[str], str]] = [
+    (
+        re.compile(
+            r"Argument '(?:\w+\.)?(@?\w+)\(\w+:\)' of type '[^']*' is required,"
+            r" but it was not provided\."
+        ),
+        r"A required argument of '\1' was not provided.",
+    ),
+    (re.compile(r"Cannot query field '(\w+)' on type '\w+'\."), r"Cannot query field '\1' here."),
+    (
+        re.compile(r"Unknown argument '(\w+)' on field '\w+\.(\w+)'\."),
+        r"Unknown argument '\1' on field '\2'.",
+    ),
+    (
+        re.compile(
+            r"Field '(\w+)' must not have a selection since type '[^']*' has no subfields\."
+        ),
+        r"Field '\1' must not have a selection.",
+    ),
+    (re.compile(r"Field '(\w+)' of type '[^']*' must have"), r"Field '\1' must have"),
+    (
+        re.compile(r"(Variable '\$\w+' of type '[^']*') used in position expecting type '[^']*'\."),
+        r"\1 cannot be used in this position.",
+    ),
+    (re.compile(r"does not exist in '\w+' enum\."), "does not exist in this enum."),
+    (
+        re.compile(
+            r"(?:Enum '\w+'|\b(?:Int|Float|String|Boolean|ID)) cannot represent [^:]*value: "
+        ),
+        "Cannot represent value: ",
+    ),
+    (re.compile(r"(Expected (?:a )?value) of (?:non-null )?type '[^']*'"), r"\1"),
+    (
+        re.compile(r"as objects of type '\w+' can never be of type '(\w+)'"),
+        r"as these objects can never be of type '\1'",
+    ),
+]
+
+
+def without_schema_names(message: str) -> str:
+    """Production: ``message`` with no suggestion ("Did you mean …") and no name of an
+    argument or a type that the client did not write; its own names stay."""
+    message = message.split("Did you mean")[0].strip()
+    for pattern, replacement in _SCHEMA_NAMES:
+        message = pattern.sub(replacement, message)
+    return message
 
 
 def _rewrite(result: object) -> None:

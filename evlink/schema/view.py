@@ -5,6 +5,8 @@ A browser's ``GET /graphql`` gets the self-hosted playground (:mod:`evlink.playg
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
+from json import JSONDecodeError
 from typing import Any
 
 import strawberry
@@ -12,26 +14,63 @@ from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocket
-from strawberry.asgi import GraphQL
-from strawberry.exceptions import ConnectionRejectionError
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from strawberry.asgi import ASGIWebSocketAdapter, GraphQL
+from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
 from strawberry.http import GraphQLRequestData
+from strawberry.http.exceptions import NonJsonMessageReceived, NonTextMessageReceived
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import ExecutionResult, SubscriptionExecutionResult
+from strawberry.types.graphql import OperationType
 from strawberry.types.unset import UnsetType
 
+from evlink import jsonbody
 from evlink.errors import EvlinkError
 from evlink.metrics import Metrics
 from evlink.playground.page import playground_response
 from evlink.ratelimit import client_address
 from evlink.schema.context import Context
 from evlink.schema.results import ResultCache, capturing, read_body
+from evlink.schema.socket_messages import message_problem
 from evlink.server import OpenSockets, serve_until_closed
 from evlink.services import Services
 
 __all__ = ["GraphQLView"]
 
 
+class _WebSocketAdapter(ASGIWebSocketAdapter):
+    """Strawberry's, except that JSON nested too deep, or a message of a shape its
+    handlers cannot read (:mod:`evlink.schema.socket_messages`), closes the socket with
+    4400 on both protocols (graphql-ws would skip the first and fail on the second)."""
+
+    async def iter_json(
+        self, *, ignore_parsing_errors: bool = False
+    ) -> AsyncGenerator[object, None]:
+        try:
+            while self.ws.application_state != WebSocketState.DISCONNECTED:
+                try:
+                    message = self.view.decode_json(await self.ws.receive_text())
+                except jsonbody.NestedTooDeep as refused:
+                    await self.close(4400, refused.msg)
+                    return
+                except JSONDecodeError as exc:
+                    if not ignore_parsing_errors:
+                        raise NonJsonMessageReceived from exc
+                    continue
+                problem = message_problem(message)
+                if problem is not None:
+                    await self.close(4400, problem)
+                    return
+                yield message
+        except KeyError as exc:  # a binary message
+            raise NonTextMessageReceived from exc
+        except WebSocketDisconnect:
+            pass
+
+
 class GraphQLView(GraphQL[Context, None]):
+    websocket_adapter_class = _WebSocketAdapter
+
     def __init__(self, schema: strawberry.Schema, **kwargs: Any) -> None:
         super().__init__(schema, **kwargs)
         self.results = ResultCache(schema._schema)
@@ -138,6 +177,55 @@ class GraphQLView(GraphQL[Context, None]):
             pending.cacheable = self.results.document_cacheable(request_data.query)
         return result
 
+    async def execute_single(
+        self,
+        request: Request,
+        request_adapter: AsyncHTTPRequestAdapter,
+        sub_response: Response,
+        context: Context,
+        root_value: None,
+        request_data: GraphQLRequestData,
+    ) -> ExecutionResult:
+        """Strawberry's, less subscriptions: over HTTP it would run one as a query and fail
+        inside the resolver (a 500). A subscription is refused (400) before it runs."""
+        allowed = OperationType.from_http(request_adapter.method) - {OperationType.SUBSCRIPTION}
+        try:
+            return await self.schema.execute(
+                request_data.query,
+                root_value=root_value,
+                variable_values=request_data.variables,
+                context_value=context,
+                operation_name=request_data.operation_name,
+                allowed_operation_types=allowed,
+                operation_extensions=request_data.extensions,
+            )
+        except CannotGetOperationTypeError as refused:
+            raise HTTPException(400, refused.as_http_error_reason()) from None
+        except InvalidOperationTypeError as refused:
+            if refused.operation_type is OperationType.SUBSCRIPTION:
+                raise HTTPException(400, SUBSCRIPTIONS_OVER_WEBSOCKETS) from None
+            raise HTTPException(400, refused.as_http_error_reason(request_adapter.method)) from None
+        except MissingQueryError:
+            raise HTTPException(400, "No GraphQL query found in the request") from None
+
+    def decode_json(self, data: str | bytes) -> object:
+        """HTTP bodies, ``variables`` in a query string and websocket messages."""
+        return jsonbody.loads(data)
+
+    def parse_json(self, data: str | bytes) -> Any:
+        """Strawberry parses the body (bytes) and the query string's ``variables`` and
+        ``extensions`` (text) here. A body must be an object (or a batch's array, refused
+        later): Strawberry fails on anything else (a 500)."""
+        try:
+            value = self.decode_json(data)
+        except jsonbody.NestedTooDeep as refused:
+            raise HTTPException(400, refused.msg) from None
+        except JSONDecodeError:
+            raise HTTPException(400, "Unable to parse request body as JSON") from None
+        if isinstance(data, bytes) and not isinstance(value, dict | list):
+            raise HTTPException(400, "The body must be a JSON object")
+        return value
+
     async def render_graphql_ide(self, request: Request) -> Response:
         """Strawberry's IDE page loads GraphiQL from a CDN: serve evlink's own instead."""
         return playground_response(request)
@@ -169,6 +257,10 @@ def request_error(status: int, message: str) -> JSONResponse:
     )
 
 
+SUBSCRIPTIONS_OVER_WEBSOCKETS = (
+    "Subscriptions are served over websockets only: open a websocket to /graphql "
+    "with the graphql-transport-ws (or legacy graphql-ws) subprotocol"
+)
 _REQUEST_ERROR_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}
 _OWNER = "evlink.socket_owner"
 _PENDING = "evlink.pending_result"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from evlink.models import ChargingCommand, CommandState, Tier
+from evlink.models import ChargingCommand, CommandState, Tier, Vehicle
+from evlink.providers.base import ChargingAction
 from evlink.providers.simulator import ManualClock, SimulatorFault
 from evlink.resolvers import accounts
 from evlink.settings import Settings
@@ -412,6 +413,31 @@ async def test_commands_are_listed_on_the_vehicle(server: Server) -> None:
     assert listed["data"]["vehicle"]["chargingCommands"] == [
         {"id": created["id"], "state": "PENDING", "action": "START"}
     ]
+
+
+async def test_a_command_is_found_only_on_the_callers_live_vehicles(server: Server) -> None:
+    user, key = await server.user()
+    vehicle = await server.vehicle(user, "plugged")
+    now = datetime.now(UTC)
+    command = await ChargingCommand.create(
+        vehicle=vehicle,
+        user=user,
+        action=ChargingAction.START,
+        state=CommandState.CONFIRMED,
+        attempts=1,
+        deadline_at=now + timedelta(minutes=5),
+        completed_at=now,
+    )
+    query = "query($id: ID!) { chargingCommand(id: $id) { id state } }"
+
+    found = await server.graphql(query, {"id": str(command.id)}, key=key)
+    await Vehicle.filter(id=vehicle.id).update(deleted_at=now)  # the provider dropped the car
+    gone = await server.graphql(query, {"id": str(command.id)}, key=key)
+
+    assert found["data"] == {"chargingCommand": {"id": str(command.id), "state": "CONFIRMED"}}
+    assert gone["data"] is None
+    assert gone["errors"][0]["message"] == "Command not found"
+    assert gone["errors"][0]["extensions"]["code"] == "NOT_FOUND"
 
 
 # -- restarts ---------------------------------------------------------------------------

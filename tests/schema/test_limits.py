@@ -112,6 +112,27 @@ async def test_development_mode_suggests_and_allows_introspection(server: Server
     assert schema["data"] == {"__schema": {"queryType": {"name": "Query"}}}
 
 
+async def test_production_serves_no_introspection_unless_it_is_turned_on(
+    settings: Settings,
+) -> None:
+    await _truncate(settings.database_url)
+    introspect = "{ __schema { queryType { name } } }"
+    async with run_server(replace(settings, environment="production")) as server:
+        _, key = await server.user()
+        for headers in ({}, {"Authorization": f"Bearer {key}"}):
+            refused = (
+                await server.http.post("/graphql", json={"query": introspect}, headers=headers)
+            ).json()
+            assert refused["data"] is None
+            assert "introspection" in refused["errors"][0]["message"].lower()
+    await _truncate(settings.database_url)
+    turned_on = replace(settings, environment="production", graphql_introspection=True)
+    async with run_server(turned_on) as server:
+        _, key = await server.user()
+        served = await server.graphql(introspect, key=key)
+    assert served == {"data": {"__schema": {"queryType": {"name": "Query"}}}}
+
+
 # Documents that once cost more than linear time to check. Each try uses new names, so
 # that neither the parser cache nor the validation cache answers it.
 T = TypeVar("T")

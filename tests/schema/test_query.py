@@ -305,6 +305,9 @@ async def test_malformed_requests_are_refused_in_the_graphql_error_shape(server:
     refusals = {
         "body not JSON": {"content": b"{not json", "headers": {"Content-Type": "application/json"}},
         "no query": {"json": {"variables": {}}},
+        "a number for a body": {"json": 5},
+        "a string for a body": {"json": "{ viewer { id } }"},
+        "null for a body": {"content": b"null", "headers": {"Content-Type": "application/json"}},
         "a batch": {"json": [operation, operation]},
         "unsupported content type": {
             "content": b"query { viewer { id } }",
@@ -325,3 +328,30 @@ async def test_malformed_requests_are_refused_in_the_graphql_error_shape(server:
     missing = await server.http.get("/graphql", params={"variables": "{}"}, headers=as_json)
     assert missing.status_code == 400
     assert missing.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
+
+
+async def test_operations_http_does_not_run_are_refused_in_the_graphql_error_shape(
+    server: Server,
+) -> None:
+    """The view chooses what HTTP runs (no subscriptions: tests/schema/test_subscriptions.py);
+    the other refusals keep their reasons."""
+    _, key = await server.user()
+    as_json = {**auth(key), "Accept": "application/json"}
+    mutation = 'mutation { setCharging(vehicleId: "x", action: START) { id } }'
+    refusals = {
+        "a mutation over GET": (
+            await server.http.get("/graphql", params={"query": mutation}, headers=as_json),
+            "mutations are not allowed when using GET",
+        ),
+        "an unknown operation name": (
+            await server.http.post(
+                "/graphql", json={"query": VIEWER, "operationName": "Other"}, headers=auth(key)
+            ),
+            'Unknown operation named "Other".',
+        ),
+    }
+    for label, (response, message) in refusals.items():
+        assert response.status_code == 400, label
+        assert response.json() == {
+            "errors": [{"message": message, "extensions": {"code": "BAD_REQUEST"}}]
+        }, label

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import replace
 
 import pytest
@@ -239,3 +240,29 @@ async def test_websocket_compression_is_offered_only_when_enabled(
                 ws.response.headers.get("Sec-WebSocket-Extensions") if ws.response else None
             )
     assert (extensions is not None and "permessage-deflate" in extensions) is enabled
+
+
+async def test_a_subscription_over_http_is_a_400_that_points_to_the_websocket(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    user, key = await server.user()
+    car = await server.vehicle(user, "plugged")
+    request = {"query": CHARGE_STATE, "variables": json.dumps({"id": str(car.id)})}
+    before = list(server.simulator.calls)
+
+    answers = []
+    for headers in ({}, {"Authorization": f"Bearer {key}"}):
+        answers.append(await server.http.get("/graphql", params=request, headers=headers))
+        body = {"query": CHARGE_STATE, "variables": {"id": str(car.id)}}
+        answers.append(await server.http.post("/graphql", json=body, headers=headers))
+
+    for answer in answers:
+        assert answer.status_code == 400, answer.text
+        (error,) = answer.json()["errors"]
+        assert error["extensions"] == {"code": "BAD_REQUEST"}
+        assert "websocket" in error["message"]
+        assert "graphql-transport-ws" in error["message"]
+    assert server.simulator.calls == before  # refused before the resolver ran
+    loud = [r.getMessage() for r in caplog.records if r.levelno > logging.INFO or r.exc_info]
+    assert loud == []
