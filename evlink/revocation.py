@@ -18,9 +18,8 @@ with one query per :data:`BATCH` keys and one per :data:`BATCH` vehicles.
   the event bus (:mod:`evlink.cache`: ``revoke_key``, ``set_tier``, vehicles
   added, moved or deleted; from every instance and, with Redis, from the CLI);
 - for every open socket every ``EVLINK_CACHE_TTL`` seconds (every second with
-  the cache off), and at once when the event stream broke. This catches what no
-  one published: the CLI without Redis, a user deleted in the database,
-  invalidations lost while Redis was away.
+  the cache off). This catches what no one published: the CLI without Redis, a
+  user deleted in the database, invalidations lost while Redis was away.
 
 Each operation on a socket is also checked as an HTTP request is
 (:meth:`evlink.schema.context.Context.recheck`).
@@ -29,6 +28,7 @@ Each operation on a socket is also checked as an HTTP request is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeVar
@@ -71,7 +71,7 @@ def check_interval(settings: Settings) -> float:
 async def recheck(sockets: Iterable[OpenSocket], cache: ReadCache) -> None:
     """Close the sockets whose key no longer works or whose user's tier changed; end
     the subscriptions following a vehicle their user no longer owns."""
-    admitted = [s for s in sockets if s.key_hash is not None and not s.closing.is_set()]
+    admitted = [s for s in sockets if s.key_hash is not None and s.user_id is not None]
     if not admitted:
         return
     tiers = await _key_tiers({s.key_hash for s in admitted if s.key_hash is not None})
@@ -86,9 +86,9 @@ async def recheck(sockets: Iterable[OpenSocket], cache: ReadCache) -> None:
             continue
         refused.add(socket.user_id or 0)
     if refused:
-        # A client that reconnects at once must not be let in by a cached key or tier.
+        # A client that reconnects at once must not get in on a cached key or tier.
         cache.drop(*(user_tag(user_id) for user_id in refused))
-    await _end_lost_vehicles([s for s in admitted if not s.closing.is_set() and s.watching])
+    await _end_lost_vehicles([s for s in admitted if s.watching])
 
 
 async def _key_tiers(key_hashes: set[str]) -> dict[str, str]:
@@ -144,10 +144,9 @@ async def follow_sockets(
             message: Message | None = None
             wait = due - loop.time()
             if wait > 0:
-                try:
+                # Invalidations lost while the stream was broken: the timed check finds them.
+                with contextlib.suppress(StreamInterrupted):
                     message = await messages.get(timeout=wait)
-                except StreamInterrupted:
-                    due = loop.time()  # invalidations may have been lost: check all now
             if message is not None:
                 await _checked(_sockets_of_users(open_sockets, message), cache)
             if loop.time() >= due:

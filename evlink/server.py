@@ -62,9 +62,7 @@ class OpenSocket:
         self.watching: dict[UUID, set[Watcher]] = {}
 
     def close(self, code: int, reason: str) -> None:
-        """Ask for the socket to close with ``code`` (the first request wins)."""
-        if self.closing.is_set():
-            return
+        """Ask for the socket to close with ``code``."""
         self.close_code, self.close_reason = code, reason
         self.closing.set()
 

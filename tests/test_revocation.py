@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -22,12 +24,15 @@ import pytest
 import websockets
 from gql import GraphQLRequest
 from gql.transport.exceptions import TransportQueryError
+from tortoise import Tortoise
 from websockets.frames import Close
 
+from evlink import ratelimit
+from evlink.cache import user_tag
 from evlink.models import ApiKey, Tier, User, Vehicle
 from evlink.resolvers import accounts
 from evlink.resolvers.auth import hash_key, issue_key, revoke_key
-from evlink.settings import Settings
+from evlink.settings import Settings, connection_name
 from tests.conftest import (
     PROTOCOLS,
     TIMEOUT,
@@ -39,6 +44,7 @@ from tests.conftest import (
     run_server,
     subscription,
 )
+from tests.test_instances import _free_port, private_redis
 
 # Seconds within which a change that was published (the server itself, another instance
 # or the CLI over Redis) closes the sockets it concerns.
@@ -88,10 +94,10 @@ async def receive(
     pytest.fail("only keep-alives came")
 
 
-async def subscribe(
-    socket: websockets.ClientConnection, query: str, operation: str = "1", **variables: str
-) -> dict[str, Any]:
-    """Start a subscription on either protocol; its first message."""
+async def subscribe_only(
+    socket: websockets.ClientConnection, query: str, operation: str, **variables: str
+) -> None:
+    """Start a subscription on either protocol."""
     legacy = socket.subprotocol == LEGACY_WS
     await socket.send(
         json.dumps(
@@ -102,6 +108,13 @@ async def subscribe(
             }
         )
     )
+
+
+async def subscribe(
+    socket: websockets.ClientConnection, query: str, operation: str = "1", **variables: str
+) -> dict[str, Any]:
+    """Start a subscription on either protocol; its first message."""
+    await subscribe_only(socket, query, operation, **variables)
     return await receive(socket, operation)
 
 
@@ -157,13 +170,29 @@ async def refusal(session: Any, operation: str, **variables: str) -> str:
 
 
 async def still_open(socket: websockets.ClientConnection, server: Server, vehicle: Vehicle) -> None:
-    """The socket still serves: a new subscription on it gets the vehicle's state."""
-    first = await subscribe(socket, CHARGE_STATE, "still-open", id=str(vehicle.id))
-    assert "chargeState" in payload(first)
+    """The socket still serves: a new subscription on it gets the vehicle's state, and no
+    error came for any other subscription before it."""
+    operation = "still-open"
+    await subscribe_only(socket, CHARGE_STATE, operation, id=str(vehicle.id))
+    for _ in range(20):  # bounded: what other subscriptions send first
+        message = await receive(socket)
+        assert message["type"] in ("next", "data"), message
+        assert not message["payload"].get("errors"), message
+        if message["id"] == operation:
+            assert "chargeState" in payload(message)
+            return
+    pytest.fail("no answer to the new subscription")
 
 
 async def key_id(key: str) -> str:
     return str((await ApiKey.get(hash=hash_key(key))).id)
+
+
+async def usage(server: Server, user: User, key: str) -> list[int]:
+    """What the user and the key have spent of each rate limit."""
+    assert server.services.limiter is not None
+    states = await server.services.limiter.usage(user, [ratelimit.key_id(key)])
+    return [state.used for state in states]
 
 
 def frozen_cache(server: Server) -> Clock:
@@ -205,6 +234,7 @@ async def test_operations_on_a_socket_stop_with_its_revoked_key_as_http_does(qui
         over_http = await server.http.get(f"/api/status/{car.id}", headers=auth(key))
         assert over_http.status_code == 401
         car_id = str(car.id)
+        spent = await usage(server, user, key)
         refused = [
             await refusal(modern, TIER),
             await refusal(modern, SET_CHARGING, id=car_id),
@@ -212,6 +242,7 @@ async def test_operations_on_a_socket_stop_with_its_revoked_key_as_http_does(qui
             await refusal(legacy, CHARGE_STATE, id=car_id),
         ]
     assert refused == ["UNAUTHENTICATED"] * 4
+    assert await usage(server, user, key) == spent  # refused before they were charged
     assert not [call for call in server.simulator.calls if call.startswith("set_charging")]
 
 
@@ -231,6 +262,7 @@ async def test_operations_on_a_socket_stop_with_a_changed_tier(quiet: Server) ->
         clock.now += server.settings.cache_ttl
         assert (await server.graphql(TIER, key=key))["data"]["viewer"]["tier"] == "FREE"
         car_id = str(car.id)
+        spent = await usage(server, user, key)
         refused = [
             await refusal(modern, TIER),
             await refusal(modern, SET_CHARGING, id=car_id),
@@ -238,7 +270,31 @@ async def test_operations_on_a_socket_stop_with_a_changed_tier(quiet: Server) ->
             await refusal(legacy, CHARGE_STATE, id=car_id),
         ]
     assert refused == ["FORBIDDEN_TIER"] * 4
+    assert await usage(server, user, key) == spent  # refused before they were charged
     assert not [call for call in server.simulator.calls if call.startswith("set_charging")]
+
+
+async def test_a_second_connection_init_does_not_change_whose_key_is_checked(
+    quiet: Server,
+) -> None:
+    """graphql-ws takes connection_init again; the socket stays its first key's, and it is
+    that key whose revocation refuses the socket's operations."""
+    server = quiet
+    user, key = await server.user()
+    _, other_key = await server.user()
+    car = await server.vehicle(user, "plugged")
+    clock = frozen_cache(server)
+    socket = await connect(server, key, LEGACY_WS)
+    await socket.send(json.dumps({"type": "connection_init", "payload": auth(other_key)}))
+    assert (await receive(socket))["type"] == "connection_ack"
+    assert payload(await subscribe(socket, CHARGE_STATE, "mine", id=str(car.id)))
+
+    await revoke_key(await key_id(key))
+    clock.now += server.settings.cache_ttl
+
+    refused = await subscribe(socket, CHARGE_STATE, "after", id=str(car.id))
+    assert error_code(refused) == "UNAUTHENTICATED"
+    await socket.close()
 
 
 # -- sockets close when what admitted them changes ---------------------------------
@@ -321,6 +377,85 @@ async def test_changes_no_one_published_close_sockets_within_the_ttl(
         closed = await close_of(socket, (cache_ttl or 1.0) + PROMPTLY)
         assert closed.code == code
         assert time.monotonic() - changed < (cache_ttl or 1.0) + PROMPTLY
+
+
+@pytest.mark.parametrize("change", ["revoked", "tier"])
+async def test_a_client_that_reconnects_at_once_is_not_let_in_on_a_cached_key(
+    settings: Settings, change: str
+) -> None:
+    """The timed check that closes a socket also drops what this server had cached of its
+    user: the client's next connection_init sees the change, however young the cache."""
+    await _truncate(settings.database_url)
+    async with run_server(replace(settings, cache_ttl=0.3)) as server:
+        frozen_cache(server)  # what is cached stays until something drops it
+        user, key = await server.user(tier=Tier.PRO)
+        socket = await connect(server, key, TRANSPORT_WS)
+
+        await UNPUBLISHED[change](user, await key_id(key))
+
+        assert (await close_of(socket, 0.3 + PROMPTLY)).code in (4401, 4403)
+        if change == "revoked":
+            with pytest.raises(websockets.ConnectionClosed) as refused:
+                await connect(server, key, TRANSPORT_WS)
+            assert refused.value.rcvd is not None
+            assert refused.value.rcvd.code == 4403  # connection_init refused
+        else:
+            async with server.gql_client(key, TRANSPORT_WS) as again:
+                assert (await again.execute(GraphQLRequest(TIER)))["viewer"]["tier"] == "BASIC"
+
+
+class _Logged(logging.Handler):
+    """Sets an event when a record of at least WARNING comes."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.set()
+
+
+async def test_checks_go_on_after_the_database_failed_one(quiet: Server) -> None:
+    """A check that meets a database fault is logged, and the next one runs."""
+    server = quiet
+    user, key = await server.user()
+    socket = await connect(server, key, TRANSPORT_WS)
+    await revoke_key(await key_id(key))  # nothing published: no check ran
+    connection = Tortoise.get_connection(connection_name(server.settings.database_url))
+    logged = _Logged()
+    logging.getLogger("evlink.revocation").addHandler(logged)
+    await connection.execute_script("ALTER TABLE api_keys RENAME TO api_keys_away")
+    try:
+        await server.services.cache.invalidate(user_tag(user.id))  # a check, which fails
+        await asyncio.wait_for(logged.seen.wait(), TIMEOUT)
+    finally:
+        await connection.execute_script("ALTER TABLE api_keys_away RENAME TO api_keys")
+        logging.getLogger("evlink.revocation").removeHandler(logged)
+
+    await server.services.cache.invalidate(user_tag(user.id))
+
+    assert (await close_of(socket, PROMPTLY)).code == 4401
+
+
+async def test_checks_go_on_after_the_event_stream_broke(settings: Settings) -> None:
+    """Redis goes away (every local subscription is told): sockets are still checked."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    port = _free_port()
+    await _truncate(settings.database_url)
+    shared = replace(settings, redis_url=f"redis://127.0.0.1:{port}/0", cache_ttl=600.0)
+    async with private_redis(port) as redis_process, run_server(shared) as server:
+        user, key = await server.user()
+        car = await server.vehicle(user, "plugged")
+        socket = await connect(server, key, TRANSPORT_WS)
+        assert payload(await subscribe(socket, CHARGE_STATE, id=str(car.id)))
+        redis_process.kill()
+        broken = await receive(socket)  # every local subscription was interrupted
+        assert error_code(broken) == "STREAM_INTERRUPTED"
+
+        await revoke_key(await key_id(key), server.services.cache)  # told here, at least
+
+        assert (await close_of(socket, PROMPTLY)).code == 4401
 
 
 # -- subscriptions end when the vehicle is no longer the user's ---------------------

@@ -78,23 +78,19 @@ class Context:
         HTTP request's are (through the read cache, so: at once after an invalidation,
         within ``EVLINK_CACHE_TTL`` otherwise).
 
-        UNAUTHENTICATED when the key no longer works (and for the socket's later
-        operations); FORBIDDEN_TIER when the tier is not the one the socket was
-        admitted with (evlink.revocation closes such a socket with 4403).
+        UNAUTHENTICATED when the key no longer works; FORBIDDEN_TIER when the tier is
+        not the one the socket was admitted with (evlink.revocation closes such a
+        socket with 4403). The key is the one the socket was admitted with, whatever a
+        later ``connection_init`` says.
         """
         socket = self.open_socket
         if socket is None or socket.tier is None or self._user is None:
             return
-        try:
-            user, self.key_id = await ratelimit.authenticate(
-                self.services.limiter, self._accepted, self.client, self.services.cache
-            )
-        except Unauthenticated:
-            self._user, self._refused = None, True
-            raise
+        user, _ = await ratelimit.authenticate(
+            self.services.limiter, self._accepted, self.client, self.services.cache
+        )
         if user.tier != socket.tier:
             raise ForbiddenTier(f"Your tier changed to {user.tier.value}: reconnect")
-        self._user = user
 
     def key_hash(self) -> str | None:
         """The SHA-256 of the key the caller was accepted with."""

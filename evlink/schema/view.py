@@ -201,13 +201,10 @@ def _close_if_pending(socket: OpenSocket) -> None:
 
 
 async def _refuse_handshake(scope: Scope, receive: Receive, send: Send, retry_after: float) -> None:
-    """429 with ``Retry-After`` (HTTP close 403 where the server cannot answer one)."""
+    """The REST 429 (``Retry-After``, ``RATE_LIMITED``) as the handshake's answer."""
     websocket = WebSocket(scope, receive, send)
     await websocket.receive()  # websocket.connect
     refusal = RateLimited(
         "Too many websockets awaiting connection_init from this address", retry_after=retry_after
     )
-    if "websocket.http.response" in scope.get("extensions", {}):
-        await websocket.send_denial_response(error_response(refusal))
-    else:
-        await websocket.close(code=1008)
+    await websocket.send_denial_response(error_response(refusal))
