@@ -38,7 +38,7 @@ from evlink.cache import CACHE_TOPIC, ReadCache, user_tag
 from evlink.errors import EvlinkError, ForbiddenOwner, NotFound, StreamInterrupted
 from evlink.events import EventBus, Message
 from evlink.models import ApiKey, Vehicle
-from evlink.server import OpenSocket, OpenSockets
+from evlink.server import Admission, OpenSocket, OpenSockets
 from evlink.settings import Settings
 
 __all__ = [
@@ -71,24 +71,24 @@ def check_interval(settings: Settings) -> float:
 async def recheck(sockets: Iterable[OpenSocket], cache: ReadCache) -> None:
     """Close the sockets whose key no longer works or whose user's tier changed; end
     the subscriptions following a vehicle their user no longer owns."""
-    admitted = [s for s in sockets if s.key_hash is not None and s.user_id is not None]
+    admitted = [(s, s.admission) for s in sockets if s.admission is not None]
     if not admitted:
         return
-    tiers = await _key_tiers({s.key_hash for s in admitted if s.key_hash is not None})
+    tiers = await _key_tiers({admission.key_hash for _, admission in admitted})
     refused: set[int] = set()
-    for socket in admitted:
-        tier = tiers.get(socket.key_hash or "")
+    for socket, admission in admitted:
+        tier = tiers.get(admission.key_hash)
         if tier is None:
             socket.close(KEY_REVOKED, "API key revoked or user deleted")
-        elif tier != socket.tier:
+        elif tier != admission.tier:
             socket.close(TIER_CHANGED, f"Tier changed to {tier}: reconnect")
         else:
             continue
-        refused.add(socket.user_id or 0)
+        refused.add(admission.user_id)
     if refused:
         # A client that reconnects at once must not get in on a cached key or tier.
         cache.drop(*(user_tag(user_id) for user_id in refused))
-    await _end_lost_vehicles([s for s in admitted if s.watching])
+    await _end_lost_vehicles([(s, a) for s, a in admitted if s.watching])
 
 
 async def _key_tiers(key_hashes: set[str]) -> dict[str, str]:
@@ -102,20 +102,20 @@ async def _key_tiers(key_hashes: set[str]) -> dict[str, str]:
     return tiers
 
 
-async def _end_lost_vehicles(sockets: Sequence[OpenSocket]) -> None:
-    watched = sorted({vehicle_id for s in sockets for vehicle_id in s.watching}, key=str)
+async def _end_lost_vehicles(sockets: Sequence[tuple[OpenSocket, Admission]]) -> None:
+    watched = sorted({vehicle_id for s, _ in sockets for vehicle_id in s.watching}, key=str)
     owners: dict[UUID, int] = {}
     for batch in _batches(watched):
         rows = await Vehicle.filter(id__in=batch, deleted_at=None).values_list("id", "user_id")
         owners.update((UUID(str(vehicle_id)), int(owner)) for vehicle_id, owner in rows)
-    for socket in sockets:
+    for socket, admission in sockets:
         for vehicle_id, watchers in tuple(socket.watching.items()):
             owner = owners.get(vehicle_id)
-            if owner == socket.user_id:
+            if owner == admission.user_id:
                 continue
-            error: EvlinkError = NotFound() if owner is None else ForbiddenOwner()
+            error: type[EvlinkError] = NotFound if owner is None else ForbiddenOwner
             for watcher in tuple(watchers):
-                watcher.interrupt("the vehicle is no longer the user's", error)
+                watcher.interrupt("the vehicle is no longer the user's", error())
 
 
 def _batches(items: Sequence[T]) -> Iterator[list[T]]:

@@ -14,6 +14,7 @@ import gc
 import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -22,7 +23,15 @@ from starlette.types import Send
 
 from evlink.settings import Settings
 
-__all__ = ["EvlinkServer", "OpenSocket", "OpenSockets", "Watcher", "tune_gc", "websocket_options"]
+__all__ = [
+    "Admission",
+    "EvlinkServer",
+    "OpenSocket",
+    "OpenSockets",
+    "Watcher",
+    "tune_gc",
+    "websocket_options",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,13 +49,22 @@ def tune_gc() -> None:
     gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), middle, old)
 
 
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """Whom a websocket was admitted for: checked again while it is open
+    (:mod:`evlink.revocation`)."""
+
+    user_id: int
+    key_hash: str  # the SHA-256 of its key, as stored
+    tier: str  # the tier it runs under for its life
+
+
 class OpenSocket:
     """One websocket of this instance: where it comes from, whom it was admitted for,
     and how it must close.
 
     ``pending`` until its ``connection_init`` arrives; then, once the key is accepted,
-    :meth:`OpenSockets.admit` records the user, the key's hash and the tier it runs
-    under (:mod:`evlink.revocation` checks them again while it is open).
+    :meth:`OpenSockets.admit` records its :class:`Admission`.
     """
 
     def __init__(self, address: str | None) -> None:
@@ -55,9 +73,7 @@ class OpenSocket:
         self.closing = asyncio.Event()
         self.close_code = GOING_AWAY
         self.close_reason = "server going away"
-        self.user_id: int | None = None
-        self.key_hash: str | None = None
-        self.tier: str | None = None
+        self.admission: Admission | None = None
         # The subscriptions that follow a vehicle: ended when the user no longer owns it.
         self.watching: dict[UUID, set[Watcher]] = {}
 
@@ -125,16 +141,14 @@ class OpenSockets:
             else:
                 self._pending.pop(ws.address, None)
 
-    def admit(self, ws: OpenSocket, user_id: int, key_hash: str, tier: str, cap: int) -> bool:
+    def admit(self, ws: OpenSocket, admission: Admission, cap: int) -> bool:
         """Record whom ``ws`` is for; False (nothing recorded) when the user holds
         ``cap`` websockets already."""
-        held = self._per_user.setdefault(user_id, set())
-        if len(held) >= cap:
-            if not held:
-                del self._per_user[user_id]
+        held = self._per_user.setdefault(admission.user_id, set())
+        if len(held) >= cap:  # caps are 1 or more: ``held`` is not an empty leftover
             return False
         held.add(ws)
-        ws.user_id, ws.key_hash, ws.tier = user_id, key_hash, tier
+        ws.admission = admission
         return True
 
     def of_user(self, user_id: int) -> tuple[OpenSocket, ...]:
@@ -155,11 +169,12 @@ class OpenSockets:
     def _forget(self, ws: OpenSocket) -> None:
         self.initialised(ws)
         self._open.discard(ws)
-        if ws.user_id is not None:
-            held = self._per_user.get(ws.user_id, set())
+        if ws.admission is not None:
+            user_id = ws.admission.user_id
+            held = self._per_user.get(user_id, set())
             held.discard(ws)
             if not held:
-                self._per_user.pop(ws.user_id, None)
+                self._per_user.pop(user_id, None)
         if not self._open:
             self._empty.set()
 

@@ -83,19 +83,19 @@ class Context:
         socket with 4403). The key is the one the socket was admitted with, whatever a
         later ``connection_init`` says.
         """
-        socket = self.open_socket
-        if socket is None or socket.tier is None or self._user is None:
+        admission = self.open_socket.admission if self.open_socket is not None else None
+        if admission is None:
             return
         user, _ = await ratelimit.authenticate(
             self.services.limiter, self._accepted, self.client, self.services.cache
         )
-        if user.tier != socket.tier:
+        if user.tier != admission.tier:
             raise ForbiddenTier(f"Your tier changed to {user.tier.value}: reconnect")
 
-    def key_hash(self) -> str | None:
-        """The SHA-256 of the key the caller was accepted with."""
+    def key_hash(self) -> str:
+        """The SHA-256 of the key the caller was accepted with ("" before :meth:`user`)."""
         key = auth.key_from_authorization(self._accepted)
-        return auth.hash_key(key) if key is not None else None
+        return auth.hash_key(key) if key is not None else ""
 
     @contextlib.asynccontextmanager
     async def watching(self, vehicle_id: UUID | str, watcher: Watcher) -> AsyncIterator[None]:

@@ -26,7 +26,7 @@ from evlink.playground.page import playground_response
 from evlink.ratelimit import client_address
 from evlink.schema.context import Context
 from evlink.schema.results import ResultCache, capturing, read_body
-from evlink.server import OpenSocket, OpenSockets, serve_until_closed
+from evlink.server import Admission, OpenSocket, OpenSockets, serve_until_closed
 from evlink.services import Services
 
 __all__ = ["GraphQLView"]
@@ -170,10 +170,10 @@ class GraphQLView(GraphQL[Context, None]):
             user = await context.user()
         except EvlinkError as exc:
             raise ConnectionRejectionError({"message": exc.message, "code": exc.code}) from None
-        if socket is not None and socket.user_id is None:
+        if socket is not None and socket.admission is None:
             cap = services.settings.ws_max_connections_per_key
-            key_hash = context.key_hash() or ""
-            if not services.open_sockets.admit(socket, user.id, key_hash, user.tier.value, cap):
+            admission = Admission(user.id, context.key_hash(), user.tier.value)
+            if not services.open_sockets.admit(socket, admission, cap):
                 raise ConnectionRejectionError(
                     {"message": f"At most {cap} websockets per user", "code": "RATE_LIMITED"}
                 )
