@@ -223,6 +223,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vehicles", type=int, default=20)
     parser.add_argument("--action-delay", type=float, default=1.0, help="simulated seconds")
     parser.add_argument("--before", action="store_true", help="evlink without the bench fixes")
+    parser.add_argument(
+        "--ws-pending-per-address", type=int, default=None, help="EVLINK_WS_PENDING_PER_ADDRESS"
+    )
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.WARNING)
@@ -234,6 +237,11 @@ def main(argv: list[str] | None = None) -> None:
         log_level="WARNING",
         simulator_action_delay=args.action_delay,
         **before.SETTINGS if args.before else {},
+        **(
+            {"ws_pending_per_address": args.ws_pending_per_address}
+            if args.ws_pending_per_address
+            else {}
+        ),
     )
     seeded = asyncio.run(seed(settings.database_url, args.vehicles))
     clock = ManualClock(datetime.now(UTC))

@@ -33,6 +33,7 @@ from evlink.providers import Provider, build_provider
 from evlink.providers.base import ProviderUpdate
 from evlink.ratelimit import Limiter
 from evlink.resolvers.charging import CommandWatcher, ingest_provider_update
+from evlink.revocation import check_interval, follow_sockets
 from evlink.schema import build_schema
 from evlink.schema.view import GraphQLView
 from evlink.server import OpenSockets, tune_gc
@@ -143,13 +144,22 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
             following = asyncio.create_task(
                 follow_invalidations(cache, events, listening), name="cache-invalidations"
             )
-            await listening.wait()  # no invalidation is missed once requests come in
+            checking = asyncio.Event()
+            rechecking = asyncio.create_task(
+                follow_sockets(
+                    app.state.open_sockets, events, cache, check_interval(settings), checking
+                ),
+                name="websocket-rechecks",
+            )
+            # No invalidation is missed once requests come in.
+            await asyncio.gather(listening.wait(), checking.wait())
             logger.info("evlink ready (provider %s)", services.provider.name)
             try:
                 yield
             finally:
                 resuming.cancel()
                 following.cancel()
+                rechecking.cancel()
                 await services.provider.aclose()
                 await services.watcher.aclose(release=True)
                 await services.events.aclose()

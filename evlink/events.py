@@ -80,6 +80,11 @@ class Subscription(Protocol):
         """The next message, or None when ``timeout`` seconds pass without one."""
         ...
 
+    def interrupt(self, reason: str, error: Exception | None = None) -> None:
+        """End the reader's stream: its next read raises ``error``
+        (:class:`StreamInterrupted` by default)."""
+        ...
+
 
 class EventBus(Protocol):
     async def publish(self, topic: str, message: Message) -> None: ...
@@ -121,9 +126,10 @@ class _MemorySubscription:
             logger.warning("events: slow subscriber on %s dropped a message", self._topics)
         self.queue.put_nowait(message)
 
-    def interrupt(self, reason: str) -> None:
-        """Tell the reader its stream broke: the next read raises :class:`StreamInterrupted`."""
-        self.deliver({_INTERRUPTED: reason})
+    def interrupt(self, reason: str, error: Exception | None = None) -> None:
+        """Tell the reader its stream ended: the next read raises ``error``, by default
+        :class:`StreamInterrupted` (the stream broke). Never leaves the process."""
+        self.deliver({_INTERRUPTED: reason, _ERROR: error})
 
     async def __aiter__(self) -> AsyncIterator[Message]:
         while True:
@@ -137,11 +143,12 @@ class _MemorySubscription:
 
 
 _INTERRUPTED = "__stream_interrupted__"
+_ERROR = "__error__"
 
 
 def _checked(message: Message) -> Message:
     if _INTERRUPTED in message:
-        raise StreamInterrupted()
+        raise message.get(_ERROR) or StreamInterrupted()
     return message
 
 

@@ -13,8 +13,10 @@ import contextlib
 import gc
 import logging
 import socket
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+from uuid import UUID
 
 import uvicorn
 from starlette.types import Send
@@ -22,7 +24,16 @@ from starlette.types import Send
 from evlink.connections import PROTOCOL
 from evlink.settings import Settings
 
-__all__ = ["EvlinkServer", "OpenSockets", "proxy_options", "server_options", "tune_gc"]
+__all__ = [
+    "Admission",
+    "EvlinkServer",
+    "OpenSocket",
+    "OpenSockets",
+    "Watcher",
+    "proxy_options",
+    "server_options",
+    "tune_gc",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,64 +51,148 @@ def tune_gc() -> None:
     gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), middle, old)
 
 
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """Whom a websocket was admitted for: checked again while it is open
+    (:mod:`evlink.revocation`)."""
+
+    user_id: int
+    key_hash: str  # the SHA-256 of its key, as stored
+    tier: str  # the tier it runs under for its life
+
+
+class OpenSocket:
+    """One websocket of this instance: where it comes from, whom it was admitted for,
+    and how it must close.
+
+    ``pending`` until its ``connection_init`` arrives; then, once the key is accepted,
+    :meth:`OpenSockets.admit` records its :class:`Admission`.
+    """
+
+    def __init__(self, address: str | None) -> None:
+        self.address = address
+        self.pending = True
+        self.closing = asyncio.Event()
+        self.close_code = GOING_AWAY
+        self.close_reason = "server going away"
+        self.admission: Admission | None = None
+        # The subscriptions that follow a vehicle: ended when the user no longer owns it.
+        self.watching: dict[UUID, set[Watcher]] = {}
+
+    def close(self, code: int, reason: str) -> None:
+        """Ask for the socket to close with ``code``."""
+        self.close_code, self.close_reason = code, reason
+        self.closing.set()
+
+    @contextlib.contextmanager
+    def watch(self, vehicle_id: UUID, watcher: Watcher) -> Iterator[None]:
+        """While the block runs, ``watcher`` is told if the user loses ``vehicle_id``."""
+        watchers = self.watching.setdefault(vehicle_id, set())
+        watchers.add(watcher)
+        try:
+            yield
+        finally:
+            watchers.discard(watcher)
+            if not watchers:
+                self.watching.pop(vehicle_id, None)
+
+
+class Watcher(Protocol):
+    """What follows a vehicle on a socket: an event subscription (evlink.events)."""
+
+    def interrupt(self, reason: str, error: Exception | None = None) -> None: ...
+
+
 class OpenSockets:
-    """The open websockets of this instance, so that shutdown can close them properly."""
+    """The open websockets of this instance: closed properly on shutdown, capped per user
+    and, while they await ``connection_init``, per client address."""
 
     def __init__(self) -> None:
-        self._closing: dict[int, asyncio.Event] = {}
+        self._open: set[OpenSocket] = set()
         self._empty = asyncio.Event()
         self._empty.set()
         self.shutting_down = False
-        self._per_user: dict[int, int] = {}
+        self._per_user: dict[int, set[OpenSocket]] = {}
+        self._pending: dict[str, int] = {}
 
     def __len__(self) -> int:
-        return len(self._closing)
+        return len(self._open)
 
-    def acquire_user(self, user_id: int, cap: int) -> bool:
-        """Count one more websocket for ``user_id``; False (nothing counted) past ``cap``."""
-        held = self._per_user.get(user_id, 0)
-        if held >= cap:
+    def __iter__(self) -> Iterator[OpenSocket]:
+        return iter(tuple(self._open))
+
+    def open(self, address: str | None, pending_cap: int) -> OpenSocket | None:
+        """A new websocket awaiting ``connection_init``; None when ``address`` already has
+        ``pending_cap`` of those (nothing counted)."""
+        if address is not None:
+            held = self._pending.get(address, 0)
+            if held >= pending_cap:
+                return None
+            self._pending[address] = held + 1
+        return OpenSocket(address)
+
+    def initialised(self, ws: OpenSocket) -> None:
+        """Its ``connection_init`` arrived: it no longer counts against its address."""
+        if not ws.pending:
+            return
+        ws.pending = False
+        if ws.address is not None:
+            held = self._pending.get(ws.address, 0) - 1
+            if held > 0:
+                self._pending[ws.address] = held
+            else:
+                self._pending.pop(ws.address, None)
+
+    def admit(self, ws: OpenSocket, admission: Admission, cap: int) -> bool:
+        """Record whom ``ws`` is for; False (nothing recorded) when the user holds
+        ``cap`` websockets already."""
+        held = self._per_user.setdefault(admission.user_id, set())
+        if len(held) >= cap:  # caps are 1 or more: ``held`` is not an empty leftover
             return False
-        self._per_user[user_id] = held + 1
+        held.add(ws)
+        ws.admission = admission
         return True
 
-    def release_user(self, user_id: int) -> None:
-        held = self._per_user.get(user_id, 0) - 1
-        if held > 0:
-            self._per_user[user_id] = held
-        else:
-            self._per_user.pop(user_id, None)
+    def of_user(self, user_id: int) -> tuple[OpenSocket, ...]:
+        return tuple(self._per_user.get(user_id, ()))
 
     @contextlib.asynccontextmanager
-    async def track(self) -> AsyncIterator[asyncio.Event]:
-        """Register one websocket; the event is set when it must close."""
-        closing = asyncio.Event()
+    async def track(self, ws: OpenSocket) -> AsyncIterator[OpenSocket]:
+        """Hold ``ws`` open (it closes with 1001 on shutdown) until the block ends."""
         if self.shutting_down:
-            closing.set()
-        key = id(closing)
-        self._closing[key] = closing
+            ws.closing.set()
+        self._open.add(ws)
         self._empty.clear()
         try:
-            yield closing
+            yield ws
         finally:
-            del self._closing[key]
-            if not self._closing:
-                self._empty.set()
+            self._forget(ws)
+
+    def _forget(self, ws: OpenSocket) -> None:
+        self.initialised(ws)
+        self._open.discard(ws)
+        if ws.admission is not None:
+            user_id = ws.admission.user_id
+            held = self._per_user.get(user_id, set())
+            held.discard(ws)
+            if not held:
+                self._per_user.pop(user_id, None)
+        if not self._open:
+            self._empty.set()
 
     async def close_all(self, timeout: float = 5.0) -> None:
         """Ask every websocket to close with 1001 and wait (bounded) until they have."""
         self.shutting_down = True
-        for closing in self._closing.values():
-            closing.set()
+        for ws in tuple(self._open):
+            ws.close(GOING_AWAY, "server going away")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._empty.wait(), timeout)
 
 
-async def serve_until_closed(
-    handler: asyncio.Future[None], closing: asyncio.Event, send: Send
-) -> None:
-    """Run a websocket handler until it ends or ``closing`` is set; then close with 1001."""
-    closer: asyncio.Future[Any] = asyncio.ensure_future(closing.wait())
+async def serve_until_closed(handler: asyncio.Future[None], ws: OpenSocket, send: Send) -> None:
+    """Run a websocket handler until it ends or ``ws`` must close; then close it
+    with the code asked for (1001 on shutdown)."""
+    closer: asyncio.Future[Any] = asyncio.ensure_future(ws.closing.wait())
     waiting: set[asyncio.Future[Any]] = {handler, closer}
     done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     if handler in done:
@@ -108,7 +203,7 @@ async def serve_until_closed(
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await handler
     with contextlib.suppress(Exception):
-        await send({"type": "websocket.close", "code": GOING_AWAY, "reason": "server going away"})
+        await send({"type": "websocket.close", "code": ws.close_code, "reason": ws.close_reason})
 
 
 class EvlinkServer(uvicorn.Server):

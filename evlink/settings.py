@@ -100,6 +100,8 @@ class Settings:
     ws_max_operations: int = 20  # subscriptions at once on one websocket
     ws_max_connections_per_key: int = 10
     ws_init_timeout: float = 10.0  # seconds to send connection_init
+    # Websockets awaiting connection_init per client address; more are refused (429).
+    ws_pending_per_address: int = 20
     ws_keepalive: float = 15.0  # seconds between keep-alive pings
     # Origins allowed by CORS, comma-separated ("*" for any); empty: CORS off.
     cors_origins: str = ""

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import resource
+import sys
 from dataclasses import replace
+from pathlib import Path
 
+import httpx
 import pytest
 import websockets
 
 from evlink.settings import Settings
-from tests.conftest import TIMEOUT, Server, _truncate, run_server
+from tests.conftest import PROTOCOLS, TIMEOUT, Server, _truncate, free_port, run_server
 
 
 def auth(key: str) -> dict[str, str]:
@@ -141,16 +147,63 @@ async def test_websockets_per_user_are_capped(settings: Settings) -> None:
         await fourth.close()
 
 
-async def test_connection_init_must_come_in_time(settings: Settings) -> None:
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_connection_init_must_come_in_time(settings: Settings, protocol: str) -> None:
+    """Strawberry times out graphql-transport-ws only; evlink closes both (schema.view)."""
     await _truncate(settings.database_url)
     async with run_server(replace(settings, ws_init_timeout=0.3)) as server:
         socket = await websockets.connect(
-            server.ws_url, subprotocols=[websockets.Subprotocol("graphql-transport-ws")]
+            server.ws_url, subprotocols=[websockets.Subprotocol(protocol)]
         )
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await asyncio.wait_for(socket.recv(), TIMEOUT)
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == 4408
+
+
+async def _pending(server: Server, protocol: str) -> websockets.ClientConnection:
+    """A websocket that has not sent connection_init (yet)."""
+    return await websockets.connect(server.ws_url, subprotocols=[websockets.Subprotocol(protocol)])
+
+
+async def test_websockets_awaiting_connection_init_are_capped_per_address(
+    settings: Settings,
+) -> None:
+    await _truncate(settings.database_url)
+    async with run_server(replace(settings, ws_pending_per_address=3)) as server:
+        _, key = await server.user()
+        waiting = [await _pending(server, PROTOCOLS[n % 2]) for n in range(3)]
+        for protocol in PROTOCOLS:
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                await _pending(server, protocol)
+            answer = refused.value.response
+            assert answer.status_code == 429
+            assert answer.headers["Retry-After"] == str(round(server.settings.ws_init_timeout))
+            assert json.loads(answer.body or b"{}")["code"] == "RATE_LIMITED"
+
+        # A socket that sent connection_init no longer counts: another may wait.
+        await waiting[0].send(
+            json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {key}"}})
+        )
+        assert json.loads(await asyncio.wait_for(waiting[0].recv(), TIMEOUT))["type"] == (
+            "connection_ack"
+        )
+        waiting.append(await _pending(server, PROTOCOLS[0]))
+        with pytest.raises(websockets.InvalidStatus):
+            await _pending(server, PROTOCOLS[1])
+
+        # Nor does one that went away (once the server has seen it close).
+        await waiting[1].close()
+        for _ in range(50):  # bounded: the server notices the close in a moment
+            try:
+                waiting.append(await _pending(server, PROTOCOLS[1]))
+                break
+            except websockets.InvalidStatus:
+                continue
+        else:
+            pytest.fail("a pending socket that closed still counts")
+        for socket in waiting:
+            await socket.close()
 
 
 async def test_websocket_messages_over_the_limit_close_the_socket(server: Server) -> None:
@@ -165,3 +218,78 @@ async def test_websocket_messages_over_the_limit_close_the_socket(server: Server
         await asyncio.wait_for(socket.recv(), TIMEOUT)
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == 1009  # message too big
+
+
+def _rss_mib(pid: int) -> float:
+    """The resident set size of a process, in MiB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+async def _evlink(tmp_path: Path, *args: str, port: int) -> asyncio.subprocess.Process:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVLINK_")}
+    env |= {
+        "EVLINK_DATABASE_URL": f"sqlite://{tmp_path / 'evlink.sqlite3'}",
+        "EVLINK_PORT": str(port),
+        "EVLINK_LOG_LEVEL": "INFO",
+    }
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "evlink.cli", *args, env=env, cwd=tmp_path,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
+async def _flood(ws_url: str, metrics: httpx.AsyncClient, attempts: int) -> int:
+    """Open ``attempts`` websockets that never send connection_init, then close those the
+    server took, and return once it has let go of them all. Returns how many it took."""
+    taken = []
+    for number in range(attempts):
+        protocol = websockets.Subprotocol(PROTOCOLS[number % 2])
+        with contextlib.suppress(websockets.InvalidStatus):
+            taken.append(await websockets.connect(ws_url, subprotocols=[protocol]))
+    await asyncio.gather(*(socket.close() for socket in taken))
+    for _ in range(2000):  # bounded: the server lets go of a closed socket in a moment
+        if "evlink_websocket_connections 0.0" in (await metrics.get("/metrics")).text:
+            return len(taken)
+    pytest.fail("the server still holds websockets the client closed")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
+async def test_memory_returns_after_floods_of_websockets_that_never_initialise(
+    tmp_path: Path,
+) -> None:
+    """2,000 websockets that never send connection_init, opened again and again from one
+    address (docs/security.md, API4): a real `evlink serve` in a process of its own ends
+    within MEMORY_TOLERANCE_MIB of the memory it had before. Without the per-address cap
+    (EVLINK_WS_PENDING_PER_ADDRESS) every one is held up to 10 s, and RSS rose by some
+    70 MiB and stayed there."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
+    port = free_port()
+    migrate = await _evlink(tmp_path, "migrate", port=port)
+    assert await asyncio.wait_for(migrate.wait(), 60) == 0
+    server = await _evlink(tmp_path, "serve", port=port)
+    assert server.stderr is not None
+    try:
+        async with asyncio.timeout(60):
+            while b"Uvicorn running on" not in await server.stderr.readline():
+                assert not server.stderr.at_eof(), "the server ended before it started"
+        # Keep reading its log, so that the server never blocks on a full pipe.
+        draining = asyncio.create_task(server.stderr.read())
+        ws_url = f"ws://127.0.0.1:{port}/graphql"
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=TIMEOUT) as http:
+            await _flood(ws_url, http, 50)  # every path taken once, refusals included
+            before = _rss_mib(server.pid)
+            taken = [await _flood(ws_url, http, 2000) for _ in range(3)]
+            after = _rss_mib(server.pid)
+        assert after - before < MEMORY_TOLERANCE_MIB, (before, after, taken)
+    finally:
+        server.terminate()
+        await asyncio.wait_for(server.wait(), TIMEOUT)
+    await draining
+
+
+# Growth of the server's RSS over three floods that the test accepts (allocator noise).
+MEMORY_TOLERANCE_MIB = 20

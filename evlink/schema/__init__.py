@@ -22,6 +22,7 @@ from evlink.schema.fanout import SharedEventExecutor
 from evlink.schema.limits import Limits, document_limits, one_command_rule
 from evlink.schema.query import Mutation, Query, Subscription
 from evlink.schema.quotas import OperationQuotas
+from evlink.schema.recheck import SocketRecheck
 from evlink.schema.scalars import SCALARS
 from evlink.settings import Settings
 
@@ -63,6 +64,7 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         lambda: AddValidationRules(rules),
         # The document's limits in linear time, then GraphQL's rules; cached by document.
         document_limits(limits),
+        SocketRecheck,  # a websocket's key and tier, again for each operation
         OperationQuotas,  # charges each valid operation before it executes
     ]
     if not settings.introspection:

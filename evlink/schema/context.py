@@ -1,23 +1,28 @@
-"""The GraphQL context: services, and the caller, authenticated once per request or socket.
+"""The GraphQL context: services, and the caller, authenticated per request or operation.
 
 Over HTTP a request with ``Authorization`` is authenticated up front (so that it
 can be charged to its rate limits before it runs); one without stays lazy, so
 introspection and the playground need no key and fields answer UNAUTHENTICATED.
+A websocket is authenticated on ``connection_init``, and each of its operations
+again (:meth:`Context.recheck`), as an HTTP request would be.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 from strawberry.types import Info as StrawberryInfo
 
 from evlink import ratelimit
-from evlink.errors import RateLimited, Unauthenticated
+from evlink.errors import ForbiddenTier, RateLimited, Unauthenticated
 from evlink.models import User, Vehicle
-from evlink.resolvers import vehicles
+from evlink.resolvers import auth, vehicles
 from evlink.schema.results import PendingResult
+from evlink.server import OpenSocket, Watcher
 from evlink.services import Services
 
 __all__ = ["Context", "Info"]
@@ -29,8 +34,8 @@ class Context:
     authorization: str | None
     # The websocket's connection_init payload (strawberry sets it).
     connection_params: dict[str, Any] | None = None
-    # For a websocket: who holds it, counted against the per-user cap (schema.view).
-    socket_owner: object | None = None
+    # For a websocket: the socket, whom it was admitted for (schema.view, evlink.revocation).
+    open_socket: OpenSocket | None = None
     # The client's address: failed authentication is limited per address.
     client: str | None = None
     websocket: bool = False
@@ -44,6 +49,9 @@ class Context:
     pending: PendingResult | None = None
     _user: User | None = field(default=None, repr=False)
     _refused: bool = field(default=False, repr=False)
+    # The Authorization the caller was accepted with: a socket's operations are checked
+    # against it, whatever a later connection_init says.
+    _accepted: str | None = field(default=None, repr=False)
 
     async def user(self) -> User:
         """The authenticated caller; UNAUTHENTICATED when the key is missing or bad.
@@ -54,14 +62,50 @@ class Context:
         if self._user is None:
             if self._refused:
                 raise Unauthenticated()
+            bearer = self.bearer()
             try:
                 self._user, self.key_id = await ratelimit.authenticate(
-                    self.services.limiter, self.bearer(), self.client, self.services.cache
+                    self.services.limiter, bearer, self.client, self.services.cache
                 )
             except Unauthenticated:
                 self._refused = True
                 raise
+            self._accepted = bearer
         return self._user
+
+    async def recheck(self) -> None:
+        """Check a websocket's key and its user's tier again before an operation, as an
+        HTTP request's are (through the read cache, so: at once after an invalidation,
+        within ``EVLINK_CACHE_TTL`` otherwise).
+
+        UNAUTHENTICATED when the key no longer works; FORBIDDEN_TIER when the tier is
+        not the one the socket was admitted with (evlink.revocation closes such a
+        socket with 4403). The key is the one the socket was admitted with, whatever a
+        later ``connection_init`` says.
+        """
+        admission = self.open_socket.admission if self.open_socket is not None else None
+        if admission is None:
+            return
+        user, _ = await ratelimit.authenticate(
+            self.services.limiter, self._accepted, self.client, self.services.cache
+        )
+        if user.tier != admission.tier:
+            raise ForbiddenTier(f"Your tier changed to {user.tier.value}: reconnect")
+
+    def key_hash(self) -> str:
+        """The SHA-256 of the key the caller was accepted with ("" before :meth:`user`)."""
+        key = auth.key_from_authorization(self._accepted)
+        return auth.hash_key(key) if key is not None else ""
+
+    @contextlib.asynccontextmanager
+    async def watching(self, vehicle_id: UUID | str, watcher: Watcher) -> AsyncIterator[None]:
+        """A subscription follows ``vehicle_id``: on a websocket, ``watcher`` is ended
+        with an error if the user no longer owns it (evlink.revocation)."""
+        if self.open_socket is None:
+            yield
+            return
+        with self.open_socket.watch(UUID(str(vehicle_id)), watcher):
+            yield
 
     @property
     def authenticated(self) -> bool:

@@ -97,6 +97,8 @@ class Subscription:
         async with (
             services.metrics.subscription("chargingCommand"),
             services.events.subscribe(command_topic(command.id)) as messages,
+            # Ended with an error once the user no longer owns the car (evlink.revocation).
+            info.context.watching(command.vehicle_id, messages),  # type: ignore[attr-defined]
         ):
             last = None
             async for _ in _now_then(messages):
@@ -117,6 +119,8 @@ class Subscription:
         async with (
             services.metrics.subscription("chargeState"),
             services.events.subscribe(charge_state_topic(vehicle.id)) as messages,
+            # Ended with an error once the user no longer owns the car (evlink.revocation).
+            info.context.watching(vehicle.id, messages),
         ):
             last = (await vehicles.vehicle_status(services, vehicle)).charge_state
             yield ChargeState.from_data(last)

@@ -11,7 +11,7 @@ from typing import Any
 
 import strawberry
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -25,14 +25,15 @@ from strawberry.types.graphql import OperationType
 from strawberry.types.unset import UnsetType
 
 from evlink import jsonbody
-from evlink.errors import EvlinkError
+from evlink.compat_rest.errors import error_response
+from evlink.errors import EvlinkError, RateLimited
 from evlink.metrics import Metrics
 from evlink.playground.page import playground_response
 from evlink.ratelimit import client_address
 from evlink.schema.context import Context
 from evlink.schema.results import ResultCache, capturing, read_body
 from evlink.schema.socket_messages import message_problem
-from evlink.server import OpenSockets, serve_until_closed
+from evlink.server import Admission, OpenSocket, OpenSockets, serve_until_closed
 from evlink.services import Services
 
 __all__ = ["GraphQLView"]
@@ -85,20 +86,36 @@ class GraphQLView(GraphQL[Context, None]):
         if scope["type"] != "websocket":
             await super().__call__(scope, receive, send)
             return
+        await self._websocket(scope, receive, send)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A GraphQL websocket, held in :class:`OpenSockets` until it ends or must close
+        (shutdown, a revoked key or a changed tier: evlink.revocation). Refused at the
+        handshake (429) while its address has ``EVLINK_WS_PENDING_PER_ADDRESS`` sockets
+        awaiting ``connection_init``; closed with 4408 when its own does not come in time."""
         app = scope["app"]
         open_sockets: OpenSockets = app.state.open_sockets
+        settings = app.state.services.settings
+        socket = open_sockets.open(
+            client_address(HTTPConnection(scope)), settings.ws_pending_per_address
+        )
+        if socket is None:
+            await _refuse_handshake(scope, receive, send, settings.ws_init_timeout)
+            return
         metrics: Metrics = app.state.metrics
         metrics.websockets.inc()
-        # The connection's user, once authenticated: counted against the per-user cap.
-        scope[_OWNER] = owner = _SocketOwner()
+        scope[_SOCKET] = socket
+        # Strawberry times connection_init out on graphql-transport-ws only.
+        overdue = asyncio.get_running_loop().call_later(
+            settings.ws_init_timeout, _close_if_pending, socket
+        )
         try:
-            async with open_sockets.track() as closing:
+            async with open_sockets.track(socket):
                 handler = asyncio.ensure_future(super().__call__(scope, receive, send))
-                await serve_until_closed(handler, closing, send)
+                await serve_until_closed(handler, socket, send)
         finally:
+            overdue.cancel()
             metrics.websockets.dec()
-            if owner.user_id is not None:
-                open_sockets.release_user(owner.user_id)
 
     async def _post(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A POST: answered from the read cache when it holds the answer (schema.results)."""
@@ -137,7 +154,7 @@ class GraphQLView(GraphQL[Context, None]):
         context = Context(
             services=services,
             authorization=request.headers.get("authorization"),
-            socket_owner=request.scope.get(_OWNER),
+            open_socket=request.scope.get(_SOCKET),
             client=client_address(request),
             websocket=isinstance(request, WebSocket),
             pending=request.scope.get(_PENDING),
@@ -231,20 +248,23 @@ class GraphQLView(GraphQL[Context, None]):
         return playground_response(request)
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, Any] | None:
-        """Refuse a bad key before any operation runs (4403 / connection_error)."""
+        """Refuse a bad key before any operation runs (4403 / connection_error); admit the
+        socket for the key's user (capped per user) and the tier it runs under."""
+        services = context.services
+        socket = context.open_socket
+        if socket is not None:
+            services.open_sockets.initialised(socket)
         try:
             user = await context.user()
         except EvlinkError as exc:
             raise ConnectionRejectionError({"message": exc.message, "code": exc.code}) from None
-        owner = context.socket_owner
-        if isinstance(owner, _SocketOwner) and owner.user_id is None:
-            services = context.services
+        if socket is not None and socket.admission is None:
             cap = services.settings.ws_max_connections_per_key
-            if not services.open_sockets.acquire_user(user.id, cap):
+            admission = Admission(user.id, context.key_hash(), user.tier.value)
+            if not services.open_sockets.admit(socket, admission, cap):
                 raise ConnectionRejectionError(
                     {"message": f"At most {cap} websockets per user", "code": "RATE_LIMITED"}
                 )
-            owner.user_id = user.id
         return None
 
 
@@ -262,11 +282,21 @@ SUBSCRIPTIONS_OVER_WEBSOCKETS = (
     "with the graphql-transport-ws (or legacy graphql-ws) subprotocol"
 )
 _REQUEST_ERROR_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}
-_OWNER = "evlink.socket_owner"
+_SOCKET = "evlink.open_socket"
 _PENDING = "evlink.pending_result"
+_INIT_TIMEOUT = 4408  # as Strawberry closes a late graphql-transport-ws
 
 
-class _SocketOwner:
-    """Whose websocket this is, set once its key is accepted."""
+def _close_if_pending(socket: OpenSocket) -> None:
+    if socket.pending:
+        socket.close(_INIT_TIMEOUT, "Connection initialisation timeout")
 
-    user_id: int | None = None
+
+async def _refuse_handshake(scope: Scope, receive: Receive, send: Send, retry_after: float) -> None:
+    """The REST 429 (``Retry-After``, ``RATE_LIMITED``) as the handshake's answer."""
+    websocket = WebSocket(scope, receive, send)
+    await websocket.receive()  # websocket.connect
+    refusal = RateLimited(
+        "Too many websockets awaiting connection_init from this address", retry_after=retry_after
+    )
+    await websocket.send_denial_response(error_response(refusal))
