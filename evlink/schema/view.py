@@ -16,10 +16,18 @@ from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLRequestData
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+)
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
+from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+from strawberry.subscriptions.protocols.graphql_ws.types import (
+    ConnectionInitMessage as LegacyConnectionInitMessage,
+)
 from strawberry.types import ExecutionResult, SubscriptionExecutionResult
 from strawberry.types.unset import UnsetType
 
-from evlink.errors import EvlinkError
+from evlink.errors import DatabaseUnavailable, EvlinkError
 from evlink.metrics import Metrics
 from evlink.playground.page import playground_response
 from evlink.ratelimit import client_address
@@ -30,8 +38,31 @@ from evlink.services import Services
 
 __all__ = ["GraphQLView"]
 
+# A websocket whose key cannot be checked because the database is unavailable closes with
+# 1011 (internal error) and a reason, on both protocols, rather than failing in ASGI.
+_UNAVAILABLE = 1011
+
+
+class _TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        try:
+            await super().handle_connection_init(message)
+        except DatabaseUnavailable as unavailable:
+            await self.websocket.close(_UNAVAILABLE, unavailable.message)
+
+
+class _LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
+    async def handle_connection_init(self, message: LegacyConnectionInitMessage) -> None:
+        try:
+            await super().handle_connection_init(message)
+        except DatabaseUnavailable as unavailable:
+            await self.websocket.close(_UNAVAILABLE, unavailable.message)
+
 
 class GraphQLView(GraphQL[Context, None]):
+    graphql_transport_ws_handler_class = _TransportWSHandler
+    graphql_ws_handler_class = _LegacyWSHandler
+
     def __init__(self, schema: strawberry.Schema, **kwargs: Any) -> None:
         super().__init__(schema, **kwargs)
         self.results = ResultCache(schema._schema)
@@ -89,6 +120,13 @@ class GraphQLView(GraphQL[Context, None]):
             response = await self.run(Request(scope=scope, receive=receive))
         except HTTPException as refused:
             response = request_error(refused.status_code, refused.reason)
+        except DatabaseUnavailable as unavailable:  # 503 with Retry-After, in GraphQL's shape
+            response = request_error(
+                unavailable.status,
+                unavailable.message,
+                code=unavailable.code,
+                headers=unavailable.headers(),
+            )
         await response(scope, receive, send)
 
     async def get_context(
@@ -124,6 +162,8 @@ class GraphQLView(GraphQL[Context, None]):
         )
         if context.refusal is not None:
             raise context.refusal  # the exception handlers answer 429 with Retry-After
+        if isinstance(result, ExecutionResult) and _failed_on_database(result):
+            raise DatabaseUnavailable()  # the whole answer is 503, not data with holes
         if context.authenticated and not context.charged:
             await context.charge(reads=False)  # it never executed (invalid): burst only
         pending = context.pending
@@ -146,6 +186,8 @@ class GraphQLView(GraphQL[Context, None]):
         """Refuse a bad key before any operation runs (4403 / connection_error)."""
         try:
             user = await context.user()
+        except DatabaseUnavailable:
+            raise  # not the client's fault: the socket closes with 1011 (_UNAVAILABLE)
         except EvlinkError as exc:
             raise ConnectionRejectionError({"message": exc.message, "code": exc.code}) from None
         owner = context.socket_owner
@@ -160,12 +202,24 @@ class GraphQLView(GraphQL[Context, None]):
         return None
 
 
-def request_error(status: int, message: str) -> JSONResponse:
+def request_error(
+    status: int, message: str, *, code: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     """``{"errors": [{"message", "extensions": {"code"}}]}`` for a request GraphQL refused
-    before any operation ran (GraphQL over HTTP: a request error has no ``data``)."""
-    code = _REQUEST_ERROR_CODES.get(status, "BAD_REQUEST")
+    before any operation ran, or that failed on the database (GraphQL over HTTP: a
+    request error has no ``data``)."""
+    code = code or _REQUEST_ERROR_CODES.get(status, "BAD_REQUEST")
     return JSONResponse(
-        {"errors": [{"message": message, "extensions": {"code": code}}]}, status_code=status
+        {"errors": [{"message": message, "extensions": {"code": code}}]},
+        status_code=status,
+        headers=headers,
+    )
+
+
+def _failed_on_database(result: ExecutionResult) -> bool:
+    return any(
+        (error.extensions or {}).get("code") == DatabaseUnavailable.code
+        for error in result.errors or ()
     )
 
 
