@@ -1,0 +1,124 @@
+"""A TCP proxy on 127.0.0.1 that a test turns against the connections it carries.
+
+Put it between evlink and a real server (PostgreSQL) and it forwards bytes both
+ways until the test says otherwise:
+
+- :meth:`TcpProxy.freeze`: nothing passes any more, either way, on open connections
+  and on new ones, and nothing is refused or reset: a link whose packets are dropped.
+  :meth:`TcpProxy.thaw` lets what was held through, as TCP would once the link heals.
+- :meth:`TcpProxy.refuse`: the port stops listening; a new connection is refused.
+  :meth:`TcpProxy.accept` listens on the same port again.
+- :meth:`TcpProxy.reset`: every open connection is reset (RST to the client, and the
+  server side closed), as when the server restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from collections.abc import AsyncIterator
+
+__all__ = ["TcpProxy"]
+
+_CHUNK = 65_536
+
+
+class _Link:
+    """One client connection and its connection to the server."""
+
+    def __init__(self, client: asyncio.StreamWriter) -> None:
+        self.client = client
+        self.server: asyncio.StreamWriter | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def reset(self) -> None:
+        sock = self.client.get_extra_info("socket")
+        if sock is not None:
+            # Linger 0: close() sends RST instead of FIN.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.client.transport.abort()
+        if self.server is not None:
+            self.server.transport.abort()
+        for task in self.tasks:
+            task.cancel()
+
+
+class TcpProxy:
+    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.port = 0
+        self.accepted = 0  # connections accepted since the start
+        self._server: asyncio.Server | None = None
+        self._links: set[_Link] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[TcpProxy]:
+        """Listen on a free port of 127.0.0.1 until the block ends; then close everything."""
+        await self.accept()
+        try:
+            yield self
+        finally:
+            await self.refuse()
+            self._flowing.set()
+            for link in tuple(self._links):
+                link.reset()
+
+    async def accept(self) -> None:
+        """Listen (again, on the same port once one was chosen)."""
+        if self._server is None:
+            self._server = await asyncio.start_server(
+                self._serve, "127.0.0.1", self.port, reuse_address=True
+            )
+            self.port = self._server.sockets[0].getsockname()[1]
+
+    async def refuse(self) -> None:
+        """Stop listening: new connections are refused; open ones go on."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    def freeze(self) -> None:
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
+
+    def reset(self) -> None:
+        """Reset every open connection."""
+        for link in tuple(self._links):
+            link.reset()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        link = _Link(writer)
+        self._links.add(link)
+        try:
+            await self._flowing.wait()  # a frozen link answers nothing, not even a connect
+            upstream_reader, link.server = await asyncio.open_connection(*self.upstream)
+            link.tasks = [
+                asyncio.create_task(self._pump(reader, link.server)),
+                asyncio.create_task(self._pump(upstream_reader, writer)),
+            ]
+            # Either way ending ends both: a closed side closes the other.
+            await asyncio.wait(link.tasks, return_when=asyncio.FIRST_COMPLETED)
+        except OSError:
+            pass  # the server refused or went away: the client's side closes below
+        finally:
+            for task in link.tasks:
+                task.cancel()
+            for side in (writer, link.server):
+                if side is not None:
+                    side.close()
+            self._links.discard(link)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(_CHUNK):
+                await self._flowing.wait()  # held, not lost, while frozen
+                writer.write(data)
+                await writer.drain()
+            await self._flowing.wait()  # even the close waits for the link
