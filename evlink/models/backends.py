@@ -13,11 +13,12 @@ back, within ``EVLINK_DATABASE_TIMEOUT`` together.
   :class:`~evlink.errors.DatabaseUnavailable` (503 with ``Retry-After``). Every other
   database error (a constraint, bad SQL) passes unchanged.
 - A statement cut short leaves no broken connection behind. On PostgreSQL its
-  connection is terminated before it goes back to the pool (asyncpg would wait for
-  the server to acknowledge a cancel, over a link that may be dead), and the pool
-  opens a new one when needed. On SQLite the statement is interrupted before the
-  next call may use the connection, and SQLite's own lock wait (``busy_timeout``)
-  is the same bound, so the connection is free again when the call gives up.
+  connection is terminated before it goes back to the pool: asyncpg would wait for
+  the server to acknowledge a cancel, over a link that may be dead, and hold the
+  caller meanwhile. The pool opens a new one when needed, and keeps no floor of
+  open connections (it would retry that in the background, logging each failure).
+  SQLite gives up waiting for another connection's lock (``busy_timeout``) at half
+  the bound, so a locked database is told as such before the call runs out.
 - The outage is logged once, a WARNING when a call first fails and an INFO when one
   succeeds again; the answers in between are not logged (:class:`Outage`).
 
@@ -38,13 +39,9 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 from tortoise.backends.asyncpg.client import AsyncpgDBClient
-from tortoise.backends.base.client import (
-    BaseDBAsyncClient,
-    ConnectionWrapper,
-    PoolConnectionWrapper,
-)
+from tortoise.backends.base.client import BaseDBAsyncClient, PoolConnectionWrapper
 from tortoise.backends.sqlite.client import SqliteClient
-from tortoise.exceptions import DBConnectionError, OperationalError
+from tortoise.exceptions import OperationalError
 
 from evlink.errors import DatabaseUnavailable
 
@@ -63,10 +60,8 @@ logger = logging.getLogger(__name__)
 # refused and reset connections and asyncpg's own connect timeout (TimeoutError).
 _UNREACHABLE: tuple[type[BaseException], ...] = (
     OSError,
-    DBConnectionError,
     asyncpg.PostgresConnectionError,  # SQLSTATE class 08: the connection broke
     asyncpg.exceptions.OperatorInterventionError,  # class 57: shutting down, starting up
-    asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, disk full
 )
 # SQLite's messages for a database it cannot use now (Tortoise wraps them in its own
 # OperationalError, as it does bad SQL).
@@ -190,11 +185,10 @@ class BoundedPostgresClient(BoundedClient, AsyncpgDBClient):
     """asyncpg through Tortoise, every call bounded."""
 
     def __init__(self, database_timeout: float, **kwargs: Any) -> None:
-        # One connection when the pool opens (failures show at once) but no floor kept
-        # after: asyncpg would restore a floor in the background during an outage and
-        # log each failed attempt with its traceback. Calls open what they need.
+        # No floor of open connections: asyncpg would restore it in the background
+        # during an outage and log each failed attempt with its traceback. Calls open
+        # the connections they need, within their bound.
         kwargs.setdefault("minsize", 0)
-        kwargs.setdefault("init_size", 1)
         super().__init__(**kwargs)
         self.timeout = database_timeout
         self.outage = Outage()
@@ -203,30 +197,17 @@ class BoundedPostgresClient(BoundedClient, AsyncpgDBClient):
         return _TerminatingPoolConnection(self, self._pool_init_lock)
 
 
-class _InterruptingConnection(ConnectionWrapper[Any]):
-    """SQLite's one connection, its running statement interrupted when the call was cut
-    short, before the next call may use it (the statement runs in aiosqlite's thread,
-    which the cancelled call no longer waits for)."""
-
-    async def __aexit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
-        try:
-            if _cut_short(exc_type) and self.connection is not None:
-                await self.connection.interrupt()
-        finally:
-            await super().__aexit__(exc_type, exc_val, exc_tb)
-
-
 class BoundedSqliteClient(BoundedClient, SqliteClient):
-    """aiosqlite through Tortoise, every call bounded; SQLite waits for a lock as long."""
+    """aiosqlite through Tortoise, every call bounded."""
 
     def __init__(self, file_path: str, database_timeout: float, **kwargs: Any) -> None:
-        kwargs.setdefault("busy_timeout", round(database_timeout * 1000))  # a PRAGMA, in ms
+        # SQLite's own wait for another connection's lock (a PRAGMA, in ms): half the
+        # bound, so that a locked database is told as such, and its statement has left
+        # aiosqlite's thread, before the call's bound runs out.
+        kwargs.setdefault("busy_timeout", round(database_timeout * 500))
         super().__init__(file_path, **kwargs)
         self.timeout = database_timeout
         self.outage = Outage()
-
-    def acquire_connection(self) -> _InterruptingConnection:
-        return _InterruptingConnection(self._lock, self)
 
 
 def get_client_class(db_info: dict[str, Any]) -> type[BaseDBAsyncClient]:

@@ -5,11 +5,16 @@ ways until the test says otherwise:
 
 - :meth:`TcpProxy.freeze`: nothing passes any more, either way, on open connections
   and on new ones, and nothing is refused or reset: a link whose packets are dropped.
-  :meth:`TcpProxy.thaw` lets what was held through, as TCP would once the link heals.
+  :meth:`TcpProxy.holding` returns once something is held (a query in flight, a new
+  connection). :meth:`TcpProxy.thaw` lets what was held through, as TCP would once
+  the link heals.
 - :meth:`TcpProxy.refuse`: the port stops listening; a new connection is refused.
   :meth:`TcpProxy.accept` listens on the same port again.
 - :meth:`TcpProxy.reset`: every open connection is reset (RST to the client, and the
   server side closed), as when the server restarts.
+- :meth:`TcpProxy.starting_up`: PostgreSQL only. A new connection is answered as
+  PostgreSQL answers while it starts (or recovers): FATAL 57P03 "the database system
+  is starting up". :meth:`TcpProxy.started` forwards new connections again.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from collections.abc import AsyncIterator
 __all__ = ["TcpProxy"]
 
 _CHUNK = 65_536
+# PostgreSQL's requests to encrypt before the startup message; a server without answers "N".
+_ENCRYPTION_REQUESTS = (80877103, 80877104)  # SSLRequest, GSSENCRequest
+_STARTING_UP = b"SFATAL\0VFATAL\0C57P03\0Mthe database system is starting up\0\0"
 
 
 class _Link:
@@ -54,6 +62,8 @@ class TcpProxy:
         self._links: set[_Link] = set()
         self._flowing = asyncio.Event()
         self._flowing.set()
+        self._held = asyncio.Event()  # set once a frozen link holds something
+        self._starting_up = False
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[TcpProxy]:
@@ -82,10 +92,21 @@ class TcpProxy:
             self._server = None
 
     def freeze(self) -> None:
+        self._held.clear()
         self._flowing.clear()
+
+    async def holding(self) -> None:
+        """Return once the frozen link holds bytes or a connection."""
+        await self._held.wait()
 
     def thaw(self) -> None:
         self._flowing.set()
+
+    def starting_up(self) -> None:
+        self._starting_up = True
+
+    def started(self) -> None:
+        self._starting_up = False
 
     def reset(self) -> None:
         """Reset every open connection."""
@@ -97,7 +118,10 @@ class TcpProxy:
         link = _Link(writer)
         self._links.add(link)
         try:
-            await self._flowing.wait()  # a frozen link answers nothing, not even a connect
+            if self._starting_up:
+                await _tell_starting_up(reader, writer)
+                return
+            await self._wait_for_the_link()  # a frozen link answers nothing, not even a connect
             upstream_reader, link.server = await asyncio.open_connection(*self.upstream)
             link.tasks = [
                 asyncio.create_task(self._pump(reader, link.server)),
@@ -105,7 +129,7 @@ class TcpProxy:
             ]
             # Either way ending ends both: a closed side closes the other.
             await asyncio.wait(link.tasks, return_when=asyncio.FIRST_COMPLETED)
-        except OSError:
+        except (OSError, asyncio.IncompleteReadError):
             pass  # the server refused or went away: the client's side closes below
         finally:
             for task in link.tasks:
@@ -118,7 +142,23 @@ class TcpProxy:
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
             while data := await reader.read(_CHUNK):
-                await self._flowing.wait()  # held, not lost, while frozen
+                await self._wait_for_the_link()  # held, not lost, while frozen
                 writer.write(data)
                 await writer.drain()
-            await self._flowing.wait()  # even the close waits for the link
+            await self._wait_for_the_link()  # even the close waits for the link
+
+    async def _wait_for_the_link(self) -> None:
+        if not self._flowing.is_set():
+            self._held.set()
+            await self._flowing.wait()
+
+
+async def _tell_starting_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answer a PostgreSQL client's startup as a server that is starting up does."""
+    length, code = struct.unpack("!ii", await reader.readexactly(8))
+    while code in _ENCRYPTION_REQUESTS:
+        writer.write(b"N")  # no encryption here; the client sends its startup message
+        length, code = struct.unpack("!ii", await reader.readexactly(8))
+    await reader.readexactly(length - 8)  # the rest of the startup message
+    writer.write(b"E" + struct.pack("!i", len(_STARTING_UP) + 4) + _STARTING_UP)
+    await writer.drain()

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
+import asyncpg
 import httpx
 import pytest
 import websockets
@@ -30,6 +32,7 @@ SLACK = 1.0  # what a busy test machine may add to a bounded answer
 READY_WITHIN = 2.0  # /readyz answers within this, whatever happens
 OUTAGE_STARTS = "database unavailable"
 OUTAGE_ENDS = "database answers again"
+OUTAGE_LOGGER = "evlink.models.backends"
 
 postgres_only = pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 
@@ -137,33 +140,87 @@ async def test_a_frozen_link_answers_503_within_the_timeout_then_serves_again(
 
 
 @postgres_only
-async def test_a_refused_and_reset_database_answers_503_at_once_then_serves_again(
+async def test_postgresql_going_down_answers_503_at_once_then_serves_again(
     database_url: str,
 ) -> None:
-    world = await account(database_url, keys=2)
-    rest_key, graphql_key = world.keys
+    world = await account(database_url, keys=3)
+    in_flight_key, rest_key, graphql_key = world.keys
     # The read cache on (its default): a key it remembers needs no lookup, so GraphQL
-    # meets the outage in its fields, not in authentication.
-    async with _evlink_through_proxy(database_url, EVLINK_CACHE_TTL="5") as (proxy, evlink, http):
+    # meets the outage in its fields, not in authentication. No lease scans meanwhile.
+    async with _evlink_through_proxy(
+        database_url, EVLINK_CACHE_TTL="5", EVLINK_COMMAND_LEASE="600"
+    ) as (proxy, evlink, http):
         assert (await graphql(http, graphql_key, "{ viewer { email } }")).status_code == 200
         mark = len(evlink.records)
-        await proxy.refuse()  # PostgreSQL went down: its connections reset, its port closed
+        proxy.freeze()
+        in_flight = asyncio.create_task(timed(status(http, in_flight_key, world.vehicle_id)))
+        await proxy.holding()  # its query is on the way
+        await proxy.refuse()  # PostgreSQL goes down: its connections reset, its port closed
         proxy.reset()
+        proxy.thaw()
 
-        answer, took = await timed(status(http, rest_key, world.vehicle_id))
-        _assert_unavailable_rest(answer)
-        assert took < DB_TIMEOUT  # a refusal is known at once: nothing waits for the bound
+        # Lost in the middle, then refused: both known at once, neither waits the bound.
+        for answer, took in (
+            await in_flight,
+            await timed(status(http, rest_key, world.vehicle_id)),
+        ):
+            _assert_unavailable_rest(answer)
+            assert took < DB_TIMEOUT
         _assert_unavailable_graphql(await graphql(http, graphql_key))  # a field failed
         ready = await http.get("/readyz")
         assert (ready.status_code, ready.json()["database"]) == (503, "unavailable")
 
-        await proxy.accept()  # back
+        proxy.starting_up()  # PostgreSQL starts again: it turns connections away a while
+        await proxy.accept()
+        answer, took = await timed(status(http, rest_key, world.vehicle_id))
+        _assert_unavailable_rest(answer)
+        assert took < DB_TIMEOUT
+
+        proxy.started()  # and serves
         assert (await status(http, rest_key, world.vehicle_id)).status_code == 200
         assert (await graphql(http, graphql_key)).status_code == 200
         assert (await http.get("/readyz")).json() == {"status": "ready", "database": "ok"}
         _assert_one_outage_logged(evlink, mark)
         started = next(r for r in evlink.records[mark:] if OUTAGE_STARTS in r["message"])
-        assert "ConnectionRefusedError" in started["message"]
+        assert "ConnectionDoesNotExistError" in started["message"]
+
+
+@postgres_only
+async def test_postgresql_ending_evlinks_sessions_costs_only_the_call_in_flight(
+    database_url: str,
+) -> None:
+    world = await account(database_url, keys=3)
+    warm_key, in_flight_key, next_key = world.keys
+    async with _evlink_through_proxy(database_url, EVLINK_COMMAND_LEASE="600") as (
+        proxy,
+        evlink,
+        http,
+    ):
+        assert (await status(http, warm_key, world.vehicle_id)).status_code == 200
+        mark = len(evlink.records)
+        proxy.freeze()
+        in_flight = asyncio.create_task(status(http, in_flight_key, world.vehicle_id))
+        await proxy.holding()
+        # As a restart (or an administrator) does: every session of evlink ends (57P01).
+        assert await _terminate_sessions(database_url) >= 1
+        proxy.thaw()
+
+        _assert_unavailable_rest(await in_flight)
+        assert (await status(http, next_key, world.vehicle_id)).status_code == 200
+        _assert_one_outage_logged(evlink, mark)
+
+
+async def _terminate_sessions(database_url: str) -> int:
+    """End every other session on this test's database; how many there were."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        ended: int = await connection.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await connection.close()
+    return ended
 
 
 @postgres_only
@@ -277,7 +334,9 @@ async def test_a_redis_outage_keeps_every_instance_ready_and_serving(database_ur
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-async def test_a_locked_sqlite_database_answers_503_within_the_timeout(settings: Settings) -> None:
+async def test_a_locked_sqlite_database_answers_503_within_the_timeout(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
     await _truncate(settings.database_url)
     bounded = replace(settings, database_timeout=DB_TIMEOUT, cache_ttl=0.0)
     async with run_server(bounded) as server:
@@ -288,13 +347,19 @@ async def test_a_locked_sqlite_database_answers_503_within_the_timeout(settings:
         other = sqlite3.connect(path, isolation_level=None)  # another process's connection
         try:
             other.execute("BEGIN EXCLUSIVE")  # holds the write lock
-            answer, took = await timed(status(server.http, spare, str(vehicle.id)))
-            _assert_unavailable_rest(answer)
-            assert took < DB_TIMEOUT + SLACK
-            other.execute("ROLLBACK")
+            with caplog.at_level(logging.INFO, logger=OUTAGE_LOGGER):
+                answer, took = await timed(status(server.http, spare, str(vehicle.id)))
+                _assert_unavailable_rest(answer)
+                assert took < DB_TIMEOUT + SLACK
+                other.execute("ROLLBACK")
 
-            again, took = await timed(status(server.http, spare, str(vehicle.id)))
+                again, took = await timed(status(server.http, spare, str(vehicle.id)))
             assert again.status_code == 200, again.text
             assert took < DB_TIMEOUT
         finally:
             other.close()
+    told = [
+        (r.levelname, r.getMessage()) for r in caplog.records if r.name == "evlink.models.backends"
+    ]
+    assert [level for level, _ in told] == ["WARNING", "INFO"]
+    assert "SQLite: database is locked" in told[0][1]  # SQLite's own wait ran out first
