@@ -121,6 +121,8 @@ async def test_a_frozen_link_answers_503_within_the_timeout_then_serves_again(
         for answer, took in rest_answers:
             _assert_unavailable_rest(answer)
             assert took < DB_TIMEOUT + SLACK
+        started = await evlink.wait_for(OUTAGE_STARTS, mark)
+        assert f"no answer within {DB_TIMEOUT:g} s" in started["message"]
         _assert_unavailable_graphql(graphql_answer)
         assert ready.status_code == 503
         assert ready.json() == {"status": "unavailable", "database": "unavailable"}
@@ -245,6 +247,8 @@ async def test_work_in_the_background_meets_the_outage_quietly_and_resumes(
         )
         assert started.status_code == 200, started.text
         command_id = started.json()["command_id"]
+        charging_car = world.vehicle_ids[1]  # read once: the simulator steps it from now on
+        assert (await status(http, key, charging_car)).json()["isCharging"] is True
         mark = len(evlink.records)
         proxy.freeze()
         # Only the background reads the database now: the simulator recording the car,
