@@ -7,11 +7,13 @@ credentials reach ``asyncpg.create_pool`` (``timeout`` bounds connecting,
 connection, and ``aiosqlite.connect`` gets no argument at all (only PRAGMAs). So
 evlink bounds each whole call here, with ``asyncio.timeout``: waiting for the pool
 (or SQLite's one connection), connecting, the statement and handing the connection
-back, within ``EVLINK_DATABASE_TIMEOUT`` together.
+back, within ``EVLINK_DATABASE_TIMEOUT`` together. One bound for the whole call is
+what a client waits for, and it makes asyncpg's two redundant.
 
-- A call that runs out of time, cannot connect or loses its connection raises
-  :class:`~evlink.errors.DatabaseUnavailable` (503 with ``Retry-After``). Every other
-  database error (a constraint, bad SQL) passes unchanged.
+- A call that runs out of time, cannot connect, loses its connection, meets
+  PostgreSQL shutting down or starting up, or a SQLite database locked elsewhere
+  raises :class:`~evlink.errors.DatabaseUnavailable` (503 with ``Retry-After``).
+  Every other database error (a constraint, bad SQL) passes unchanged.
 - A statement cut short leaves no broken connection behind. On PostgreSQL its
   connection is terminated before it goes back to the pool: asyncpg would wait for
   the server to acknowledge a cancel, over a link that may be dead, and hold the
@@ -63,15 +65,9 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,  # SQLSTATE class 08: the connection broke
     asyncpg.exceptions.OperatorInterventionError,  # class 57: shutting down, starting up
 )
-# SQLite's messages for a database it cannot use now (Tortoise wraps them in its own
-# OperationalError, as it does bad SQL).
-_SQLITE_UNAVAILABLE = (
-    "database is locked",
-    "database table is locked",
-    "unable to open database file",
-    "disk i/o error",
-    "interrupted",
-)
+# SQLite's answer when another connection held the lock past ``busy_timeout`` (Tortoise
+# wraps it in its own OperationalError, as it does bad SQL).
+_SQLITE_LOCKED = "database is locked"
 
 
 def _unavailable(exc: BaseException) -> str | None:
@@ -79,9 +75,7 @@ def _unavailable(exc: BaseException) -> str | None:
     if isinstance(exc, _UNREACHABLE):
         return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     cause = exc.args[0] if isinstance(exc, OperationalError) and exc.args else exc
-    if isinstance(cause, sqlite3.OperationalError) and str(cause).lower().startswith(
-        _SQLITE_UNAVAILABLE
-    ):
+    if isinstance(cause, sqlite3.OperationalError) and str(cause) == _SQLITE_LOCKED:
         return f"SQLite: {cause}"
     return None
 

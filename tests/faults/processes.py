@@ -47,6 +47,7 @@ class EvlinkProcess:
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._new_record = asyncio.Condition()
+        self._log_ended = False  # the process closed its stderr (it ended)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[EvlinkProcess]:
@@ -81,7 +82,7 @@ class EvlinkProcess:
             return next((r for r in self.records[since:] if text in r["message"]), None)
 
         async with asyncio.timeout(TIMEOUT), self._new_record:
-            await self._new_record.wait_for(lambda: found() is not None or self._ended)
+            await self._new_record.wait_for(lambda: found() is not None or self._log_ended)
         record = found()
         assert record is not None, f"the server ended before logging {text!r}: {self.records}"
         return record
@@ -97,10 +98,6 @@ class EvlinkProcess:
             if r["level"] in ("ERROR", "CRITICAL", "RAW") or r.get("exception")
         ]
 
-    @property
-    def _ended(self) -> bool:
-        return self._reader is not None and self._reader.done()
-
     async def _read_log(self) -> None:
         assert self._process is not None
         assert self._process.stderr is not None
@@ -114,6 +111,7 @@ class EvlinkProcess:
                 self.records.append(record)
                 self._new_record.notify_all()
         async with self._new_record:
+            self._log_ended = True
             self._new_record.notify_all()
 
     async def _stop(self) -> None:

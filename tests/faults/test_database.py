@@ -25,7 +25,7 @@ from evlink.settings import Settings
 from tests.conftest import TIMEOUT, _truncate, run_server
 from tests.faults.processes import EvlinkProcess, RedisProcess
 from tests.faults.proxy import TcpProxy
-from tests.faults.world import Account, account, graphql, status, through, timed, upstream
+from tests.faults.world import account, graphql, status, through, timed, upstream
 
 DB_TIMEOUT = 1.0  # EVLINK_DATABASE_TIMEOUT of the servers under fault
 SLACK = 1.0  # what a busy test machine may add to a bounded answer
@@ -96,7 +96,7 @@ def _assert_one_outage_logged(evlink: EvlinkProcess, since: int) -> None:
 async def test_a_frozen_link_answers_503_within_the_timeout_then_serves_again(
     database_url: str,
 ) -> None:
-    world: Account = await account(database_url, keys=4)
+    world = await account(database_url, keys=4)
     key, graphql_key, *socket_keys = world.keys
     async with _evlink_through_proxy(database_url) as (proxy, evlink, http):
         assert (await status(http, key, world.vehicle_id)).status_code == 200
@@ -113,7 +113,7 @@ async def test_a_frozen_link_answers_503_within_the_timeout_then_serves_again(
             *(
                 timed(_websocket_close(evlink.ws_url, protocol, socket_key))
                 for protocol, socket_key in zip(
-                    ("graphql-transport-ws", "graphql-ws"), socket_keys, strict=False
+                    ("graphql-transport-ws", "graphql-ws"), socket_keys, strict=True
                 )
             ),
         )
@@ -296,7 +296,7 @@ async def test_readyz_answers_within_2_s_whatever_the_database_and_redis_do(
             "database": "unavailable",
             "redis": "degraded",
         }
-        database_link.thaw()
+        database_link.thaw()  # so that the server shuts down at once
         redis_link.thaw()
 
 
@@ -348,7 +348,7 @@ async def test_a_locked_sqlite_database_answers_503_within_the_timeout(
         vehicle = await server.vehicle(user, "plugged")
         spare = (await issue_key(user)).secret  # its first use writes last_used_at
         path = settings.database_url.removeprefix("sqlite://")
-        other = sqlite3.connect(path, isolation_level=None)  # another process's connection
+        other = sqlite3.connect(path, isolation_level=None)  # as a backup or the CLI would
         try:
             other.execute("BEGIN EXCLUSIVE")  # holds the write lock
             with caplog.at_level(logging.INFO, logger=OUTAGE_LOGGER):
@@ -362,8 +362,6 @@ async def test_a_locked_sqlite_database_answers_503_within_the_timeout(
             assert took < DB_TIMEOUT
         finally:
             other.close()
-    told = [
-        (r.levelname, r.getMessage()) for r in caplog.records if r.name == "evlink.models.backends"
-    ]
+    told = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == OUTAGE_LOGGER]
     assert [level for level, _ in told] == ["WARNING", "INFO"]
     assert "SQLite: database is locked" in told[0][1]  # SQLite's own wait ran out first
