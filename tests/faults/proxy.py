@@ -24,6 +24,7 @@ import contextlib
 import socket
 import struct
 from collections.abc import AsyncIterator
+from typing import Any
 
 __all__ = ["TcpProxy"]
 
@@ -36,8 +37,9 @@ _STARTING_UP = b"SFATAL\0VFATAL\0C57P03\0Mthe database system is starting up\0\0
 class _Link:
     """One client connection and its connection to the server."""
 
-    def __init__(self, client: asyncio.StreamWriter) -> None:
+    def __init__(self, client: asyncio.StreamWriter, handler: asyncio.Task[Any] | None) -> None:
         self.client = client
+        self.handler = handler  # the task serving this connection
         self.server: asyncio.StreamWriter | None = None
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -57,7 +59,6 @@ class TcpProxy:
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         self.upstream = (upstream_host, upstream_port)
         self.port = 0
-        self.accepted = 0  # connections accepted since the start
         self._server: asyncio.Server | None = None
         self._links: set[_Link] = set()
         self._flowing = asyncio.Event()
@@ -73,9 +74,13 @@ class TcpProxy:
             yield self
         finally:
             await self.refuse()
-            self._flowing.set()
+            handlers = [link.handler for link in self._links if link.handler is not None]
             for link in tuple(self._links):
                 link.reset()
+            for handler in handlers:
+                handler.cancel()
+            if handlers:
+                await asyncio.wait(handlers)  # no task is left for the loop to cancel
 
     async def accept(self) -> None:
         """Listen (again, on the same port once one was chosen)."""
@@ -114,8 +119,7 @@ class TcpProxy:
             link.reset()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
-        link = _Link(writer)
+        link = _Link(writer, asyncio.current_task())
         self._links.add(link)
         try:
             if self._starting_up:
@@ -131,6 +135,10 @@ class TcpProxy:
             await asyncio.wait(link.tasks, return_when=asyncio.FIRST_COMPLETED)
         except (OSError, asyncio.IncompleteReadError):
             pass  # the server refused or went away: the client's side closes below
+        except asyncio.CancelledError:
+            # The proxy closes. Ended, not cancelled: asyncio's stream server reports a
+            # cancelled handler as an error.
+            pass
         finally:
             for task in link.tasks:
                 task.cancel()
