@@ -27,6 +27,7 @@ from evlink.edge import HttpEdge
 from evlink.events import RedisEventBus, build_event_bus
 from evlink.guards import BodyLimit
 from evlink.metrics import CountedProvider, Metrics, metrics_endpoint
+from evlink.models.backends import database_answers
 from evlink.models.database import ensure_sqlite_directory
 from evlink.playground import page as playground
 from evlink.providers import Provider, build_provider
@@ -77,24 +78,42 @@ def _cors(settings: Settings) -> list[Middleware]:
     ]
 
 
+# Seconds each readiness check may take: /readyz answers within 2 s whatever happens.
+READY_TIMEOUT = 1.5
+
+
 async def readyz(request: Request) -> JSONResponse:
-    """Ready to serve: the database answers and, when configured, Redis does."""
+    """Whether this instance can serve: 503 when its database does not answer.
+
+    Redis is shared by the fleet and its loss does not stop an instance serving (rate
+    limits count in memory, events stay within the instance): reported as
+    ``"redis": "degraded"`` with 200, so a Redis outage does not take every instance
+    out of the load balancer at once (docs/scaling.md).
+    """
     services: Services = request.app.state.services
-    checks: dict[str, str] = {}
-    try:
-        await Tortoise.get_connection(
-            connection_name(services.settings.database_url)
-        ).execute_query("SELECT 1")
-        checks["database"] = "ok"
-    except Exception as exc:
-        logger.warning("readyz: database check failed: %s", type(exc).__name__)
-        checks["database"] = "unavailable"
-    if isinstance(services.events, RedisEventBus):
-        checks["redis"] = "ok" if await services.events.ping() else "unavailable"
-    ready = all(value == "ok" for value in checks.values())
+    database, redis = await asyncio.gather(_database_state(services), _redis_state(services))
+    checks = {"database": database} if redis is None else {"database": database, "redis": redis}
+    ready = database == "ok"
     return JSONResponse(
         {"status": "ready" if ready else "unavailable", **checks}, status_code=200 if ready else 503
     )
+
+
+async def _database_state(services: Services) -> str:
+    client = Tortoise.get_connection(connection_name(services.settings.database_url))
+    return "ok" if await database_answers(client, READY_TIMEOUT) else "unavailable"
+
+
+async def _redis_state(services: Services) -> str | None:
+    events = services.events
+    if not isinstance(events, RedisEventBus):
+        return None
+    try:
+        async with asyncio.timeout(READY_TIMEOUT):
+            answers = await events.ping()
+    except TimeoutError:
+        answers = False
+    return "ok" if answers else "degraded"
 
 
 def create_app(settings: Settings | None = None, *, provider: Provider | None = None) -> Starlette:

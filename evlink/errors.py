@@ -4,7 +4,9 @@ Every failure a client may see is an :class:`EvlinkError` subclass carrying its
 code, HTTP status and a message safe to show. REST answers
 ``{"detail": message, "code": code}``; GraphQL puts ``code`` into the error's
 ``extensions``. Anything else that escapes is a bug: logged with the request id
-and answered as "Unexpected error" without internals.
+and answered as "Unexpected error" without internals. An error of status 500 or
+more is logged with the request id, except where ``log_each`` is false: a
+database outage is logged once where it starts and ends, not per request.
 
     EvlinkError
     ├── Unauthenticated          401 UNAUTHENTICATED
@@ -22,6 +24,7 @@ and answered as "Unexpected error" without internals.
     ├── InternalError            500 INTERNAL_ERROR
     ├── StreamInterrupted        503 STREAM_INTERRUPTED (a subscription lost its events)
     ├── ServerBusy               503 SERVER_BUSY (past the cap on open connections)
+    ├── DatabaseUnavailable      503 DATABASE_UNAVAILABLE (down or hung; with Retry-After)
     └── ProviderUnavailable      502 / 503 / 504 PROVIDER_UNAVAILABLE
 """
 
@@ -31,6 +34,7 @@ from typing import ClassVar
 
 __all__ = [
     "BadRequest",
+    "DatabaseUnavailable",
     "EvlinkError",
     "ForbiddenOwner",
     "ForbiddenTier",
@@ -56,6 +60,8 @@ class EvlinkError(Exception):
     code: ClassVar[str] = "INTERNAL_ERROR"
     status: int = 500
     default_message: ClassVar[str] = "Unexpected error"
+    # Log each answer of status 500 or more with its request id (see DatabaseUnavailable).
+    log_each: ClassVar[bool] = True
 
     def __init__(self, message: str | None = None, *, retry_after: float | None = None) -> None:
         self.message = message or self.default_message
@@ -159,6 +165,23 @@ class ServerBusy(EvlinkError):
 
     def __init__(self, message: str | None = None, *, retry_after: float | None = 1.0) -> None:
         super().__init__(message, retry_after=retry_after)
+
+
+class DatabaseUnavailable(EvlinkError):
+    """The database could not be reached or did not answer within EVLINK_DATABASE_TIMEOUT.
+
+    Raised only by :mod:`evlink.models.backends`, which logs the outage once when it
+    starts and once when it ends; the answers themselves are not logged.
+    """
+
+    code = "DATABASE_UNAVAILABLE"
+    status = 503
+    default_message = "The database is unavailable; try again shortly"
+    log_each = False
+    retry_seconds: ClassVar[float] = 5.0
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, retry_after=self.retry_seconds)
 
 
 class InternalError(EvlinkError):

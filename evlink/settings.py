@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
 from starlette.config import Config
+from tortoise.backends.base.config_generator import expand_db_url
 
 __all__ = ["Settings", "SettingsError"]
 
@@ -38,6 +39,9 @@ class Settings:
     """The one settings object. Defaults give the embedded single-machine setup."""
 
     database_url: str = "sqlite://var/evlink.sqlite3"
+    # Seconds one database call may take in all (waiting for a connection included);
+    # longer is 503 DATABASE_UNAVAILABLE (evlink.models.backends).
+    database_timeout: float = 5.0
     provider: ProviderName = "simulator"
     host: str = "127.0.0.1"
     port: int = 8000
@@ -176,8 +180,8 @@ class Settings:
         return self.database_url.startswith("sqlite://")
 
     def tortoise_config(self) -> dict[str, Any]:
-        """The Tortoise ORM configuration for this database."""
-        return tortoise_config(self.database_url)
+        """The Tortoise ORM configuration for this database, every call bounded."""
+        return tortoise_config(self.database_url, timeout=self.database_timeout)
 
 
 def connection_name(database_url: str) -> str:
@@ -185,10 +189,18 @@ def connection_name(database_url: str) -> str:
     return "sqlite" if database_url.startswith("sqlite://") else "postgres"
 
 
-def tortoise_config(database_url: str) -> dict[str, Any]:
-    """Tortoise configuration with evlink's one app ``evlink``."""
+def tortoise_config(database_url: str, *, timeout: float | None = None) -> dict[str, Any]:
+    """Tortoise configuration with evlink's one app ``evlink``.
+
+    With ``timeout``, every call is bounded and an outage raises DatabaseUnavailable
+    (:mod:`evlink.models.backends`; the server). Without, Tortoise's own clients
+    (migrations and the CLI, which may take their time).
+    """
+    connection: str | dict[str, Any] = database_url
+    if timeout is not None:
+        connection = _bounded_connection(database_url, timeout)
     return {
-        "connections": {connection_name(database_url): database_url},
+        "connections": {connection_name(database_url): connection},
         "apps": {
             "evlink": {
                 "models": ["evlink.models"],
@@ -199,6 +211,18 @@ def tortoise_config(database_url: str) -> dict[str, Any]:
         "use_tz": True,
         "timezone": "UTC",
     }
+
+
+# Tortoise's engines that evlink.models.backends bounds (sqlite://, postgres:// on asyncpg).
+_BOUNDED_ENGINES = ("tortoise.backends.sqlite", "tortoise.backends.asyncpg")
+
+
+def _bounded_connection(database_url: str, timeout: float) -> dict[str, Any]:
+    connection: dict[str, Any] = expand_db_url(database_url)
+    if connection["engine"] in _BOUNDED_ENGINES:
+        connection["engine"] = "evlink.models.backends"
+        connection["credentials"]["database_timeout"] = timeout
+    return connection
 
 
 def _positive_float(raw: str) -> float:

@@ -29,7 +29,7 @@ def error_response(error: EvlinkError) -> JSONResponse:
 
 async def _evlink_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, EvlinkError)
-    if isinstance(exc, InternalError) or exc.status >= 500:
+    if isinstance(exc, InternalError) or (exc.status >= 500 and exc.log_each):
         logger.error(
             "request %s %s failed: %s (%s)",
             current_request_id(),

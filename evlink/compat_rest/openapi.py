@@ -53,6 +53,10 @@ ERROR_CODES: dict[str, str] = {
     "PROVIDER_LINK_MISSING": "The vehicle has no provider id.",
     "INTERNAL_ERROR": "An unexpected error, logged with the request id; no details are given.",
     "STREAM_INTERRUPTED": "A subscription lost its events (GraphQL only).",
+    "DATABASE_UNAVAILABLE": (
+        "The database is down or did not answer within the server's database timeout; "
+        "`Retry-After` says when to try again."
+    ),
     "PROVIDER_UNAVAILABLE": (
         "The provider failed (502), is busy or switched off by the circuit breaker "
         "(503, with `Retry-After`), or timed out (504), with no stored state to serve."
@@ -306,10 +310,14 @@ SCHEMAS: dict[str, Schema] = {
         {
             "status": {"type": "string", "enum": ["ready", "unavailable"]},
             "database": {"type": "string", "enum": ["ok", "unavailable"]},
-            "redis": {"type": "string", "enum": ["ok", "unavailable"]},
+            "redis": {"type": "string", "enum": ["ok", "degraded"]},
         },
         optional=("redis",),
-        description="`redis` only when EVLINK_REDIS_URL is set.",
+        description=(
+            "`redis` only when EVLINK_REDIS_URL is set. A Redis that does not answer is "
+            "`degraded`: the instance still serves (200); only a database that does not "
+            "answer makes it unavailable (503)."
+        ),
     ),
 }
 
@@ -401,7 +409,7 @@ IDEMPOTENCY_KEY = {
     "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
 }
 
-_READ_ERRORS = (errors.Unauthenticated, errors.RateLimited)
+_READ_ERRORS = (errors.Unauthenticated, errors.RateLimited, errors.DatabaseUnavailable)
 _VEHICLE_ERRORS = (
     *_READ_ERRORS,
     errors.ForbiddenOwner,
@@ -423,6 +431,7 @@ _CHARGING_ERRORS = (
     errors.RateLimited,
     errors.ProviderLinkMissing,
     errors.ProviderUnavailable,
+    errors.DatabaseUnavailable,
 )
 
 
@@ -559,6 +568,7 @@ def _paths() -> Schema:
                         errors.Unauthenticated,
                         errors.NotFound,
                         errors.PayloadTooLarge,
+                        errors.DatabaseUnavailable,
                     ),
                 },
             }
@@ -576,11 +586,15 @@ def _paths() -> Schema:
             "get": {
                 "operationId": "readyz",
                 "tags": ["Operations"],
-                "summary": "Ready to serve: the database (and Redis, when set) answer",
+                "summary": "Ready to serve: the database answers (Redis is reported, when set)",
                 "security": NO_KEY,
                 "responses": {
                     "200": _ok("Ready.", _ref("Readiness"), limited=False),
-                    "503": _ok("Not ready.", _ref("Readiness"), limited=False),
+                    "503": _ok(
+                        "Not ready: the database does not answer (within 2 s).",
+                        _ref("Readiness"),
+                        limited=False,
+                    ),
                 },
             }
         },

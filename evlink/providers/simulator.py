@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from evlink.errors import (
     BadRequest,
+    DatabaseUnavailable,
     InvalidVehicleState,
     NotFound,
     ProviderUnavailable,
@@ -406,6 +407,8 @@ class Simulator:
             for update in updates:
                 try:
                     await sink(update)
+                except DatabaseUnavailable:
+                    pass  # logged once per outage (evlink.models.backends); reads refresh later
                 except Exception:
                     logger.exception("simulator: recording an update failed")
 

@@ -39,6 +39,7 @@ from tortoise.expressions import Q
 
 from evlink.errors import (
     BadRequest,
+    DatabaseUnavailable,
     EvlinkError,
     ForbiddenTier,
     IdempotencyKeyReused,
@@ -449,6 +450,8 @@ class CommandWatcher:
                         )
                         self._tasks[command_id].cancel()
                 await self.scan()
+            except DatabaseUnavailable:
+                pass  # logged once per outage (evlink.models.backends); the next round retries
             except Exception:
                 logger.exception("command leases: renewal failed; retrying")
 
@@ -459,6 +462,8 @@ class CommandWatcher:
             raise
         except _LeaseLost:
             logger.warning("command %s: lease lost; another instance follows it", command_id)
+        except DatabaseUnavailable:
+            pass  # logged once per outage; the command stays PENDING, the next scan resumes it
         except Exception:
             # The command stays PENDING in the database; a restart resumes it.
             logger.exception("command %s: the watcher stopped following it", command_id)

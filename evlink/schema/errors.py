@@ -38,7 +38,7 @@ def format_error(error: GraphQLError) -> GraphQLError:
             exc_info=original,
         )
         original = InternalError()
-    elif original.status >= 500:
+    elif original.status >= 500 and original.log_each:
         logger.error("request %s: %s (%s)", current_request_id(), original.code, original.message)
     extensions = {"code": original.code}
     if original.retry_after is not None:

@@ -20,13 +20,21 @@ from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
 from strawberry.http import GraphQLRequestData
 from strawberry.http.exceptions import NonJsonMessageReceived, NonTextMessageReceived
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+)
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
+from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+from strawberry.subscriptions.protocols.graphql_ws.types import (
+    ConnectionInitMessage as LegacyConnectionInitMessage,
+)
 from strawberry.types import ExecutionResult, SubscriptionExecutionResult
 from strawberry.types.graphql import OperationType
 from strawberry.types.unset import UnsetType
 
 from evlink import jsonbody
 from evlink.compat_rest.errors import error_response
-from evlink.errors import EvlinkError, RateLimited
+from evlink.errors import DatabaseUnavailable, EvlinkError, RateLimited
 from evlink.metrics import Metrics
 from evlink.playground.page import playground_response
 from evlink.ratelimit import client_address
@@ -37,6 +45,26 @@ from evlink.server import Admission, OpenSocket, OpenSockets, serve_until_closed
 from evlink.services import Services
 
 __all__ = ["GraphQLView"]
+
+# A websocket whose key cannot be checked because the database is unavailable closes with
+# 1011 (internal error) and a reason, on both protocols, rather than failing in ASGI.
+_UNAVAILABLE = 1011
+
+
+class _TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        try:
+            await super().handle_connection_init(message)
+        except DatabaseUnavailable as unavailable:
+            await self.websocket.close(_UNAVAILABLE, unavailable.message)
+
+
+class _LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
+    async def handle_connection_init(self, message: LegacyConnectionInitMessage) -> None:
+        try:
+            await super().handle_connection_init(message)
+        except DatabaseUnavailable as unavailable:
+            await self.websocket.close(_UNAVAILABLE, unavailable.message)
 
 
 class _WebSocketAdapter(ASGIWebSocketAdapter):
@@ -71,6 +99,8 @@ class _WebSocketAdapter(ASGIWebSocketAdapter):
 
 class GraphQLView(GraphQL[Context, None]):
     websocket_adapter_class = _WebSocketAdapter
+    graphql_transport_ws_handler_class = _TransportWSHandler
+    graphql_ws_handler_class = _LegacyWSHandler
 
     def __init__(self, schema: strawberry.Schema, **kwargs: Any) -> None:
         super().__init__(schema, **kwargs)
@@ -145,6 +175,13 @@ class GraphQLView(GraphQL[Context, None]):
             response = await self.run(Request(scope=scope, receive=receive))
         except HTTPException as refused:
             response = request_error(refused.status_code, refused.reason)
+        except DatabaseUnavailable as unavailable:  # 503 with Retry-After, in GraphQL's shape
+            response = request_error(
+                unavailable.status,
+                unavailable.message,
+                code=unavailable.code,
+                headers=unavailable.headers(),
+            )
         await response(scope, receive, send)
 
     async def get_context(
@@ -180,6 +217,8 @@ class GraphQLView(GraphQL[Context, None]):
         )
         if context.refusal is not None:
             raise context.refusal  # the exception handlers answer 429 with Retry-After
+        if isinstance(result, ExecutionResult) and _failed_on_database(result):
+            raise DatabaseUnavailable()  # the whole answer is 503, not data with holes
         if context.authenticated and not context.charged:
             await context.charge(reads=False)  # it never executed (invalid): burst only
         pending = context.pending
@@ -256,6 +295,8 @@ class GraphQLView(GraphQL[Context, None]):
             services.open_sockets.initialised(socket)
         try:
             user = await context.user()
+        except DatabaseUnavailable:
+            raise  # not the client's fault: the socket closes with 1011 (_UNAVAILABLE)
         except EvlinkError as exc:
             raise ConnectionRejectionError({"message": exc.message, "code": exc.code}) from None
         if socket is not None and socket.admission is None:
@@ -268,12 +309,24 @@ class GraphQLView(GraphQL[Context, None]):
         return None
 
 
-def request_error(status: int, message: str) -> JSONResponse:
+def request_error(
+    status: int, message: str, *, code: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     """``{"errors": [{"message", "extensions": {"code"}}]}`` for a request GraphQL refused
-    before any operation ran (GraphQL over HTTP: a request error has no ``data``)."""
-    code = _REQUEST_ERROR_CODES.get(status, "BAD_REQUEST")
+    before any operation ran, or that failed on the database (GraphQL over HTTP: a
+    request error has no ``data``)."""
+    code = code or _REQUEST_ERROR_CODES.get(status, "BAD_REQUEST")
     return JSONResponse(
-        {"errors": [{"message": message, "extensions": {"code": code}}]}, status_code=status
+        {"errors": [{"message": message, "extensions": {"code": code}}]},
+        status_code=status,
+        headers=headers,
+    )
+
+
+def _failed_on_database(result: ExecutionResult) -> bool:
+    return any(
+        (error.extensions or {}).get("code") == DatabaseUnavailable.code
+        for error in result.errors or ()
     )
 
 

@@ -1,0 +1,222 @@
+"""Tortoise database clients whose every call is bounded and whose outages are one error.
+
+Tortoise 1.x sets no timeout: a call waits as long as the database (or the link to
+it) keeps silent. What Tortoise passes through does not close the gap: extra
+credentials reach ``asyncpg.create_pool`` (``timeout`` bounds connecting,
+``command_timeout`` each statement), but nothing bounds the wait for a pooled
+connection, and ``aiosqlite.connect`` gets no argument at all (only PRAGMAs). So
+evlink bounds each whole call here, with ``asyncio.timeout``: waiting for the pool
+(or SQLite's one connection), connecting, the statement and handing the connection
+back, within ``EVLINK_DATABASE_TIMEOUT`` together. One bound for the whole call is
+what a client waits for, and it makes asyncpg's two redundant.
+
+- A call that runs out of time, cannot connect, loses its connection, meets
+  PostgreSQL shutting down or starting up, or a SQLite database locked elsewhere
+  raises :class:`~evlink.errors.DatabaseUnavailable` (503 with ``Retry-After``).
+  Every other database error (a constraint, bad SQL) passes unchanged.
+- A statement cut short leaves no broken connection behind. On PostgreSQL its
+  connection is terminated before it goes back to the pool: asyncpg would wait for
+  the server to acknowledge a cancel, over a link that may be dead, and hold the
+  caller meanwhile. The pool opens a new one when needed, and keeps no floor of
+  open connections (it would retry that in the background, logging each failure).
+  SQLite gives up waiting for another connection's lock (``busy_timeout``) at half
+  the bound, so a locked database is told as such before the call runs out.
+- The outage is logged once, a WARNING when a call first fails and an INFO when one
+  succeeds again; the answers in between are not logged (:class:`Outage`).
+
+Only the server's own calls are bounded: ``evlink.settings.tortoise_config`` selects
+these clients when given a timeout (the app always is; migrations and the CLI are
+not). The server opens no transaction, so transactions keep Tortoise's behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+from tortoise.backends.asyncpg.client import AsyncpgDBClient
+from tortoise.backends.base.client import BaseDBAsyncClient, PoolConnectionWrapper
+from tortoise.backends.sqlite.client import SqliteClient
+from tortoise.exceptions import OperationalError
+
+from evlink.errors import DatabaseUnavailable
+
+__all__ = [
+    "BoundedClient",
+    "BoundedPostgresClient",
+    "BoundedSqliteClient",
+    "Outage",
+    "database_answers",
+    "get_client_class",
+]
+
+logger = logging.getLogger(__name__)
+
+# Failures that say the database cannot be reached or cannot serve now. OSError covers
+# refused and reset connections and asyncpg's own connect timeout (TimeoutError).
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08: the connection broke
+    asyncpg.exceptions.OperatorInterventionError,  # class 57: shutting down, starting up
+)
+# SQLite's answer when another connection held the lock past ``busy_timeout`` (Tortoise
+# wraps it in its own OperationalError, as it does bad SQL).
+_SQLITE_LOCKED = "database is locked"
+
+
+def _unavailable(exc: BaseException) -> str | None:
+    """Why ``exc`` means the database is unavailable; None for any other error."""
+    if isinstance(exc, _UNREACHABLE):
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    cause = exc.args[0] if isinstance(exc, OperationalError) and exc.args else exc
+    if isinstance(cause, sqlite3.OperationalError) and str(cause) == _SQLITE_LOCKED:
+        return f"SQLite: {cause}"
+    return None
+
+
+class Outage:
+    """Whether the database is out, logged once when that changes."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None  # monotonic time the outage was first seen
+
+    def failed(self, reason: str) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            logger.warning(
+                "database unavailable (%s); answering 503 DATABASE_UNAVAILABLE until it "
+                "answers again",
+                reason,
+            )
+
+    def answered(self) -> None:
+        if self.since is not None:
+            logger.info(
+                "database answers again, after %.1f s unavailable", time.monotonic() - self.since
+            )
+            self.since = None
+
+
+@asynccontextmanager
+async def _bounded(outage: Outage, limit: float) -> AsyncIterator[None]:
+    """One database call within ``limit`` seconds; its outage told as DatabaseUnavailable."""
+    try:
+        async with asyncio.timeout(limit):
+            yield
+    except TimeoutError as exc:
+        outage.failed(f"no answer within {limit:g} s")
+        raise DatabaseUnavailable() from exc
+    except Exception as exc:
+        reason = _unavailable(exc)
+        if reason is None:
+            raise
+        outage.failed(reason)
+        raise DatabaseUnavailable() from exc
+    outage.answered()
+
+
+def _cut_short(exc_type: type[BaseException] | None) -> bool:
+    """The statement did not finish: the task was cancelled (a timeout, a client gone)."""
+    return exc_type is not None and issubclass(exc_type, asyncio.CancelledError)
+
+
+class BoundedClient(BaseDBAsyncClient):
+    """Every statement of a client within its bound (mixed in before the backend's)."""
+
+    timeout: float
+    outage: Outage
+
+    def _bound(self) -> AbstractAsyncContextManager[None]:
+        return _bounded(self.outage, self.timeout)
+
+    async def ping(self, limit: float) -> None:
+        """``SELECT 1`` within ``limit`` seconds (readiness), or DatabaseUnavailable."""
+        async with _bounded(self.outage, min(limit, self.timeout)):
+            await super().execute_query("SELECT 1")
+
+    async def execute_insert(self, query: str, values: list[Any]) -> Any:
+        async with self._bound():
+            return await super().execute_insert(query, values)
+
+    async def execute_many(self, query: str, values: list[list[Any]]) -> None:
+        async with self._bound():
+            await super().execute_many(query, values)
+
+    async def execute_query(
+        self, query: str, values: list[Any] | None = None
+    ) -> tuple[int, Any]:  # the rows: a list on PostgreSQL, a sequence on SQLite
+        async with self._bound():
+            return await super().execute_query(query, values)
+
+    async def execute_query_dict(
+        self, query: str, values: list[Any] | None = None
+    ) -> list[dict[str, Any]]:
+        async with self._bound():
+            return await super().execute_query_dict(query, values)
+
+    async def execute_script(self, query: str) -> None:
+        async with self._bound():
+            await super().execute_script(query)
+
+
+class _TerminatingPoolConnection(PoolConnectionWrapper[Any]):
+    """A pooled connection that is terminated, not handed back, when its statement was
+    cut short: it may still be waiting for the server, and the pool replaces it."""
+
+    async def __aexit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
+        if _cut_short(exc_type) and self.connection is not None:
+            self.connection.terminate()
+        await super().__aexit__(exc_type, exc_val, exc_tb)
+
+
+class BoundedPostgresClient(BoundedClient, AsyncpgDBClient):
+    """asyncpg through Tortoise, every call bounded."""
+
+    def __init__(self, database_timeout: float, **kwargs: Any) -> None:
+        # No floor of open connections: asyncpg would restore it in the background
+        # during an outage and log each failed attempt with its traceback. Calls open
+        # the connections they need, within their bound.
+        kwargs.setdefault("minsize", 0)
+        super().__init__(**kwargs)
+        self.timeout = database_timeout
+        self.outage = Outage()
+
+    def acquire_connection(self) -> _TerminatingPoolConnection:
+        return _TerminatingPoolConnection(self, self._pool_init_lock)
+
+
+class BoundedSqliteClient(BoundedClient, SqliteClient):
+    """aiosqlite through Tortoise, every call bounded."""
+
+    def __init__(self, file_path: str, database_timeout: float, **kwargs: Any) -> None:
+        # SQLite's own wait for another connection's lock (a PRAGMA, in ms): half the
+        # bound, so that a locked database is told as such, and its statement has left
+        # aiosqlite's thread, before the call's bound runs out.
+        kwargs.setdefault("busy_timeout", round(database_timeout * 500))
+        super().__init__(file_path, **kwargs)
+        self.timeout = database_timeout
+        self.outage = Outage()
+
+
+def get_client_class(db_info: dict[str, Any]) -> type[BaseDBAsyncClient]:
+    """Tortoise's hook for an engine module: SQLite's client or PostgreSQL's."""
+    if "file_path" in db_info.get("credentials", {}):
+        return BoundedSqliteClient
+    return BoundedPostgresClient
+
+
+async def database_answers(client: BaseDBAsyncClient, limit: float) -> bool:
+    """Readiness: the database answers ``SELECT 1`` within ``limit`` seconds."""
+    if not isinstance(client, BoundedClient):
+        raise TypeError("the database client is not bounded (evlink.settings.tortoise_config)")
+    try:
+        await client.ping(limit)
+    except DatabaseUnavailable:
+        return False
+    return True
