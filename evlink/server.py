@@ -237,10 +237,11 @@ def _find_open_sockets(config: uvicorn.Config) -> OpenSockets | None:
 
 def server_options(settings: Settings) -> dict[str, Any]:
     """uvicorn's options from the settings (``evlink serve``, the tests, the benchmarks):
-    the guarded HTTP protocol (:mod:`evlink.connections`), the websocket limits and
-    whom to believe about forwarded addresses."""
+    the guarded HTTP protocol (:mod:`evlink.connections`), the keep-alive, the websocket
+    limits and whom to believe about forwarded addresses."""
     return {
         "http": PROTOCOL,
+        "timeout_keep_alive": settings.keepalive,
         "ws_max_size": settings.ws_max_message,
         "ws_per_message_deflate": settings.ws_compression,
         **proxy_options(settings),

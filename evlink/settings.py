@@ -92,6 +92,11 @@ class Settings:
     graphql_max_cost: int = 5000
     graphql_max_spreads: int = 100  # fragment spreads written in one document
     max_body: int = 65_536  # bytes of a REST or GraphQL request body
+    # Seconds an idle HTTP connection is kept open for the client's next request: longer
+    # than clients' and load balancers' own idle timeouts (commonly 5 s and 60 s), so that
+    # the client or balancer, never the server, closes it: a server closing just as the
+    # client reuses the connection fails that request (Home Assistant's REST sensor).
+    keepalive: float = 75.0
     # Seconds a connection may take to send a request head (slowloris sockets are closed).
     header_timeout: float = 10.0
     # Open connections (websockets included) past which new ones get 503; 0: the

@@ -151,3 +151,58 @@ async def test_1100_slowloris_sockets_do_not_keep_a_status_read_waiting(server: 
     assert status.status_code == 200
     assert status.json()["vehicleName"] == "Test plugged"
     assert status.json()["isPluggedIn"] is True
+
+
+async def _poll(http: httpx.AsyncClient, path: str, key: str, every: float, until: float) -> int:
+    """GET ``path`` every ``every`` seconds (a sensor's scan interval) until ``until`` (loop
+    time); every answer must be 200. Returns how many were made."""
+    loop = asyncio.get_running_loop()
+    polls = 0
+    while loop.time() < until:
+        answer = await http.get(path, headers={"Authorization": f"Bearer {key}"})
+        assert answer.status_code == 200, answer.text
+        polls += 1
+        await asyncio.sleep(every)  # the polling schedule itself, not a wait for state
+    return polls
+
+
+async def test_polling_every_5_s_or_at_the_keep_alive_never_meets_a_closed_connection(
+    server: Server,
+) -> None:
+    """Home Assistant's REST sensor (httpx, which keeps an idle connection 5 s) polling
+    every 5 s lost its sensor when uvicorn closed idle connections at 5 s: the server
+    closed the connection just as the client reused it. For a minute: a client polling
+    every 5 s against the default keep-alive, and one polling at exactly the server's
+    keep-alive; no request may fail. Also: a connection idle past uvicorn's 5 s is kept."""
+    if "postgres" in server.settings.database_url:
+        pytest.skip("keep-alive does not depend on the database: run once, on SQLite")
+    user, key = await server.user()
+    vehicle = await server.vehicle(user, "plugged")
+    path = f"/api/status/{vehicle.id}"
+    database = server.settings.database_url
+    async with (
+        serve_process(database) as default_url,
+        serve_process(database, EVLINK_KEEPALIVE="7") as short_url,
+        httpx.AsyncClient(base_url=default_url) as sensor,
+        httpx.AsyncClient(base_url=short_url) as at_keepalive,
+    ):
+        until = asyncio.get_running_loop().time() + 60
+        polls = await asyncio.gather(
+            _poll(sensor, path, key, 5.0, until),
+            _poll(at_keepalive, path, key, 7.0, until),
+        )
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", int(default_url.rsplit(":", 1)[1])
+        )
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        first = await asyncio.wait_for(reader.readuntil(b'{"status":"ok"}'), TIMEOUT)
+        with pytest.raises(TimeoutError):  # idle past uvicorn's default of 5 s: still open
+            await asyncio.wait_for(reader.read(1), 6.0)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        again = await asyncio.wait_for(reader.readuntil(b'{"status":"ok"}'), TIMEOUT)
+        writer.close()
+
+    assert polls[0] >= 12
+    assert polls[1] >= 8
+    assert first.startswith(b"HTTP/1.1 200")
+    assert again.startswith(b"HTTP/1.1 200")
