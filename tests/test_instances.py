@@ -141,10 +141,6 @@ async def test_each_command_is_claimed_by_exactly_one_instance(shared: Settings)
         await ChargingCommand.filter(id__in=[c.id for c in commands]).delete()
 
 
-
-
-
-
 async def test_killed_instance_command_is_taken_over_without_a_duplicate_action(
     shared: Settings,
 ) -> None:

@@ -638,8 +638,6 @@ def _run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]
 # -- Redis failing -------------------------------------------------------------------
 
 
-
-
 @contextlib.contextmanager
 def private_redis(port: int) -> Iterator[subprocess.Popen[bytes]]:
     """A redis-server of this test's own on 127.0.0.1, without persistence."""

@@ -159,6 +159,7 @@ class _Measurer:
         self._fragments[name] = measured
         return measured
 
+
 def _bound(field: FieldNode) -> int:
     """How many items ``field`` may hold: 1, or a list's bound (``last:`` when literal)."""
     name = field.name.value
