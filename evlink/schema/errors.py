@@ -10,7 +10,7 @@ from strawberry.extensions import SchemaExtension
 from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.types.execution import StreamExecutionResult
 
-from evlink.errors import BadRequest, EvlinkError, InternalError
+from evlink.errors import BadRequest, EvlinkError, InternalError, StreamInterrupted
 from evlink.requestid import current_request_id
 
 __all__ = ["ErrorCodes", "format_error"]
@@ -37,7 +37,8 @@ def format_error(error: GraphQLError) -> GraphQLError:
             exc_info=original,
         )
         original = InternalError()
-    elif original.status >= 500:
+    elif original.status >= 500 and not isinstance(original, StreamInterrupted):
+        # (A broken event stream is expected and logged once per outage by the bus.)
         logger.error("request %s: %s (%s)", current_request_id(), original.code, original.message)
     extensions = {"code": original.code}
     if original.retry_after is not None:
