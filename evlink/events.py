@@ -262,9 +262,8 @@ class RedisEventBus:
         try:
             await self._redis.publish(channel, payload)
         except redis.ConnectionError:
-            # The pooled connection may have died with a Redis that has come back since:
-            # drop the idle ones and send once more on a fresh connection.
-            await self._redis.connection_pool.disconnect(inuse_connections=False)
+            # The pooled connection may have died with a Redis that has come back since.
+            # redis-py closed it and put it back first in line: this try opens it afresh.
             await self._redis.publish(channel, payload)
 
     def subscribe(self, *topics: str) -> _MemorySubscription:

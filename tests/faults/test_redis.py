@@ -23,7 +23,7 @@ import pytest
 from gql.transport.exceptions import TransportQueryError
 
 from evlink.errors import StreamInterrupted
-from evlink.events import RedisEventBus
+from evlink.events import SILENCE_LIMIT, RedisEventBus
 from evlink.models import ChargingCommand, CommandState
 from evlink.providers.simulator import ManualClock, Simulator, SystemClock
 from evlink.resolvers.charging import wait_for_command
@@ -184,6 +184,8 @@ async def test_the_event_reader_is_back_within_a_second_of_redis(
             # so whoever stayed subscribed reads what it follows again.
             with pytest.raises(StreamInterrupted):
                 await probe.get(timeout=TIMEOUT)
+            # A quiet link that still answers (a ping) is kept past the silence limit.
+            assert await probe.get(timeout=SILENCE_LIMIT + 1) is None
 
 
 async def test_an_instance_back_on_redis_serves_what_changed_while_it_was_away(
@@ -310,6 +312,8 @@ async def test_an_outage_is_logged_once_not_per_event_or_subscriber(
                         await next_result(stream)
             for _tick in range(3):
                 await server.clock.advance(60)  # charge states and invalidations, all lost
+            async with ClosingPort(redis.port) as port:
+                await asyncio.wait_for(port.connections(3), TIMEOUT)  # the reader tries again
             await redis_back(redis, server)
             await server.clock.advance(60)  # published again
             logged = [
