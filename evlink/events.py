@@ -353,12 +353,14 @@ class RedisEventBus:
             return
         try:
             envelope = json.loads(raw["data"])
-        except (ValueError, TypeError):
+            if envelope["origin"] == self.instance:
+                return  # delivered locally when it was published
+            topic, message = str(envelope["topic"]), dict(envelope["message"])
+        except (ValueError, TypeError, KeyError):
+            # One bad message must not end the reader (its subscribers would go stale).
             logger.warning("events: unreadable message on %r", raw.get("channel"))
             return
-        if envelope.get("origin") == self.instance:
-            return  # delivered locally when it was published
-        self.local.deliver(str(envelope["topic"]), dict(envelope["message"]))
+        self.local.deliver(topic, message)
 
 
 def build_event_bus(redis_url: str, database_url: str) -> EventBus:

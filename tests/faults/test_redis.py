@@ -20,6 +20,7 @@ from dataclasses import replace
 from itertools import pairwise
 
 import pytest
+import redis.asyncio as aioredis
 from gql.transport.exceptions import TransportQueryError
 
 from evlink.errors import StreamInterrupted
@@ -230,6 +231,24 @@ async def test_the_bus_is_live_only_once_redis_confirms_its_subscription(
         finally:
             await far.aclose()
             await near.aclose()
+
+
+async def test_an_unreadable_message_does_not_stop_the_reader(own_redis: RedisServer) -> None:
+    prefix = "evlink:faults:events:"
+    reader = RedisEventBus(own_redis.url, prefix=prefix)
+    writer = RedisEventBus(own_redis.url, prefix=prefix)
+    stranger = aioredis.from_url(own_redis.url)
+    try:
+        await reader.start(timeout=TIMEOUT)
+        async with reader.subscribe("topic") as messages:
+            for unreadable in (b"not json", b"[]", b'{"origin": "other"}'):
+                await stranger.publish(prefix + "topic", unreadable)
+            await writer.publish("topic", {"n": 1})
+            assert await messages.get(timeout=TIMEOUT) == {"n": 1}
+    finally:
+        await stranger.aclose()
+        await reader.aclose()
+        await writer.aclose()
 
 
 async def test_a_frozen_redis_link_ends_subscriptions_within_seconds(
