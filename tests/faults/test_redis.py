@@ -6,7 +6,9 @@ What must hold (issue 15, parts 1 and 7): no subscriber goes silently stale, the
 event reader comes back within a second of Redis, an event published just after
 Redis came back reaches the other instance, and an outage is logged once.
 
-PostgreSQL only (two instances share it); skipped with the reason elsewhere.
+The tests of instances run on PostgreSQL only (two instances share it) and are
+skipped with the reason on SQLite; those of the event bus alone need only
+redis-server. Each test starts a redis-server of its own on a free port.
 """
 
 from __future__ import annotations
