@@ -189,7 +189,8 @@ class ReadCache:
 async def follow_invalidations(
     cache: ReadCache, events: EventBus, listening: asyncio.Event | None = None
 ) -> None:
-    """Apply the tags other instances invalidate; empty the cache when the stream breaks.
+    """Apply the tags other instances invalidate; empty the cache when the stream breaks
+    and again when it is back (what was invalidated in between never arrived).
 
     Runs for the app's life (a task of the lifespan), which waits for ``listening``
     before it serves. Messages from this instance come back too and bump the same
@@ -205,5 +206,6 @@ async def follow_invalidations(
                     if isinstance(tags, list):
                         cache.drop(*(str(tag) for tag in tags))
             except StreamInterrupted:
-                logger.warning("cache: the event stream broke; emptying the read cache")
+                # The bus logs the outage; invalidations may have been missed meanwhile.
+                logger.info("cache: events may have been missed; emptying the read cache")
                 cache.clear()

@@ -154,6 +154,7 @@ class StreamInterrupted(EvlinkError):
     code = "STREAM_INTERRUPTED"
     status = 503
     default_message = "The event stream was interrupted; subscribe again"
+    log_each = False  # expected in an outage, which the event bus logs once
 
 
 class ServerBusy(EvlinkError):

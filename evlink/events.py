@@ -6,7 +6,10 @@ pub/sub) can carry them unchanged. The in-process :class:`MemoryEventBus` is
 the default.
 
 Subscribe *before* reading the current state, then read it, then follow the
-messages: nothing that happens in between is lost.
+messages: nothing that happens in between is lost. A read that raises
+:class:`~evlink.errors.StreamInterrupted` means messages may have been missed
+(the Redis link broke, was down when the subscription began, or has just come
+back): read the state again, or end.
 """
 
 from __future__ import annotations
@@ -87,6 +90,11 @@ class Subscription(Protocol):
 
 
 class EventBus(Protocol):
+    @property
+    def live(self) -> bool:
+        """Whether every instance's messages reach this instance's subscribers now."""
+        ...
+
     async def publish(self, topic: str, message: Message) -> None: ...
 
     def subscribe(self, *topics: str) -> Subscription: ...
@@ -144,16 +152,21 @@ class _MemorySubscription:
 
 _INTERRUPTED = "__stream_interrupted__"
 _ERROR = "__error__"
+# Seconds a client is told to wait before it subscribes again (the reader retries
+# Redis at least this often).
+RESUBSCRIBE_AFTER = 1.0
 
 
 def _checked(message: Message) -> Message:
     if _INTERRUPTED in message:
-        raise message.get(_ERROR) or StreamInterrupted()
+        raise message.get(_ERROR) or StreamInterrupted(retry_after=RESUBSCRIBE_AFTER)
     return message
 
 
 class MemoryEventBus:
     """Events within one process."""
+
+    live = True  # one process: every message is delivered here
 
     def __init__(self, max_queue: int = 100) -> None:
         self.subscribers: dict[str, set[_MemorySubscription]] = {}
@@ -178,28 +191,54 @@ class MemoryEventBus:
         self.subscribers.clear()
 
 
+# The reader's pause between two tries to reach Redis: doubling from the base, capped
+# so that it is back within a second of Redis answering again.
+RECONNECT_BASE = 0.1
+RECONNECT_CAP = 0.5
+# A pub/sub link silent for PING_AFTER seconds is pinged; one that has said nothing for
+# SILENCE_LIMIT seconds is taken as dead (a frozen connection raises no error).
+PING_AFTER = 1.0
+SILENCE_LIMIT = 3.0
+# Seconds a Redis command (a publish, a ping) may take: a frozen Redis must not hold
+# a request that publishes for redis-py's default 5 s.
+COMMAND_TIMEOUT = 1.0
+
+
 class RedisEventBus:
     """Events across instances over Redis pub/sub; local subscribers never wait on Redis.
 
     A message is delivered to this instance's subscribers at once and published
     to Redis with the instance's id; every instance reads one pattern
-    subscription and delivers what other instances published. When the Redis
-    connection breaks, every local subscription is told (its next read raises
-    :class:`StreamInterrupted`) and the reader reconnects with backoff.
+    subscription and delivers what other instances published.
+
+    Subscribers are told (their next read raises :class:`StreamInterrupted`)
+    whenever messages may have been missed: when the link breaks or falls
+    silent, when they subscribe while it is down, and once more when it is back.
+    The reader reconnects with a backoff capped at :data:`RECONNECT_CAP`. A
+    publish that fails on a dead pooled connection is sent again on a fresh one;
+    an outage is logged once, not per message.
     """
 
     def __init__(self, url: str, *, prefix: str = "evlink:events:", max_queue: int = 100) -> None:
         self.local = MemoryEventBus(max_queue)
         self.instance = uuid.uuid4().hex
         self._prefix = prefix
-        self._redis: redis.asyncio.Redis = redis.asyncio.from_url(url)
+        self._redis: redis.asyncio.Redis = redis.asyncio.from_url(
+            url, socket_timeout=COMMAND_TIMEOUT, socket_connect_timeout=COMMAND_TIMEOUT
+        )
         self._reader: asyncio.Task[None] | None = None
         # Set while the pattern subscription is in place; cleared when the connection breaks.
         self.connected = asyncio.Event()
+        self._link_failing = False  # the reader's outage is logged
+        self._publish_failing = False  # publishing's outage is logged
 
     @property
     def subscribers(self) -> dict[str, set[_MemorySubscription]]:
         return self.local.subscribers
+
+    @property
+    def live(self) -> bool:
+        return self.connected.is_set()
 
     async def start(self, timeout: float = 2.0) -> None:
         """Start reading; returns once the pattern subscription is in place (or timeout)."""
@@ -211,12 +250,35 @@ class RedisEventBus:
         self.local.deliver(topic, message)
         payload = json.dumps({"origin": self.instance, "topic": topic, "message": message})
         try:
-            await self._redis.publish(self._prefix + topic, payload)
+            await self._send(self._prefix + topic, payload)
         except (redis.RedisError, OSError) as exc:
-            logger.warning("events: publishing %s to Redis failed: %s", topic, exc)
+            if not self._publish_failing:
+                self._publish_failing = True
+                logger.warning(
+                    "events: publishing to Redis failed (%s); other instances miss this "
+                    "instance's events until it answers",
+                    exc,
+                )
+            logger.debug("events: %s not published to Redis: %s", topic, exc)
+            return
+        if self._publish_failing:
+            self._publish_failing = False
+            logger.info("events: publishing to Redis works again")
+
+    async def _send(self, channel: str, payload: str) -> None:
+        try:
+            await self._redis.publish(channel, payload)
+        except redis.ConnectionError:
+            # The pooled connection may have died with a Redis that has come back since.
+            # redis-py closed it and put it back first in line: this try opens it afresh.
+            await self._redis.publish(channel, payload)
 
     def subscribe(self, *topics: str) -> _MemorySubscription:
-        return self.local.subscribe(*topics)
+        subscription = self.local.subscribe(*topics)
+        if not self.connected.is_set():
+            # Other instances' messages cannot arrive now: the first read says so.
+            subscription.interrupt("the event stream is down")
+        return subscription
 
     async def ping(self) -> bool:
         # Twice: the first try after Redis came back may meet a dead pooled connection.
@@ -236,35 +298,76 @@ class RedisEventBus:
         await self.local.aclose()
 
     async def _read_forever(self) -> None:
-        delay = 0.1
+        delay = RECONNECT_BASE
         while True:
             try:
                 async with self._redis.pubsub() as pubsub:
-                    await pubsub.psubscribe(self._prefix + "*")
-                    self.connected.set()
-                    delay = 0.1
-                    logger.info("events: reading Redis pub/sub")
-                    async for raw in pubsub.listen():
-                        self._dispatch(raw)
+                    await self._subscribe(pubsub)
+                    self._link_up()
+                    delay = RECONNECT_BASE
+                    await self._listen(pubsub)
             except (redis.RedisError, OSError) as exc:
-                if self.connected.is_set():
-                    logger.warning("events: Redis connection lost (%s); reconnecting", exc)
-                    self.local.interrupt_all("the event stream was interrupted")
-                self.connected.clear()
+                self._link_down(exc)
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, 10.0)
+            delay = min(delay * 2, RECONNECT_CAP)
+
+    async def _subscribe(self, pubsub: redis.asyncio.client.PubSub) -> None:
+        """Subscribe to every channel of this deployment; return once Redis confirms it."""
+        await pubsub.psubscribe(self._prefix + "*")
+        confirmed = await pubsub.get_message(timeout=SILENCE_LIMIT)
+        if confirmed is None or confirmed.get("type") != "psubscribe":
+            raise redis.ConnectionError("Redis did not confirm the subscription")
+
+    async def _listen(self, pubsub: redis.asyncio.client.PubSub) -> None:
+        """Deliver what arrives until the link breaks or stays silent past the limit."""
+        loop = asyncio.get_running_loop()
+        heard = loop.time()
+        pinged = False
+        while True:
+            raw = await pubsub.get_message(timeout=PING_AFTER / 2)
+            now = loop.time()
+            if raw is not None:
+                heard, pinged = now, False
+                self._dispatch(raw)
+            elif now - heard >= SILENCE_LIMIT:
+                raise redis.TimeoutError(f"no answer from Redis for {SILENCE_LIMIT:g} s")
+            elif now - heard >= PING_AFTER and not pinged:
+                await pubsub.ping()  # its answer comes back as a message
+                pinged = True
+
+    def _link_up(self) -> None:
+        logger.info("events: reading Redis pub/sub")
+        self._link_failing = False
+        # Messages published while the link was down were missed: whoever stayed
+        # subscribed reads what it follows again.
+        self.local.interrupt_all("the event stream is back; read again")
+        self.connected.set()
+
+    def _link_down(self, exc: BaseException) -> None:
+        if self.connected.is_set():
+            self.connected.clear()
+            self.local.interrupt_all("the event stream was interrupted")
+        if not self._link_failing:
+            self._link_failing = True
+            logger.warning(
+                "events: Redis pub/sub unavailable (%s); subscriptions end with "
+                "STREAM_INTERRUPTED until it is back",
+                exc,
+            )
 
     def _dispatch(self, raw: dict[str, Any]) -> None:
         if raw.get("type") != "pmessage":
             return
         try:
             envelope = json.loads(raw["data"])
-        except (ValueError, TypeError):
+            if envelope["origin"] == self.instance:
+                return  # delivered locally when it was published
+            topic, message = str(envelope["topic"]), dict(envelope["message"])
+        except (ValueError, TypeError, KeyError):
+            # One bad message must not end the reader (its subscribers would go stale).
             logger.warning("events: unreadable message on %r", raw.get("channel"))
             return
-        if envelope.get("origin") == self.instance:
-            return  # delivered locally when it was published
-        self.local.deliver(str(envelope["topic"]), dict(envelope["message"]))
+        self.local.deliver(topic, message)
 
 
 def build_event_bus(redis_url: str, database_url: str) -> EventBus:

@@ -310,10 +310,19 @@ async def list_commands(vehicle: Vehicle, last: int = 10) -> list[ChargingComman
     return await ChargingCommand.filter(vehicle=vehicle).order_by("-created_at").limit(last)
 
 
+# Seconds between two reads of a waited-for command while other instances' events
+# cannot arrive (the Redis link is down).
+WAIT_POLL_WITHOUT_EVENTS = 1.0
+
+
 async def wait_for_command(
     services: Services, command: ChargingCommand, timeout: float
 ) -> ChargingCommand:
-    """The command once it reaches an end state, or as it stands after ``timeout`` seconds."""
+    """The command once it reaches an end state, or as it stands after ``timeout`` seconds.
+
+    Woken by the command's events; while the event bus is down (another instance's
+    confirmation cannot arrive) it reads the database every second instead.
+    """
     loop = asyncio.get_running_loop()
     until = loop.time() + timeout
     async with services.events.subscribe(command_topic(command.id)) as messages:
@@ -322,6 +331,8 @@ async def wait_for_command(
             remaining = until - loop.time()
             if command.state.is_final or remaining <= 0:
                 return command
+            if not services.events.live:
+                remaining = min(remaining, WAIT_POLL_WITHOUT_EVENTS)
             with contextlib.suppress(StreamInterrupted):  # read the database again
                 await messages.get(timeout=remaining)
 
