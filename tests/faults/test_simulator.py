@@ -107,13 +107,44 @@ async def test_start_through_one_instance_then_stop_through_the_other_both_confi
     assert seen_stopped == [False, False]
 
 
+class Race:
+    """Holds every load until ``racers`` loads are in: each racer then changes the car as
+    it was, as instances changing one car at the same moment do."""
+
+    def __init__(self, racers: int) -> None:
+        self.left = racers
+        self.all_in = asyncio.Event()
+
+    async def hold(self) -> None:
+        if self.left > 0:  # the first round only: a call run again goes on at once
+            self.left -= 1
+            if self.left == 0:
+                self.all_in.set()
+            await asyncio.wait_for(self.all_in.wait(), TIMEOUT)
+
+
+class RacingCars(DatabaseCars):
+    """Cars in the database, loaded in a :class:`Race`."""
+
+    def __init__(self, race: Race) -> None:
+        super().__init__()
+        self.race = race
+
+    async def load(self, vehicle_id: str) -> SimulatedCar | None:
+        car = await super().load(vehicle_id)
+        await self.race.hold()
+        return car
+
+
 async def test_a_car_changed_through_two_instances_at_once_loses_no_change(
     server: Server,
 ) -> None:
     _, vehicle = await simulated_car(server)
     provider_id = vehicle.provider_vehicle_id or ""
     clock = ManualClock()
-    instances = [Simulator(clock, action_delay=1.0, store=DatabaseCars()) for _ in range(2)]
+    await Simulator(clock, store=DatabaseCars()).get_vehicle(provider_id)  # the car, stored
+    race = Race(10)
+    instances = [Simulator(clock, action_delay=1.0, store=RacingCars(race)) for _ in range(2)]
 
     actions = await asyncio.gather(
         *(instances[i % 2].set_charging(provider_id, ChargingAction.START) for i in range(10))
