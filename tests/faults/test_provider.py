@@ -213,3 +213,18 @@ async def test_a_charging_request_waits_for_the_provider_beyond_the_read_budget(
     # Judged on Enode's answer, not on the stored "unplugged".
     assert started.status_code == 200, started.text
     assert started.json()["enode_response"]["state"] == "PENDING"
+
+
+async def test_a_refresh_still_in_flight_is_cancelled_when_the_server_stops(
+    settings: Settings,
+) -> None:
+    async with run_enode_world(
+        settings, provider_read_budget=0.2, enode_timeout=TIMEOUT, enode_retries=1
+    ) as enode:
+        _, key, vehicle, _ = await charging_car(enode)
+        enode.fake.hang_next(1)
+        served = await rest_status(enode, key, vehicle)
+        refresh = enode.server.services.refreshes[vehicle.id]
+    # The server stopped first; the fake Enode, holding the request, after it.
+    assert served.status_code == 200
+    assert refresh.task.cancelled()
