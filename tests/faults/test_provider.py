@@ -93,7 +93,6 @@ async def test_reads_answer_the_stored_state_within_the_budget_and_later_reads_t
         rest_after = (await rest_status(enode, key, vehicle)).json()
         graphql_after = (await graphql_status(enode, key, vehicle)).json()
         reads_after = provider_reads(enode, vehicle)
-        again = (await rest_status(enode, key, vehicle)).json()
 
     for response, waited in answers:
         assert response.status_code == 200, response.text
@@ -109,7 +108,6 @@ async def test_reads_answer_the_stored_state_within_the_budget_and_later_reads_t
     assert rest_after["isCharging"] is True
     assert rest_after["chargeState"]["lastUpdated"] > stored_at
     assert graphql_after["data"]["vehicle"]["chargeState"]["isCharging"] is True
-    assert again["isCharging"] is True
     assert reads_after == 1  # the hanging one: later reads were answered from what it stored
 
 
@@ -120,7 +118,7 @@ async def test_a_provider_slower_than_usual_but_within_the_budget_gives_the_fres
         _, key, vehicle, stored_at = await charging_car(enode)
         enode.fake.latency = 0.3
 
-        rest, _ = await timed(rest_status(enode, key, vehicle))
+        rest = await rest_status(enode, key, vehicle)
 
     assert rest.json()["isCharging"] is True
     assert rest.json()["chargeState"]["lastUpdated"] > stored_at
