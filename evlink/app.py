@@ -179,6 +179,8 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
                 resuming.cancel()
                 following.cancel()
                 rechecking.cancel()
+                for refresh in list(services.refreshes.values()):
+                    refresh.task.cancel()  # reads served meanwhile; nobody waits on them
                 await services.provider.aclose()
                 await services.watcher.aclose(release=True)
                 await services.events.aclose()

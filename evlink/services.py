@@ -23,7 +23,15 @@ if TYPE_CHECKING:
     from evlink.resolvers.charging import CommandWatcher
     from evlink.resolvers.vehicles import VehicleStatus
 
-__all__ = ["Services"]
+__all__ = ["Refresh", "Services"]
+
+
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """A vehicle's refresh from the provider in flight; ``started`` is the loop's time."""
+
+    task: asyncio.Task[VehicleStatus]
+    started: float
 
 
 @dataclass(eq=False)
@@ -32,7 +40,7 @@ class Services:
     provider: Provider
     events: EventBus
     # Refreshes in flight, one per vehicle: concurrent stale reads share one provider call.
-    refreshes: dict[UUID, asyncio.Task[VehicleStatus]] = field(default_factory=dict)
+    refreshes: dict[UUID, Refresh] = field(default_factory=dict)
     watcher: CommandWatcher | None = None
     metrics: Metrics = field(default_factory=Metrics)
     open_sockets: OpenSockets = field(default_factory=OpenSockets)

@@ -48,6 +48,9 @@ class Settings:
     log_level: str = "INFO"
     # Seconds a stored charge state may be served before a read refreshes it.
     status_max_age: float = 60.0
+    # Seconds a read waits for a provider refresh before it answers with the stored state
+    # (or 502/503/504 without one); the refresh goes on in the background.
+    provider_read_budget: float = 2.0
     # Seconds within which set_charging trusts stored state to judge a command.
     charging_fresh_age: float = 5.0
     charging_max_attempts: int = 3

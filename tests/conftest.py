@@ -42,6 +42,8 @@ from evlink.settings import Settings, connection_name
 from tests.fakes.enode import FakeEnode
 
 TABLES = (
+    "simulator_actions",
+    "simulator_cars",
     "webhook_deliveries",
     "charging_commands",
     "charge_states",

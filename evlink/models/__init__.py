@@ -2,6 +2,7 @@
 
 from evlink.models.commands import ChargingCommand, CommandState
 from evlink.models.deliveries import WebhookDelivery
+from evlink.models.simulator import SimulatorAction, SimulatorCar
 from evlink.models.users import ApiKey, Tier, User
 from evlink.models.vehicles import ChargeState, Vehicle
 
@@ -10,6 +11,8 @@ __all__ = [
     "ChargeState",
     "ChargingCommand",
     "CommandState",
+    "SimulatorAction",
+    "SimulatorCar",
     "Tier",
     "User",
     "Vehicle",

@@ -3,7 +3,8 @@
 Every upstream failure is translated here, once, into evlink's errors:
 
 - a timeout is 504, a connection error or 5xx is 502, 429/503 are 503 with the
-  provider's ``Retry-After``;
+  provider's ``Retry-After``, raised at once (never waited out: the breaker holds
+  every call until then, and a read serves the stored state meanwhile);
 - repeated failures open a circuit breaker: for a cool-down every call answers
   503 with ``Retry-After`` at once instead of hammering Enode;
 - 400 on a charging action is INVALID_VEHICLE_STATE, 422 is
@@ -45,7 +46,6 @@ logger = logging.getLogger(__name__)
 
 ENODE_VERSION = "2024-10-01"
 TOKEN_MARGIN = 60.0  # seconds before expiry at which the token is renewed
-MAX_RETRY_AFTER = 5.0  # longest Retry-After a read waits out before giving up
 PAGE_SIZE = 50
 
 
@@ -251,7 +251,7 @@ class EnodeProvider:
                 self.breaker.failure(failure.retry_after)
                 if attempt >= tries:
                     raise
-                await asyncio.sleep(self._backoff(attempt, failure.retry_after))
+                await asyncio.sleep(self._backoff(attempt))
                 continue
             if response.status_code == 401 and not token_renewed:
                 # Enode refused the token before doing anything: renew once and resend.
@@ -267,8 +267,9 @@ class EnodeProvider:
             error = self._translate(method, path, response)
             if isinstance(error, ProviderUnavailable):
                 self.breaker.failure(error.retry_after)
-                if attempt < tries and (error.retry_after or 0) <= MAX_RETRY_AFTER:
-                    await asyncio.sleep(self._backoff(attempt, error.retry_after))
+                # A Retry-After is never waited out here: the breaker holds the calls.
+                if attempt < tries and error.retry_after is None:
+                    await asyncio.sleep(self._backoff(attempt))
                     continue
             else:
                 self.breaker.success()  # Enode answered sensibly: it is up
@@ -354,10 +355,7 @@ class EnodeProvider:
             return BadRequest("The vehicle provider refused the request")
         return ProviderUnavailable(status=502)
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            # A hair past the provider's own time, so the circuit has closed by then.
-            return min(retry_after, MAX_RETRY_AFTER) + 0.05
+    def _backoff(self, attempt: int) -> float:
         return float(self._retry_backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
 
 

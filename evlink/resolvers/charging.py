@@ -154,8 +154,9 @@ async def _decide(
                 command.idempotency_key = idempotency_key
                 await command.save(update_fields=["idempotency_key", "updated_at"])
             return command, False
+    # Not within the read budget: a command is judged on what the provider says now.
     status = await vehicles.vehicle_status(
-        services, vehicle, max_age=services.settings.charging_fresh_age
+        services, vehicle, max_age=services.settings.charging_fresh_age, within_budget=False
     )
     _check_request(status.vehicle, status.charge_state, action, superseding=bool(pending))
     if services.limiter is not None:
@@ -524,6 +525,8 @@ class CommandWatcher:
         max_age = self.services.settings.status_max_age
         if fresh or not _seen_since(vehicle, command):
             max_age = 0.0
+        # Within the read budget: a hanging provider does not stall the watcher (deadline,
+        # events); the refresh's result arrives as a charge-state event when it changed.
         status = await vehicles.vehicle_status(self.services, vehicle, max_age=max_age)
         return status.charge_state if _seen_since(status.vehicle, command) else None
 

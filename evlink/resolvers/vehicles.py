@@ -2,8 +2,12 @@
 
 A read serves the stored state while it is younger than ``max_age``; an older
 one refreshes from the provider first, and concurrent reads of one vehicle
-share that one provider call. When the provider fails, the stored state is
-served with its own ``lastUpdated`` (stale but true) and the failure is logged.
+share that one provider call. A read waits for that refresh at most the read
+budget (``provider_read_budget``), counted from when the refresh began; past it,
+and when the provider fails, the stored state is served with its own
+``lastUpdated`` (stale but true), while the refresh goes on in the background
+and stores what it finds for later reads. With nothing stored the client gets
+the provider's error, or 504 once the budget is spent.
 Every accepted change is published on the vehicle's charge-state topic, and
 every write invalidates the vehicle in the read cache (:mod:`evlink.cache`), from
 which :func:`read_status` answers the polls in between.
@@ -20,13 +24,20 @@ from uuid import UUID
 from tortoise.exceptions import IntegrityError
 
 from evlink.cache import user_tag, vehicle_tag
-from evlink.errors import EvlinkError, ForbiddenOwner, ForbiddenTier, NotFound, ProviderLinkMissing
+from evlink.errors import (
+    EvlinkError,
+    ForbiddenOwner,
+    ForbiddenTier,
+    NotFound,
+    ProviderLinkMissing,
+    ProviderUnavailable,
+)
 from evlink.events import charge_state_topic
 from evlink.models import ChargeState, User, Vehicle
 from evlink.models.vehicles import CHARGE_STATE_FIELDS, charge_state_data
 from evlink.providers.base import ChargeStateData, VehicleData
 from evlink.ratelimit import check_vehicle_limit
-from evlink.services import Services
+from evlink.services import Refresh, Services
 
 __all__ = [
     "VehicleStatus",
@@ -153,9 +164,18 @@ async def stored_charge_state(vehicle: Vehicle) -> ChargeStateData | None:
 
 
 async def vehicle_status(
-    services: Services, vehicle: Vehicle, max_age: float | None = None
+    services: Services,
+    vehicle: Vehicle,
+    max_age: float | None = None,
+    *,
+    within_budget: bool = True,
 ) -> VehicleStatus:
-    """The vehicle and its charge state, refreshed first when older than ``max_age`` seconds."""
+    """The vehicle and its charge state, refreshed first when older than ``max_age`` seconds.
+
+    ``within_budget``: wait for the refresh at most the read budget (reads, the command
+    watcher). ``set_charging`` passes False: it judges a command on what the provider
+    says, within the provider's own timeouts.
+    """
     if vehicle.provider_vehicle_id is None:
         raise ProviderLinkMissing()
     age = services.settings.status_max_age if max_age is None else max_age
@@ -163,17 +183,48 @@ async def vehicle_status(
         stored = await stored_charge_state(vehicle)
         if stored is not None:
             return VehicleStatus(vehicle, stored)
-    return await _refresh_once(services, vehicle)
+    return await _refresh_once(services, vehicle, within_budget=within_budget)
 
 
-async def _refresh_once(services: Services, vehicle: Vehicle) -> VehicleStatus:
-    task = services.refreshes.get(vehicle.id)
-    if task is None:
+async def _refresh_once(
+    services: Services, vehicle: Vehicle, *, within_budget: bool = True
+) -> VehicleStatus:
+    loop = asyncio.get_running_loop()
+    refresh = services.refreshes.get(vehicle.id)
+    if refresh is None:
         task = asyncio.ensure_future(_refresh(services, vehicle))
-        services.refreshes[vehicle.id] = task
-        task.add_done_callback(lambda _: services.refreshes.pop(vehicle.id, None))
-    # A caller that goes away must not cancel the refresh the others wait on.
-    return await asyncio.shield(task)
+        refresh = services.refreshes[vehicle.id] = Refresh(task, started=loop.time())
+        task.add_done_callback(lambda done: _refreshed(services, vehicle.id, done))
+    if not within_budget:
+        # A caller that goes away must not cancel the refresh the others wait on.
+        return await asyncio.shield(refresh.task)
+    # The budget counts from the refresh's start: every read that joins it (a GraphQL
+    # query's first listing, then its chargeState) answers within one budget.
+    remaining = refresh.started + services.settings.provider_read_budget - loop.time()
+    if remaining > 0:
+        await asyncio.wait([refresh.task], timeout=remaining)  # never cancels the refresh
+    if refresh.task.done():
+        return refresh.task.result()
+    stored = await stored_charge_state(vehicle)
+    if stored is None:
+        raise ProviderUnavailable("The vehicle provider did not answer in time", status=504)
+    logger.warning(
+        "vehicle %s: the provider has not answered within %.1f s; serving the stored state",
+        vehicle.id,
+        services.settings.provider_read_budget,
+    )
+    return VehicleStatus(vehicle, stored)
+
+
+def _refreshed(services: Services, vehicle_id: UUID, task: asyncio.Task[VehicleStatus]) -> None:
+    """A refresh ended: the next read starts another. Its failure was the waiting reads'
+    to raise; one nobody waited for any more is logged here, unless the provider's."""
+    services.refreshes.pop(vehicle_id, None)
+    if task.cancelled():
+        return
+    failure = task.exception()
+    if failure is not None and not isinstance(failure, EvlinkError):
+        logger.warning("vehicle %s: refresh failed: %r", vehicle_id, failure)
 
 
 async def _refresh(services: Services, vehicle: Vehicle) -> VehicleStatus:

@@ -123,19 +123,6 @@ async def test_5xx_burst_on_a_read_is_retried(enode: EnodeWorld) -> None:
     assert response.json()["isPluggedIn"] is True
 
 
-async def test_short_429_is_waited_out_on_a_read(enode: EnodeWorld) -> None:
-    user, key = await enode.linked_user()
-    vehicle = await enode.vehicle(user, isPluggedIn=True)
-    await Vehicle.filter(id=vehicle.id).update(refreshed_at=None)
-    enode.fake.fail_next(1, status=429, retry_after=1)
-
-    response = await enode.server.http.get(f"/api/status/{vehicle.id}", headers=auth(key))
-
-    assert response.status_code == 200
-    reads = [p for m, p in enode.fake.requests if p == f"/vehicles/{vehicle.provider_vehicle_id}"]
-    assert len(reads) == 2
-
-
 async def test_long_429_is_passed_on_with_retry_after(enode: EnodeWorld) -> None:
     user, key = await enode.linked_user()
     raw = enode.fake.add_vehicle(user.enode_user_id or "", isPluggedIn=True)
