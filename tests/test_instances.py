@@ -43,6 +43,7 @@ from tests.conftest import (
     run_server,
     subscription,
 )
+from tests.faults.redis_server import RedisServer
 
 COMMAND = "subscription($id: ID!) { chargingCommand(id: $id) { state } }"
 CHARGE_STATE = "subscription($id: ID!) { chargeState(vehicleId: $id) { isPluggedIn } }"
@@ -259,31 +260,15 @@ async def test_shutdown_closes_websockets_with_1001_and_releases_leases(
 
 @contextlib.asynccontextmanager
 async def private_redis(port: int) -> AsyncIterator[asyncio.subprocess.Process]:
-    """A redis-server of this test's own on 127.0.0.1:port, stopped at the end."""
-    process = await asyncio.create_subprocess_exec(
-        "redis-server",
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    assert process.stdout is not None
+    """A redis-server of this test's own on 127.0.0.1:port, stopped at the end; yields its
+    process (a test may kill it)."""
+    server = RedisServer(port)
+    await server.start()
     try:
-        async with asyncio.timeout(TIMEOUT):
-            async for line in process.stdout:
-                if b"Ready to accept connections" in line:
-                    break
-        yield process
+        assert server.process is not None
+        yield server.process
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await server.stop()
 
 
 async def test_lost_redis_ends_subscriptions_with_an_error_then_reconnects(

@@ -10,24 +10,14 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
+from tests.conftest import TIMEOUT, free_port
 
-from tests.conftest import TIMEOUT
-
-__all__ = ["EvlinkProcess", "RedisProcess", "free_port"]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+__all__ = ["EvlinkProcess"]
 
 
 class EvlinkProcess:
@@ -125,51 +115,3 @@ class EvlinkProcess:
                 await process.wait()
         if self._reader is not None:
             await asyncio.wait_for(self._reader, TIMEOUT)
-
-
-class RedisProcess:
-    """A redis-server of the test's own on a free port of 127.0.0.1, without persistence,
-    that the test stops and starts again on the same port."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._process: asyncio.subprocess.Process | None = None
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[RedisProcess]:
-        if shutil.which("redis-server") is None:
-            pytest.skip("redis-server is not installed")
-        await self.start()
-        try:
-            yield self
-        finally:
-            await self.stop()
-
-    async def start(self) -> None:
-        self._process = await asyncio.create_subprocess_exec(
-            "redis-server",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        assert self._process.stdout is not None
-        async with asyncio.timeout(TIMEOUT):
-            async for line in self._process.stdout:
-                if b"Ready to accept connections" in line:
-                    return
-        raise AssertionError("redis-server ended before it was ready")
-
-    async def stop(self) -> None:
-        """Stop the server (its clients' connections close); it may be started again."""
-        process, self._process = self._process, None
-        if process is not None and process.returncode is None:
-            process.terminate()
-            await asyncio.wait_for(process.wait(), TIMEOUT)

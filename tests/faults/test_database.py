@@ -23,8 +23,9 @@ import websockets
 from evlink.resolvers.auth import issue_key
 from evlink.settings import Settings
 from tests.conftest import TIMEOUT, _truncate, run_server
-from tests.faults.processes import EvlinkProcess, RedisProcess
+from tests.faults.processes import EvlinkProcess
 from tests.faults.proxy import TcpProxy
+from tests.faults.redis_server import redis_server
 from tests.faults.world import account, graphql, status, through, timed, upstream
 
 DB_TIMEOUT = 1.0  # EVLINK_DATABASE_TIMEOUT of the servers under fault
@@ -272,7 +273,7 @@ async def test_readyz_answers_within_2_s_whatever_the_database_and_redis_do(
 ) -> None:
     await account(database_url)
     async with (
-        RedisProcess().running() as redis,
+        redis_server() as redis,
         TcpProxy("127.0.0.1", redis.port).running() as redis_link,
         # The default database timeout (5 s): readiness bounds its own checks tighter.
         _evlink_through_proxy(
@@ -303,7 +304,7 @@ async def test_readyz_answers_within_2_s_whatever_the_database_and_redis_do(
 @postgres_only
 async def test_a_redis_outage_keeps_every_instance_ready_and_serving(database_url: str) -> None:
     world = await account(database_url, keys=2)
-    async with RedisProcess().running() as redis:
+    async with redis_server() as redis:
         environment = _environment(database_url, EVLINK_REDIS_URL=redis.url)
         async with (
             EvlinkProcess(**environment).running() as a,
