@@ -45,6 +45,7 @@ __all__ = [
     "fresh_for",
     "get_vehicle",
     "list_vehicles",
+    "provider_link_missing",
     "read_status",
     "record_vehicle_data",
     "upsert_provider_vehicle",
@@ -177,13 +178,32 @@ async def vehicle_status(
     says, within the provider's own timeouts.
     """
     if vehicle.provider_vehicle_id is None:
-        raise ProviderLinkMissing()
+        raise provider_link_missing(services, vehicle)
     age = services.settings.status_max_age if max_age is None else max_age
     if vehicle.refreshed_at is not None and _now() - vehicle.refreshed_at < timedelta(seconds=age):
         stored = await stored_charge_state(vehicle)
         if stored is not None:
             return VehicleStatus(vehicle, stored)
     return await _refresh_once(services, vehicle, within_budget=within_budget)
+
+
+def provider_link_missing(services: Services, vehicle: Vehicle) -> ProviderLinkMissing:
+    """The REST contract's 500 PROVIDER_LINK_MISSING for a car stored without a provider
+    id (before `evlink vehicle add` asked the provider), saying what to run; logged as a
+    WARNING once per vehicle and process, not at each poll."""
+    if vehicle.id not in services.unlinked_logged:
+        services.unlinked_logged.add(vehicle.id)
+        logger.warning(
+            "vehicle %s has no provider id: `evlink vehicle remove %s`, then add the car "
+            "again with `evlink vehicle add`",
+            vehicle.id,
+            vehicle.id,
+        )
+    return ProviderLinkMissing(
+        f"Vehicle {vehicle.id} has no provider id: remove it (`evlink vehicle remove "
+        f"{vehicle.id}`) and add the car again (`evlink vehicle add --user <email> "
+        "--provider-vehicle-id <id>`)"
+    )
 
 
 async def _refresh_once(
