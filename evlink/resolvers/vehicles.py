@@ -200,9 +200,8 @@ def provider_link_missing(services: Services, vehicle: Vehicle) -> ProviderLinkM
             vehicle.id,
         )
     return ProviderLinkMissing(
-        f"Vehicle {vehicle.id} has no provider id: remove it (`evlink vehicle remove "
-        f"{vehicle.id}`) and add the car again (`evlink vehicle add --user <email> "
-        "--provider-vehicle-id <id>`)"
+        f"Vehicle {vehicle.id} has no provider id: run `evlink vehicle remove {vehicle.id}`, "
+        "then `evlink vehicle add` with the car's provider id"
     )
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
+
+import pytest
 
 from evlink.models import Tier, Vehicle
 from evlink.resolvers import accounts
@@ -156,17 +159,33 @@ async def test_unknown_and_malformed_ids_are_404(server: Server) -> None:
         assert response.json()["code"] == "NOT_FOUND"
 
 
-async def test_vehicle_without_provider_id_is_500(server: Server) -> None:
+async def test_vehicle_without_provider_id_is_500_says_what_to_run_and_warns_once(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A car stored without a provider id (the seed's CLI made them; `vehicle add` no
+    longer does) keeps the contract's 500, its detail names the commands to run, and
+    Home Assistant polling it leaves one WARNING in the log, no ERROR."""
     user, key = await server.user()
     vehicle = await accounts.add_vehicle(user, provider="simulator", provider_vehicle_id=None)
 
-    response = await server.http.get(f"/api/status/{vehicle.id}", headers=auth(key))
+    with caplog.at_level(logging.INFO, logger="evlink"):
+        answers = [
+            await server.http.get(f"/api/status/{vehicle.id}", headers=auth(key))
+            for _ in range(3)
+        ]
 
-    assert response.status_code == 500
-    assert response.json() == {
-        "detail": "The vehicle has no provider id",
-        "code": "PROVIDER_LINK_MISSING",
-    }
+    for response in answers:
+        assert response.status_code == 500
+        assert response.json() == {
+            "detail": f"Vehicle {vehicle.id} has no provider id: run `evlink vehicle remove "
+            f"{vehicle.id}`, then `evlink vehicle add` with the car's provider id",
+            "code": "PROVIDER_LINK_MISSING",
+        }
+    warned = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [(r.levelno, str(vehicle.id) in r.getMessage()) for r in warned] == [
+        (logging.WARNING, True)
+    ], [r.getMessage() for r in warned]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_ha_me_vehicles_and_status(server: Server) -> None:
