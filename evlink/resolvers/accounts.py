@@ -15,7 +15,6 @@ Rules kept here:
 
 from __future__ import annotations
 
-import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,7 +49,6 @@ __all__ = [
     "sync_vehicles",
 ]
 
-logger = logging.getLogger(__name__)
 
 DEMO_EMAIL = "demo@evlink.local"
 DEMO_VEHICLES = (
@@ -166,7 +164,6 @@ async def register_vehicle(
             raise BadRequest(f"{configured} vehicle {provider_vehicle_id} was just added") from None
     await services.cache.invalidate(user_tag(user.id))
     await vehicles.record_vehicle_data(services, vehicle, data)
-    logger.info("vehicle %s (%s %s) added for user %s", vehicle.id, configured, data.id, user.id)
     return vehicle
 
 
@@ -203,7 +200,6 @@ async def remove_vehicle(services: Services, vehicle: Vehicle) -> int:
     owner_id: int = vehicle.user_id  # type: ignore[attr-defined]
     # The user's tag reaches the websockets of every instance (evlink.revocation).
     await services.cache.invalidate(vehicle_tag(vehicle.id), user_tag(owner_id))
-    logger.info("vehicle %s removed; %d pending command(s) cancelled", vehicle.id, cancelled)
     return cancelled
 
 
