@@ -149,9 +149,9 @@ async def register_vehicle(
         )
     data = await _provider_vehicle(services, user, provider_vehicle_id)
     if existing is not None and existing.user_id == user.id:  # type: ignore[attr-defined]
-        existing.deleted_at = None
+        existing.deleted_at = existing.removed_at = None
         existing.name = name or existing.name
-        await existing.save(update_fields=["deleted_at", "name"])
+        await existing.save(update_fields=["deleted_at", "removed_at", "name"])
         vehicle = existing
     else:
         if existing is not None:
@@ -189,10 +189,12 @@ async def _provider_vehicle(
 async def remove_vehicle(services: Services, vehicle: Vehicle) -> int:
     """Remove a car: it answers 404 and leaves the tier's count at once; its PENDING
     commands end CANCELLED; subscriptions following it end with NOT_FOUND. Returns how
-    many commands were cancelled. The row stays (``deleted_at``) until the car is added
-    again."""
+    many commands were cancelled. The row stays (``deleted_at``, ``removed_at``): the
+    provider's reports of the car (webhooks, sync) do not bring it back; adding it
+    again does."""
+    now = datetime.now(UTC)
     removed = await Vehicle.filter(id=vehicle.id, deleted_at=None).update(
-        deleted_at=datetime.now(UTC)
+        deleted_at=now, removed_at=now
     )
     if not removed:
         raise NotFound(f"no vehicle {vehicle.id}")

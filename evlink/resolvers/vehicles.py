@@ -323,7 +323,8 @@ async def _publish(services: Services, vehicle: Vehicle, state: ChargeStateData)
 async def upsert_provider_vehicle(
     services: Services, owner: User, data: VehicleData
 ) -> Vehicle | None:
-    """Add a vehicle the provider reports for ``owner`` (or bring it back), then record it.
+    """Add a vehicle the provider reports for ``owner`` (or bring it back, unless it was
+    removed by hand: ``evlink vehicle remove``), then record it.
 
     Past the tier's vehicle limit a new (or deleted) vehicle is not added: None, and
     a warning in the log. The provider's account may hold more cars than the plan;
@@ -331,6 +332,11 @@ async def upsert_provider_vehicle(
     """
     provider = services.provider.name
     vehicle = await Vehicle.get_or_none(provider=provider, provider_vehicle_id=data.id)
+    if vehicle is not None and vehicle.removed_at is not None:
+        logger.info(
+            "vehicle %s (%s %s) was removed by hand: not added back", vehicle.id, provider, data.id
+        )
+        return None
     if vehicle is None or vehicle.deleted_at is not None:
         try:
             await check_vehicle_limit(services.settings, owner)

@@ -150,6 +150,30 @@ async def test_another_users_removed_car_comes_back_without_its_history(server: 
 # -- removing a car -----------------------------------------------------------------
 
 
+async def test_a_removed_enode_car_stays_removed_until_added_again(enode: EnodeWorld) -> None:
+    """The car is still in the user's Enode account: its webhooks and a sync do not bring
+    it back (the user removed it to free a place); `vehicle add` does."""
+    services = enode.server.services
+    user, key = await enode.linked_user("user-1")
+    raw = enode.fake.add_vehicle("user-1", isPluggedIn=True)
+    vehicle = await accounts.register_vehicle(services, user, provider_vehicle_id=raw["id"])
+    await accounts.remove_vehicle(services, vehicle)
+
+    enode.fake.update_vehicle(raw["id"], batteryLevel=70)
+    await enode.deliver([enode.fake.vehicle_event(raw["id"])])
+    await enode.deliver([enode.fake.vehicle_event(raw["id"], "user:vehicle:discovered")])
+    assert await accounts.sync_vehicles(services, user) == []
+
+    status = await enode.server.http.get(f"/api/status/{vehicle.id}", headers=auth(key))
+    assert status.status_code == 404
+    assert not await Vehicle.filter(user=user, deleted_at=None).exists()
+    back = await accounts.register_vehicle(services, user, provider_vehicle_id=raw["id"])
+    assert back.id == vehicle.id
+    assert await accounts.sync_vehicles(services, user) == [back]
+    status = await enode.server.http.get(f"/api/status/{vehicle.id}", headers=auth(key))
+    assert status.json()["chargeState"]["batteryLevel"] == 70
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 async def test_removing_a_car_ends_its_commands_reads_and_subscriptions(
     make_settings: Any, protocol: str
