@@ -49,7 +49,6 @@ __all__ = [
     "sync_vehicles",
 ]
 
-
 DEMO_EMAIL = "demo@evlink.local"
 DEMO_VEHICLES = (
     ("unplugged", "Demo car (unplugged)"),
