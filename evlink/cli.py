@@ -8,19 +8,21 @@ import contextlib
 import json
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from dataclasses import replace
 from typing import Any
 
 from tortoise.exceptions import OperationalError
 
 from evlink.cache import ReadCache
-from evlink.errors import EvlinkError
+from evlink.errors import EvlinkError, NotFound
 from evlink.events import MemoryEventBus, build_event_bus
 from evlink.logs import configure_logging
-from evlink.models import ApiKey, User
+from evlink.models import ApiKey, User, Vehicle
 from evlink.models.database import apply_migrations, open_database
+from evlink.providers import build_provider
 from evlink.providers.enode import EnodeProvider
 from evlink.ratelimit import Limiter, describe
-from evlink.resolvers import accounts
+from evlink.resolvers import accounts, vehicles
 from evlink.resolvers.auth import issue_key, revoke_key
 from evlink.services import Services
 from evlink.settings import Settings, SettingsError
@@ -197,17 +199,55 @@ async def _key_revoke(settings: Settings, args: argparse.Namespace) -> None:
     _print(f"revoked key {key.id} ({key.prefix}…)")
 
 
-async def _vehicle_add(settings: Settings, args: argparse.Namespace) -> None:
+@contextlib.asynccontextmanager
+async def _provider_services(settings: Settings) -> AsyncIterator[Services]:
+    """The database and the configured provider (not started: no background steps), for
+    the `evlink vehicle` and `evlink enode` commands. What they change reaches the
+    servers' subscribers and caches over Redis when it is configured."""
     async with open_database(settings.database_url), _servers_told(settings) as cache:
-        vehicle = await accounts.add_vehicle(
+        provider = build_provider(settings)
+        try:
+            events = cache.events or MemoryEventBus()
+            yield Services(settings=settings, provider=provider, events=events, cache=cache)
+        finally:
+            await provider.aclose()  # the simulator hands back step leases in the database
+
+
+async def _vehicle_add(settings: Settings, args: argparse.Namespace) -> None:
+    async with _provider_services(settings) as services:
+        vehicle = await accounts.register_vehicle(
+            services,
             await accounts.find_user(args.user),
-            provider=args.provider or settings.provider,
+            provider=args.provider,
             provider_vehicle_id=args.provider_vehicle_id,
             name=args.name,
-            settings=settings,  # the tier's vehicle limit holds here too
-            cache=cache,
         )
-    _print(f"vehicle {vehicle.id}")
+    _print(f"vehicle {vehicle.id}  {vehicle.provider} {vehicle.provider_vehicle_id}")
+
+
+async def _vehicle_list(settings: Settings, args: argparse.Namespace) -> None:
+    async with open_database(settings.database_url):
+        query = Vehicle.filter(deleted_at=None).select_related("user").order_by("created_at", "id")
+        if args.user:
+            query = query.filter(user=await accounts.find_user(args.user))
+        for vehicle in await query:
+            linked = vehicle.provider_vehicle_id or "(no provider id: remove it)"
+            _print(
+                f"{vehicle.id}\t{vehicle.user.email}\t{vehicle.provider}\t{linked}"
+                f"\t{vehicle.name or ''}"
+            )
+
+
+async def _vehicle_remove(settings: Settings, args: argparse.Namespace) -> None:
+    vehicle: Vehicle | None = None
+    async with _provider_services(settings) as services:
+        with contextlib.suppress(NotFound):
+            vehicle_id = vehicles.parse_vehicle_id(args.vehicle)
+            vehicle = await Vehicle.get_or_none(id=vehicle_id, deleted_at=None)
+        if vehicle is None:
+            raise CommandError(f"no vehicle {args.vehicle} (`evlink vehicle list` shows them)")
+        cancelled = await accounts.remove_vehicle(services, vehicle)
+    _print(f"removed vehicle {vehicle.id}; {cancelled} pending command(s) cancelled")
 
 
 async def _usage(settings: Settings, args: argparse.Namespace) -> None:
@@ -243,14 +283,8 @@ async def _enode(settings: Settings) -> AsyncIterator[Services]:
     """The database and an Enode provider, for the `evlink enode` commands."""
     if not (settings.enode_client_id and settings.enode_client_secret):
         raise CommandError("set EVLINK_ENODE_CLIENT_ID and EVLINK_ENODE_CLIENT_SECRET first")
-    provider = EnodeProvider.from_settings(settings)
-    try:
-        async with open_database(settings.database_url), _servers_told(settings) as cache:
-            # What sync imports reaches the servers' subscribers and caches over Redis.
-            events = cache.events or MemoryEventBus()
-            yield Services(settings=settings, provider=provider, events=events, cache=cache)
-    finally:
-        await provider.aclose()
+    async with _provider_services(replace(settings, provider="enode")) as services:
+        yield services
 
 
 async def _enode_link(settings: Settings, args: argparse.Namespace) -> None:
@@ -328,10 +362,18 @@ def _parser() -> argparse.ArgumentParser:
     vehicle_add = vehicle.add_parser("add")
     vehicle_add.add_argument("--user", required=True, help="the user's email")
     vehicle_add.add_argument("--name")
-    vehicle_add.add_argument("--provider", help="default: EVLINK_PROVIDER")
+    vehicle_add.add_argument("--provider", help="must be EVLINK_PROVIDER (the default)")
     vehicle_add.add_argument(
-        "--provider-vehicle-id", help="the provider's id (simulator: sim-plugged-<anything>)"
+        "--provider-vehicle-id",
+        help="the provider's id, checked with the provider (Enode: a car of the user's link; "
+        "simulator: sim-<unplugged|plugged|charging>-<name>, a new sim-plugged-… if omitted)",
     )
+    vehicle_list = vehicle.add_parser("list")
+    vehicle_list.add_argument("--user", help="only this user's vehicles")
+    vehicle_remove = vehicle.add_parser(
+        "remove", help="remove a vehicle; its pending commands are cancelled"
+    )
+    vehicle_remove.add_argument("vehicle", help="evlink's vehicle id (as `vehicle list` shows)")
 
     usage = commands.add_parser("usage", help="what a user has spent of each quota")
     usage.add_argument("--user", required=True, help="the user's email")
@@ -365,6 +407,8 @@ _ASYNC_COMMANDS: dict[
     ("key", "list"): _key_list,
     ("key", "revoke"): _key_revoke,
     ("vehicle", "add"): _vehicle_add,
+    ("vehicle", "list"): _vehicle_list,
+    ("vehicle", "remove"): _vehicle_remove,
     ("usage", None): _usage,
     ("enode", "link"): _enode_link,
     ("enode", "sync"): _enode_sync,

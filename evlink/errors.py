@@ -148,6 +148,7 @@ class ProviderLinkMissing(EvlinkError):
     code = "PROVIDER_LINK_MISSING"
     status = 500
     default_message = "The vehicle has no provider id"
+    log_each = False  # a WARNING once per vehicle (evlink.resolvers.vehicles), not per poll
 
 
 class StreamInterrupted(EvlinkError):

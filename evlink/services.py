@@ -50,6 +50,8 @@ class Services:
     # unless the app's lifespan makes one from the settings.
     cache: ReadCache = field(default_factory=lambda: ReadCache(0.0))
     _vehicle_locks: dict[UUID, asyncio.Lock] = field(default_factory=dict)
+    # Vehicles without a provider id already logged (once each: evlink.resolvers.vehicles).
+    unlinked_logged: set[UUID] = field(default_factory=set)
 
     def vehicle_lock(self, vehicle_id: UUID) -> asyncio.Lock:
         """Serialises charging decisions for one vehicle within this process."""

@@ -181,3 +181,49 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def test_vehicle_add_asks_the_simulator_and_remove_frees_the_place(cli: Cli) -> None:
+    """`vehicle add` stores only cars the configured provider has (here the simulator);
+    `vehicle remove` frees the tier's place, and `vehicle list` shows what is left."""
+    cli.ok("user", "create", "--email", "cars@b.c", "--tier", "free")
+
+    made = cli.ok("vehicle", "add", "--user", "cars@b.c").split()
+    assert made[0] == "vehicle"
+    assert made[2] == "simulator"
+    assert made[3].startswith("sim-plugged-")
+    refused = {
+        "--provider foo": cli("vehicle", "add", "--user", "cars@b.c", "--provider", "foo"),
+        "tesla-123": cli(
+            "vehicle", "add", "--user", "cars@b.c", "--provider-vehicle-id", "tesla-123"
+        ),
+        "past the limit": cli(
+            "vehicle", "add", "--user", "cars@b.c", "--provider-vehicle-id", "sim-charging-x"
+        ),
+    }
+    assert {name: r.returncode for name, r in refused.items()} == dict.fromkeys(refused, 1)
+    assert "provider must be simulator" in refused["--provider foo"].stderr
+    assert "remove one" in refused["past the limit"].stderr
+    listed = [
+        line.split("\t") for line in cli.ok("vehicle", "list", "--user", "cars@b.c").splitlines()
+    ]
+    assert [row[:4] for row in listed] == [[made[1], "cars@b.c", "simulator", made[3]]]
+
+    removed = cli.ok("vehicle", "remove", made[1])
+    assert removed.startswith(f"removed vehicle {made[1]}; 0 pending command(s) cancelled")
+    assert cli.ok("vehicle", "list", "--user", "cars@b.c") == ""
+    again = cli("vehicle", "remove", made[1])
+    assert again.returncode == 1
+    assert f"no vehicle {made[1]}" in again.stderr
+
+    cli.ok("user", "set-tier", "--email", "cars@b.c", "--tier", "pro")
+    unknown = cli("vehicle", "add", "--user", "cars@b.c", "--provider-vehicle-id", "tesla-123")
+    assert unknown.returncode == 1
+    assert "simulator has no vehicle tesla-123" in unknown.stderr
+    named = cli.ok(
+        "vehicle", "add", "--user", "cars@b.c", "--provider-vehicle-id", "sim-charging-x"
+    ).split()
+    assert named[2:] == ["simulator", "sim-charging-x"]
+    assert [line.split("\t")[0] for line in cli.ok("vehicle", "list").splitlines()][-1:] == [
+        named[1]
+    ]

@@ -28,6 +28,7 @@ from evlink.models import ChargingCommand, CommandState, Tier, User, Vehicle
 from evlink.models.database import open_database
 from evlink.providers.base import ChargingAction
 from evlink.providers.simulator import ManualClock, Simulator
+from evlink.resolvers import accounts
 from evlink.resolvers.charging import CommandWatcher, wait_for_command
 from evlink.settings import Settings
 from tests.conftest import (
@@ -302,3 +303,63 @@ async def test_lost_redis_ends_subscriptions_with_an_error_then_reconnects(
             await asyncio.wait_for(bus.connected.wait(), TIMEOUT)
             back = await server.http.get("/readyz")
             assert (back.status_code, back.json()["redis"]) == (200, "ok")
+
+
+async def test_concurrent_enode_links_on_two_instances_give_one_enode_user_id(
+    shared: Settings,
+) -> None:
+    """Both instances hold the user in their auth cache without an Enode id; six
+    `linkVehicleAccount` calls spread over them give the user one id, the one stored."""
+    link = "mutation($uri: String!) { linkVehicleAccount(redirectUri: $uri) }"
+    async with run_enode_world(shared) as world:
+        a = world.server
+        async with run_server(enode_settings(shared, world.fake.base_url or "")) as b:
+            user, key = await a.user()
+            for instance in (a, b):
+                warm = await instance.graphql("{ viewer { email } }", key=key)
+                assert warm["data"]["viewer"]["email"] == user.email
+
+            bodies = await asyncio.gather(
+                *(
+                    instance.graphql(link, {"uri": "https://example.com/"}, key=key)
+                    for instance in (a, b, a, b, a, b)
+                )
+            )
+
+            assert all("errors" not in body for body in bodies), bodies
+            given = (await User.get(id=user.id)).enode_user_id
+            assert given is not None
+            assert [link["userId"] for link in world.fake.links.values()] == [given] * 6
+
+
+async def test_a_car_removed_through_one_instance_ends_a_subscription_on_the_other(
+    shared: Settings,
+) -> None:
+    await _truncate(shared.database_url)
+    clock = ManualClock()
+    car_park = Simulator(clock, action_delay=1.0)
+    async with (
+        run_server(shared, clock=clock, simulator=car_park) as a,
+        run_server(shared, clock=clock, simulator=car_park) as b,
+    ):
+        user, key = await a.user()
+        vehicle = await a.vehicle(user, "plugged")
+        cached = await a.http.get(
+            f"/api/status/{vehicle.id}", headers={"Authorization": f"Bearer {key}"}
+        )
+        assert cached.status_code == 200
+        async with (
+            a.gql_client(key, PROTOCOLS[0]) as session,
+            subscription(session, CHARGE_STATE, id=str(vehicle.id)) as stream,
+        ):
+            assert (await next_result(stream))["chargeState"]["isPluggedIn"] is True
+            await accounts.remove_vehicle(b.services, vehicle)
+            with pytest.raises(TransportQueryError) as ended:
+                await next_result(stream)
+        assert ended.value.errors is not None
+        assert ended.value.errors[0]["extensions"]["code"] == "NOT_FOUND"
+        # The subscription ended on the invalidation that also reached a's read cache.
+        gone = await a.http.get(
+            f"/api/status/{vehicle.id}", headers={"Authorization": f"Bearer {key}"}
+        )
+        assert gone.status_code == 404

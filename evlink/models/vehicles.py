@@ -34,6 +34,9 @@ class Vehicle(Model):
     refreshed_at = fields.DatetimeField(null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
     deleted_at = fields.DatetimeField(null=True)
+    # Removed by hand (`evlink vehicle remove`), not by the provider: the provider's
+    # reports (webhooks, `evlink enode sync`) do not bring it back; `vehicle add` does.
+    removed_at = fields.DatetimeField(null=True)
 
     charge_state: fields.BackwardOneToOneRelation[ChargeState]
 

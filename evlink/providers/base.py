@@ -264,6 +264,9 @@ def _float(value: object) -> float | None:
 
 
 def _int(value: object) -> int | None:
+    """An integer field of the REST contract and GraphQL's ``Int`` (batteryLevel,
+    chargeLimit, chargeTimeRemaining): Enode's numbers may be fractional (63.5), and
+    are rounded, halves to even, so that clients keep the types the contract gives."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return round(value)

@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
@@ -68,6 +69,7 @@ __all__ = [
     "SimulatorFault",
     "SimulatorStore",
     "SystemClock",
+    "is_simulator_vehicle_id",
     "simulator_vehicle_id",
 ]
 
@@ -118,6 +120,14 @@ class SimulatorFault(StrEnum):
     IGNORES_ACTION = "ignores_action"  # actions CONFIRM but the state never changes
     FAILS_FIRST_ATTEMPT = "fails_first_attempt"  # the first action FAILS, later ones work
     UNREACHABLE = "unreachable"  # the car is asleep: actions stay PENDING
+
+
+_VEHICLE_ID = re.compile(rf"sim-({'|'.join(PROFILES)})-[A-Za-z0-9._-]{{1,100}}")
+
+
+def is_simulator_vehicle_id(vehicle_id: str) -> bool:
+    """True for ``sim-<profile>-<name>``: the ids the simulator makes a car for."""
+    return _VEHICLE_ID.fullmatch(vehicle_id) is not None
 
 
 def simulator_vehicle_id(profile: str) -> str:
@@ -315,9 +325,12 @@ class SimulatedCar:
     @classmethod
     def from_id(cls, vehicle_id: str, now: datetime) -> SimulatedCar:
         """A car on first use, its starting state derived from its id; NOT_FOUND when the
-        id is no simulator id."""
-        if not vehicle_id.startswith("sim-"):
-            raise NotFound("No such vehicle at the provider")
+        id is no simulator id (``sim-<unplugged|plugged|charging>-<name>``)."""
+        if not is_simulator_vehicle_id(vehicle_id):
+            raise NotFound(
+                "No such vehicle at the provider: simulator ids are "
+                "sim-<unplugged|plugged|charging>-<name>"
+            )
         return cls(_vehicle_from_id(vehicle_id, now), stepped_at=now)
 
     def advance(self, now: datetime, speed: float) -> None:

@@ -1,18 +1,34 @@
-"""Users, tiers, vehicles added by hand, and the demo account."""
+"""Users, tiers, vehicles added and removed by hand, Enode links, and the demo account.
+
+Rules kept here:
+
+- a car is added only once its provider has it (:func:`register_vehicle`): the
+  configured provider, and for Enode a car of the user's own link; so ``evlink
+  vehicle add`` never stores a car without a provider id;
+- a removed car (:func:`remove_vehicle`) stops counting against the tier's limit,
+  answers 404, ends its PENDING commands as CANCELLED and its subscriptions with
+  NOT_FOUND (through the ``user:<id>`` invalidation, :mod:`evlink.revocation`);
+- a user gets exactly one Enode user id, ever (:func:`enode_user_id`): the
+  database gives it, with a conditional UPDATE, whatever user object (a cached
+  one) and however many concurrent calls on however many instances ask.
+"""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
+from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
-from evlink.cache import ReadCache, user_tag
+from evlink.cache import ReadCache, user_tag, vehicle_tag
 from evlink.errors import BadRequest, NotFound
 from evlink.models import Tier, User, Vehicle
+from evlink.providers.base import VehicleData
 from evlink.providers.simulator import simulator_vehicle_id
 from evlink.ratelimit import check_vehicle_limit
-from evlink.resolvers import vehicles
+from evlink.resolvers import charging, vehicles
 from evlink.resolvers.auth import IssuedKey, issue_key
 from evlink.services import Services
 from evlink.settings import Settings
@@ -22,10 +38,13 @@ __all__ = [
     "DemoAccount",
     "add_vehicle",
     "create_user",
+    "enode_user_id",
     "ensure_demo",
     "find_user",
     "link_vehicle_account",
     "parse_tier",
+    "register_vehicle",
+    "remove_vehicle",
     "set_tier",
     "sync_vehicles",
 ]
@@ -79,9 +98,10 @@ async def add_vehicle(
     settings: Settings | None = None,
     cache: ReadCache | None = None,
 ) -> Vehicle:
-    """Add a vehicle by hand. With ``settings``, 403 FORBIDDEN_TIER past the tier's
-    vehicle limit (``EVLINK_VEHICLE_LIMITS``); without (the demo, tests), no limit.
-    ``cache`` is told that the user's vehicles changed."""
+    """Store a vehicle the caller has checked (the demo's simulated cars, tests); cars
+    from users and the CLI go through :func:`register_vehicle`. With ``settings``,
+    403 FORBIDDEN_TIER past the tier's vehicle limit (``EVLINK_VEHICLE_LIMITS``);
+    without, no limit. ``cache`` is told that the user's vehicles changed."""
     if settings is not None:
         await check_vehicle_limit(settings, user)
     vehicle = await Vehicle.create(
@@ -90,6 +110,98 @@ async def add_vehicle(
     if cache is not None:
         await cache.invalidate(user_tag(user.id))
     return vehicle
+
+
+async def register_vehicle(
+    services: Services,
+    user: User,
+    *,
+    provider_vehicle_id: str | None,
+    provider: str | None = None,
+    name: str | None = None,
+) -> Vehicle:
+    """Add ``user``'s car once the provider has it, within the tier's vehicle limit.
+
+    ``provider`` must be the configured one (``EVLINK_PROVIDER``). The simulator makes a
+    ``sim-plugged-…`` car when no id is given and refuses ids that are not its own;
+    Enode's car must exist and belong to the user's link. A car the user removed comes
+    back with its evlink id; one another user removed is forgotten first (its commands
+    and charge states with it) and added anew.
+    """
+    configured = services.provider.name
+    if provider is not None and provider != configured:
+        raise BadRequest(f"provider must be {configured}, the one EVLINK_PROVIDER names")
+    if provider_vehicle_id is None:
+        if configured != "simulator":
+            raise BadRequest(
+                f"a {configured} vehicle id is required "
+                "(`evlink enode sync` imports every car of a linked user)"
+            )
+        provider_vehicle_id = simulator_vehicle_id("plugged")
+    await check_vehicle_limit(services.settings, user)
+    existing = await Vehicle.get_or_none(
+        provider=configured, provider_vehicle_id=provider_vehicle_id
+    )
+    if existing is not None and existing.deleted_at is None:
+        raise BadRequest(
+            f"{configured} vehicle {provider_vehicle_id} is vehicle {existing.id} already"
+        )
+    data = await _provider_vehicle(services, user, provider_vehicle_id)
+    if existing is not None and existing.user_id == user.id:  # type: ignore[attr-defined]
+        existing.deleted_at = existing.removed_at = None
+        existing.name = name or existing.name
+        await existing.save(update_fields=["deleted_at", "removed_at", "name"])
+        vehicle = existing
+    else:
+        if existing is not None:
+            await existing.delete()  # another user's removed car: its history is theirs
+        try:
+            vehicle = await Vehicle.create(
+                user=user, provider=configured, provider_vehicle_id=provider_vehicle_id, name=name
+            )
+        except IntegrityError:
+            raise BadRequest(f"{configured} vehicle {provider_vehicle_id} was just added") from None
+    await services.cache.invalidate(user_tag(user.id))
+    await vehicles.record_vehicle_data(services, vehicle, data)
+    return vehicle
+
+
+async def _provider_vehicle(
+    services: Services, user: User, provider_vehicle_id: str
+) -> VehicleData:
+    """The car as its provider has it; for Enode, only a car of the user's own link."""
+    provider = services.provider.name
+    if provider == "enode" and user.enode_user_id is None:
+        raise BadRequest(
+            f"{user.email} has no Enode link yet: `evlink enode link --user {user.email}`"
+        )
+    try:
+        data = await services.provider.get_vehicle(provider_vehicle_id)
+    except NotFound:
+        raise NotFound(f"{provider} has no vehicle {provider_vehicle_id}") from None
+    if provider == "enode" and data.user_id != user.enode_user_id:
+        # Said as a missing car would be: whose car it is stays unsaid.
+        raise NotFound(f"{provider} has no vehicle {provider_vehicle_id} in {user.email}'s link")
+    return data
+
+
+async def remove_vehicle(services: Services, vehicle: Vehicle) -> int:
+    """Remove a car: it answers 404 and leaves the tier's count at once; its PENDING
+    commands end CANCELLED; subscriptions following it end with NOT_FOUND. Returns how
+    many commands were cancelled. The row stays (``deleted_at``, ``removed_at``): the
+    provider's reports of the car (webhooks, sync) do not bring it back; adding it
+    again does."""
+    now = datetime.now(UTC)
+    removed = await Vehicle.filter(id=vehicle.id, deleted_at=None).update(
+        deleted_at=now, removed_at=now
+    )
+    if not removed:
+        raise NotFound(f"no vehicle {vehicle.id}")
+    cancelled = await charging.cancel_vehicle_commands(services, vehicle, "the vehicle was removed")
+    owner_id: int = vehicle.user_id  # type: ignore[attr-defined]
+    # The user's tag reaches the websockets of every instance (evlink.revocation).
+    await services.cache.invalidate(vehicle_tag(vehicle.id), user_tag(owner_id))
+    return cancelled
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,11 +238,28 @@ async def link_vehicle_account(services: Services, user: User, redirect_uri: str
     """The provider's link URL for ``user``, giving the user a provider identity if needed."""
     if not redirect_uri.startswith(("https://", "http://")):
         raise BadRequest("redirectUri must be an http(s) URL")
-    if user.enode_user_id is None:
-        user.enode_user_id = str(uuid.uuid4())
-        await user.save(update_fields=["enode_user_id"])
-        await services.cache.invalidate(user_tag(user.id))
-    return await services.provider.link_user(user.enode_user_id, redirect_uri)
+    return await services.provider.link_user(await enode_user_id(services, user), redirect_uri)
+
+
+async def enode_user_id(services: Services, user: User) -> str:
+    """The user's Enode user id, given on first use: one per user, ever.
+
+    ``user`` may be seconds old (the auth cache) and other calls, here or on another
+    instance, may be giving it an id right now. So the database decides: only a row
+    still without an id takes this one (``UPDATE … WHERE enode_user_id IS NULL``), and
+    the id is then read back, whoever's it is.
+    """
+    if user.enode_user_id is not None:
+        return user.enode_user_id  # an id, once given, never changes
+    await User.filter(id=user.id, enode_user_id__isnull=True).update(
+        enode_user_id=str(uuid.uuid4())
+    )
+    stored = await User.get_or_none(id=user.id)
+    if stored is None or stored.enode_user_id is None:
+        raise NotFound(f"no user {user.email}")  # deleted meanwhile
+    user.enode_user_id = stored.enode_user_id
+    await services.cache.invalidate(user_tag(user.id))  # cached copies without the id
+    return user.enode_user_id
 
 
 async def sync_vehicles(services: Services, user: User) -> list[Vehicle]:

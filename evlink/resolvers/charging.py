@@ -46,7 +46,6 @@ from evlink.errors import (
     InternalError,
     InvalidVehicleState,
     NotFound,
-    ProviderLinkMissing,
     SmartChargingActive,
     StreamInterrupted,
 )
@@ -65,6 +64,7 @@ from evlink.services import Services
 
 __all__ = [
     "CommandWatcher",
+    "cancel_vehicle_commands",
     "get_command",
     "ingest_provider_update",
     "list_commands",
@@ -112,7 +112,7 @@ async def set_charging(
     if user.tier != Tier.PRO:
         raise ForbiddenTier()
     if vehicle.provider_vehicle_id is None:
-        raise ProviderLinkMissing()
+        raise vehicles.provider_link_missing(services, vehicle)
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise BadRequest(f"idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
 
@@ -249,7 +249,8 @@ def _backoff(services: Services, attempts: int) -> timedelta:
 
 async def _finish(
     services: Services, command: ChargingCommand, state: CommandState, reason: str | None = None
-) -> None:
+) -> bool:
+    """End ``command`` in ``state``; False when it had ended already."""
     now = _now()
     if reason is not None or state == CommandState.CONFIRMED:
         command.failure_reason = reason
@@ -265,7 +266,7 @@ async def _finish(
     )
     if not ended:
         await command.refresh_from_db()
-        return
+        return False
     command.state = state
     command.completed_at = command.updated_at = now
     command.next_attempt_at = None
@@ -273,6 +274,18 @@ async def _finish(
     services.metrics.commands.labels(state=state.value).inc()
     await _publish(services, command)
     logger.info("command %s (%s) ended %s", command.id, command.action.value, state.value)
+    return True
+
+
+async def cancel_vehicle_commands(services: Services, vehicle: Vehicle, reason: str) -> int:
+    """End the vehicle's PENDING commands as CANCELLED (a removed car); how many ended.
+    Their watchers are woken and stop; the provider's actions in flight are left alone."""
+    ended = 0
+    for command in await ChargingCommand.filter(vehicle_id=vehicle.id, state=CommandState.PENDING):
+        if await _finish(services, command, CommandState.CANCELLED, reason):
+            ended += 1
+            await services.events.publish(command_wake_topic(command.id), {"cancelled": True})
+    return ended
 
 
 async def _publish(services: Services, command: ChargingCommand) -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "fresh_for",
     "get_vehicle",
     "list_vehicles",
+    "provider_link_missing",
     "read_status",
     "record_vehicle_data",
     "upsert_provider_vehicle",
@@ -177,13 +178,31 @@ async def vehicle_status(
     says, within the provider's own timeouts.
     """
     if vehicle.provider_vehicle_id is None:
-        raise ProviderLinkMissing()
+        raise provider_link_missing(services, vehicle)
     age = services.settings.status_max_age if max_age is None else max_age
     if vehicle.refreshed_at is not None and _now() - vehicle.refreshed_at < timedelta(seconds=age):
         stored = await stored_charge_state(vehicle)
         if stored is not None:
             return VehicleStatus(vehicle, stored)
     return await _refresh_once(services, vehicle, within_budget=within_budget)
+
+
+def provider_link_missing(services: Services, vehicle: Vehicle) -> ProviderLinkMissing:
+    """The REST contract's 500 PROVIDER_LINK_MISSING for a car stored without a provider
+    id (before `evlink vehicle add` asked the provider), saying what to run; logged as a
+    WARNING once per vehicle and process, not at each poll."""
+    if vehicle.id not in services.unlinked_logged:
+        services.unlinked_logged.add(vehicle.id)
+        logger.warning(
+            "vehicle %s has no provider id: `evlink vehicle remove %s`, then add the car "
+            "again with `evlink vehicle add`",
+            vehicle.id,
+            vehicle.id,
+        )
+    return ProviderLinkMissing(
+        f"Vehicle {vehicle.id} has no provider id: run `evlink vehicle remove {vehicle.id}`, "
+        "then `evlink vehicle add` with the car's provider id"
+    )
 
 
 async def _refresh_once(
@@ -304,7 +323,8 @@ async def _publish(services: Services, vehicle: Vehicle, state: ChargeStateData)
 async def upsert_provider_vehicle(
     services: Services, owner: User, data: VehicleData
 ) -> Vehicle | None:
-    """Add a vehicle the provider reports for ``owner`` (or bring it back), then record it.
+    """Add a vehicle the provider reports for ``owner`` (or bring it back, unless it was
+    removed by hand: ``evlink vehicle remove``), then record it.
 
     Past the tier's vehicle limit a new (or deleted) vehicle is not added: None, and
     a warning in the log. The provider's account may hold more cars than the plan;
@@ -312,6 +332,11 @@ async def upsert_provider_vehicle(
     """
     provider = services.provider.name
     vehicle = await Vehicle.get_or_none(provider=provider, provider_vehicle_id=data.id)
+    if vehicle is not None and vehicle.removed_at is not None:
+        logger.info(
+            "vehicle %s (%s %s) was removed by hand: not added back", vehicle.id, provider, data.id
+        )
+        return None
     if vehicle is None or vehicle.deleted_at is not None:
         try:
             await check_vehicle_limit(services.settings, owner)

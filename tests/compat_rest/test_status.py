@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 
+import pytest
+
 from evlink.models import Tier, Vehicle
 from evlink.resolvers import accounts
-from tests.conftest import Server
+from tests.conftest import EnodeWorld, Server
 
 ISO_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 CHARGE_STATE_KEYS = [
@@ -156,17 +159,32 @@ async def test_unknown_and_malformed_ids_are_404(server: Server) -> None:
         assert response.json()["code"] == "NOT_FOUND"
 
 
-async def test_vehicle_without_provider_id_is_500(server: Server) -> None:
+async def test_vehicle_without_provider_id_is_500_says_what_to_run_and_warns_once(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A car stored without a provider id (the seed's CLI made them; `vehicle add` no
+    longer does) keeps the contract's 500, its detail names the commands to run, and
+    Home Assistant polling it leaves one WARNING in the log, no ERROR."""
     user, key = await server.user()
     vehicle = await accounts.add_vehicle(user, provider="simulator", provider_vehicle_id=None)
 
-    response = await server.http.get(f"/api/status/{vehicle.id}", headers=auth(key))
+    with caplog.at_level(logging.INFO, logger="evlink"):
+        answers = [
+            await server.http.get(f"/api/status/{vehicle.id}", headers=auth(key)) for _ in range(3)
+        ]
 
-    assert response.status_code == 500
-    assert response.json() == {
-        "detail": "The vehicle has no provider id",
-        "code": "PROVIDER_LINK_MISSING",
-    }
+    for response in answers:
+        assert response.status_code == 500
+        assert response.json() == {
+            "detail": f"Vehicle {vehicle.id} has no provider id: run `evlink vehicle remove "
+            f"{vehicle.id}`, then `evlink vehicle add` with the car's provider id",
+            "code": "PROVIDER_LINK_MISSING",
+        }
+    warned = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [(r.levelno, str(vehicle.id) in r.getMessage()) for r in warned] == [
+        (logging.WARNING, True)
+    ], [r.getMessage() for r in warned]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_ha_me_vehicles_and_status(server: Server) -> None:
@@ -213,3 +231,32 @@ async def test_stale_state_refreshes_and_concurrent_reads_share_one_provider_cal
 
     assert all(r.status_code == 200 for r in responses)
     assert server.simulator.calls == [f"get_vehicle {vehicle.provider_vehicle_id}"]
+
+
+async def test_fractional_enode_values_keep_the_contracts_integer_types(
+    enode: EnodeWorld,
+) -> None:
+    """Enode may send ``batteryLevel: 63.5``; the REST contract (and GraphQL's ``Int``)
+    types it, ``chargeLimit`` and ``chargeTimeRemaining`` as integers, which Home
+    Assistant templates compare as such: they are rounded (halves to even), and the
+    fields Enode and the contract type as decimals stay decimals."""
+    user, key = await enode.linked_user()
+    vehicle = await enode.vehicle(
+        user,
+        isPluggedIn=True,
+        batteryLevel=63.5,
+        chargeLimit=79.6,
+        chargeTimeRemaining=12.4,
+        range=301.25,
+        chargeRate=7.4,
+    )
+
+    body = (await enode.server.http.get(f"/api/status/{vehicle.id}", headers=auth(key))).json()
+
+    state = body["chargeState"]
+    assert (body["batteryLevel"], state["batteryLevel"]) == (64, 64)
+    assert (state["chargeLimit"], state["chargeTimeRemaining"]) == (80, 12)
+    assert all(
+        type(state[f]) is int for f in ("batteryLevel", "chargeLimit", "chargeTimeRemaining")
+    )
+    assert (state["range"], state["chargeRate"]) == (301.25, 7.4)

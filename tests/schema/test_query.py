@@ -204,7 +204,9 @@ async def test_a_vehicle_without_provider_id_cannot_give_its_charge_state(
     body = await server.graphql(VEHICLE, {"id": str(vehicle.id)}, key=key)
 
     assert error_code(body) == "PROVIDER_LINK_MISSING"
-    assert body["errors"][0]["message"] == "The vehicle has no provider id"
+    assert body["errors"][0]["message"].startswith(
+        f"Vehicle {vehicle.id} has no provider id: run `evlink vehicle remove {vehicle.id}`"
+    )
     assert body["errors"][0]["path"] == ["vehicle", "chargeState"]
     # chargeState is nullable: the error stays with this vehicle, the rest still reads.
     assert body["data"]["vehicle"]["chargeState"] is None
