@@ -119,14 +119,16 @@ async def _redis_state(services: Services) -> str | None:
 def create_app(settings: Settings | None = None, *, provider: Provider | None = None) -> Starlette:
     """The evlink ASGI app. ``provider`` replaces the one the settings name (tests, demos)."""
     settings = settings or Settings.from_env()
+    schema = build_schema(settings)
     graphql = GraphQLView(
-        build_schema(settings),
+        schema,
         keep_alive=True,
         keep_alive_interval=settings.ws_keepalive,
         connection_init_wait_timeout=timedelta(seconds=settings.ws_init_timeout),
         max_subscriptions_per_connection=settings.ws_max_operations,
     )
     metrics = Metrics()
+    metrics.watch_documents(schema.documents)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -14,19 +14,30 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["MAX_DEPTH", "NestedTooDeep", "loads"]
+__all__ = ["MAX_DEPTH", "NestedTooDeep", "NumberTooLong", "Refused", "loads"]
 
 # Levels of arrays and objects. evlink's deepest documents (Enode's webhook events)
 # are six levels deep.
 MAX_DEPTH = 32
 
 
-class NestedTooDeep(json.JSONDecodeError):
-    """JSON nested deeper than :data:`MAX_DEPTH`. A ``JSONDecodeError``, so every
-    caller that refuses malformed JSON refuses this as well."""
+class Refused(json.JSONDecodeError):
+    """JSON that Python could parse but evlink refuses, with a message that says why. A
+    ``JSONDecodeError``, so every caller that refuses malformed JSON refuses this too."""
+
+
+class NestedTooDeep(Refused):
+    """JSON nested deeper than :data:`MAX_DEPTH`."""
 
     def __init__(self) -> None:
         super().__init__(f"JSON nested deeper than {MAX_DEPTH} levels", "", 0)
+
+
+class NumberTooLong(Refused):
+    """An integer of more than 4,300 digits, which Python refuses to convert."""
+
+    def __init__(self) -> None:
+        super().__init__("A number in the JSON is too long", "", 0)
 
 
 def loads(document: str | bytes) -> Any:
@@ -39,6 +50,10 @@ def loads(document: str | bytes) -> Any:
         raise NestedTooDeep() from None
     except UnicodeDecodeError:
         raise json.JSONDecodeError("The JSON is not UTF-8, UTF-16 or UTF-32 text", "", 0) from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError:  # Python refuses to convert an integer of more than 4,300 digits
+        raise NumberTooLong() from None
     if _deeper_than(value, MAX_DEPTH):
         raise NestedTooDeep()
     return value

@@ -6,7 +6,7 @@ subscriptions, charging commands by end state, provider calls and errors.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sized
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
@@ -77,6 +77,11 @@ class Metrics:
         self.cache_entries = Gauge(
             "evlink_read_cache_entries", "Entries in the read cache", registry=self.registry
         )
+        self.documents_kept = Gauge(
+            "evlink_graphql_documents_kept",
+            "Valid GraphQL documents kept parsed, by their text",
+            registry=self.registry,
+        )
         # Bounded: routes x methods x statuses (unmatched paths share one route label).
         self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
@@ -85,6 +90,10 @@ class Metrics:
         self.cache_lookups.labels(outcome="hit").set_function(lambda: cache.hits)
         self.cache_lookups.labels(outcome="miss").set_function(lambda: cache.misses)
         self.cache_entries.set_function(lambda: len(cache))
+
+    def watch_documents(self, documents: Sized) -> None:
+        """Report how many parsed GraphQL documents are kept (schema.limits.ValidDocuments)."""
+        self.documents_kept.set_function(lambda: len(documents))
 
     def observe_request(self, scope: Scope, method: str, status: int, elapsed: float) -> None:
         """Count and time one HTTP request, by its route's path template."""

@@ -75,7 +75,7 @@ async def enode_webhook(request: Request) -> JSONResponse:
         raise Unauthenticated("Invalid webhook signature")
     try:
         events = jsonbody.loads(body)
-    except jsonbody.NestedTooDeep as refused:
+    except jsonbody.Refused as refused:
         raise BadRequest(refused.msg) from None
     except json.JSONDecodeError:
         raise BadRequest("The body is not JSON") from None

@@ -214,3 +214,71 @@ async def read_until_closed(socket: websockets.ClientConnection) -> None:
     """Messages until the close (keep-alives may come first); the caller bounds the wait."""
     while True:
         await socket.recv()
+
+
+HUGE = "9" * 4301  # Python refuses to convert an integer of more than 4,300 digits
+TOO_LONG = "A number in the JSON is too long"
+
+
+async def test_a_number_too_long_for_python_is_a_400_everywhere(
+    enode: EnodeWorld, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    server = enode.server
+    user, key = await enode.linked_user()
+    car = await enode.vehicle(user, isPluggedIn=True)
+    headers = {"content-type": "application/json", **auth(key)}
+    graphql_body = f'{{"query": "{{ __typename }}", "x": {HUGE}}}'.encode()
+
+    for extra in ({}, auth(key)):
+        graphql = await server.http.post(
+            "/graphql", content=graphql_body, headers={"content-type": "application/json", **extra}
+        )
+        assert graphql.status_code == 400, graphql.text
+        assert graphql.json() == {
+            "errors": [{"message": TOO_LONG, "extensions": {"code": "BAD_REQUEST"}}]
+        }
+    rest = await server.http.post(
+        f"/api/charging/{car.id}", content=f'{{"action": {HUGE}}}'.encode(), headers=headers
+    )
+    webhook = await post_signed(enode, f'[{{"event": "x", "n": {HUGE}}}]'.encode())
+
+    assert (rest.status_code, rest.json()) == (400, {"detail": TOO_LONG, "code": "BAD_REQUEST"})
+    assert (webhook.status_code, webhook.json()["code"]) == (400, "BAD_REQUEST")
+    assert loud_records(caplog) == []
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_a_websocket_message_with_a_number_too_long_closes_with_4400(
+    server: Server, protocol: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with websockets.connect(
+        server.ws_url, subprotocols=[websockets.Subprotocol(protocol)]
+    ) as socket:
+        await socket.send(f'{{"type": "connection_init", "payload": {{"x": {HUGE}}}}}')
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(read_until_closed(socket), TIMEOUT)
+
+    assert closed.value.rcvd is not None, "no close frame"
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4400, TOO_LONG)
+    assert loud_records(caplog) == []
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_a_websocket_message_that_is_not_json_closes_with_4400_on_both_protocols(
+    server: Server, protocol: str
+) -> None:
+    """graphql-ws (legacy) used to skip it and keep the socket open."""
+    async with websockets.connect(
+        server.ws_url, subprotocols=[websockets.Subprotocol(protocol)]
+    ) as socket:
+        await socket.send("{{{")
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(read_until_closed(socket), TIMEOUT)
+
+    assert closed.value.rcvd is not None, "no close frame"
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (
+        4400,
+        "WebSocket message must be valid JSON",
+    )

@@ -104,7 +104,7 @@ async def _action(request: Request) -> ChargingAction:
     _check_json(request)
     try:
         body = jsonbody.loads(await request.body())
-    except jsonbody.NestedTooDeep as refused:
+    except jsonbody.Refused as refused:
         raise BadRequest(refused.msg) from None
     except json.JSONDecodeError:
         raise BadRequest('body must be JSON: {"action": "START"} or {"action": "STOP"}') from None

@@ -11,7 +11,6 @@ from strawberry.extensions import (
     AddValidationRules,
     DisableIntrospection,
     MaxTokensLimiter,
-    ParserCache,
     SchemaExtension,
 )
 from strawberry.schema.config import StrawberryConfig
@@ -19,7 +18,7 @@ from strawberry.types import ExecutionContext
 
 from evlink.schema.errors import ErrorCodes, without_schema_names
 from evlink.schema.fanout import SharedEventExecutor
-from evlink.schema.limits import Limits, document_limits, one_command_rule
+from evlink.schema.limits import Limits, ValidDocuments, document_limits, one_command_rule
 from evlink.schema.query import Mutation, Query, Subscription
 from evlink.schema.quotas import OperationQuotas
 from evlink.schema.recheck import SocketRecheck
@@ -30,6 +29,8 @@ __all__ = ["build_schema"]
 
 
 class Schema(strawberry.Schema):
+    # The valid documents kept parsed (schema.limits), shown in /metrics.
+    documents: ValidDocuments
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
     ) -> None:
@@ -44,7 +45,7 @@ class Schema(strawberry.Schema):
         error.message = without_schema_names(error.message)
 
 
-def build_schema(settings: Settings | None = None) -> strawberry.Schema:
+def build_schema(settings: Settings | None = None) -> Schema:
     """The schema with the limits of ``settings`` (defaults when None)."""
     settings = settings or Settings()
     # The rule classes are made once: validation results are cached by them, and classes
@@ -56,20 +57,20 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         max_cost=settings.graphql_max_cost,
         max_spreads=settings.graphql_max_spreads,
     )
+    documents = ValidDocuments()
     extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
         ErrorCodes,
         lambda: MaxTokensLimiter(max_token_count=settings.graphql_max_tokens),
-        # Factories: the caches live at module level, shared by every request.
-        lambda: ParserCache(maxsize=256),
         lambda: AddValidationRules(rules),
-        # The document's limits in linear time, then GraphQL's rules; cached by document.
-        document_limits(limits),
+        # Parsing and validation: the document's limits in linear time, then GraphQL's
+        # rules; valid documents kept by their text (bounded), invalid ones never.
+        document_limits(limits, documents),
         SocketRecheck,  # a websocket's key and tier, again for each operation
         OperationQuotas,  # charges each valid operation before it executes
     ]
     if not settings.introspection:
         extensions.append(DisableIntrospection)
-    return Schema(
+    schema = Schema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
@@ -80,3 +81,5 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         extensions=extensions,
         execution_context_class=SharedEventExecutor,
     )
+    schema.documents = documents
+    return schema

@@ -29,7 +29,7 @@ and rate limits mean something.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +43,8 @@ from graphql import (
     IntValueNode,
     OperationDefinitionNode,
     SelectionSetNode,
+    Token,
+    TokenKind,
     ValidationContext,
     ValidationRule,
     VariableNode,
@@ -57,7 +59,15 @@ from graphql.validation.rules import overlapping_fields_can_be_merged
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.schema import validate_document
 
-__all__ = ["CODES", "DocumentLimits", "Limits", "document_limits", "measure", "one_command_rule"]
+__all__ = [
+    "CODES",
+    "DocumentLimits",
+    "Limits",
+    "ValidDocuments",
+    "document_limits",
+    "measure",
+    "one_command_rule",
+]
 
 # How many items a list field may hold at the most, for the cost estimate.
 LIST_BOUNDS = {"vehicles": 10, "chargingCommands": 100}
@@ -171,6 +181,11 @@ class _Measurer:
         return measured
 
 
+# Digits of an Int literal read as a number (GraphQL's Int has 32 bits: 10 digits and a
+# sign); a longer one is left to GraphQL's rules, which refuse it.
+MAX_INT_DIGITS = 11
+
+
 def _bound(field: FieldNode) -> int:
     """How many items ``field`` may hold: 1, or a list's bound (``last:`` when literal)."""
     name = field.name.value
@@ -179,7 +194,7 @@ def _bound(field: FieldNode) -> int:
     for argument in field.arguments or ():
         if argument.name.value == "last":
             value = argument.value
-            if isinstance(value, IntValueNode):
+            if isinstance(value, IntValueNode) and len(value.value) <= MAX_INT_DIGITS:
                 return max(1, min(int(value.value), LIST_BOUNDS[name]))
             if isinstance(value, VariableNode):
                 return LIST_BOUNDS[name]
@@ -208,8 +223,24 @@ def _refusal(message: str, code: str, node: Any = None) -> list[GraphQLError]:
     return [GraphQLError(message, node, extensions={"code": code})]
 
 
+def _long_integer(document: DocumentNode) -> Token | None:
+    """An Int literal of more than :data:`MAX_INT_DIGITS` digits in ``document`` (GraphQL's
+    Int rule hands it to ``int()``, which refuses 4,300 digits with a message of Python's
+    own), found in the parsed document's tokens."""
+    token = document.loc.start_token if document.loc is not None else None
+    while token is not None:
+        if token.kind == TokenKind.INT and len(token.value or "") > MAX_INT_DIGITS:
+            return token
+        token = token.next
+    return None
+
+
 def measure(document: DocumentNode, limits: Limits) -> list[GraphQLError]:
     """The limits ``document`` breaks (at most one error), in one pass over the document."""
+    long_integer = _long_integer(document)
+    if long_integer is not None:
+        digits = len(long_integer.value or "")
+        return _refusal(f"An Int of {digits} digits: GraphQL's Int has 32 bits", "BAD_REQUEST")
     spreads = _spreads(document)
     if spreads > limits.max_spreads:
         return _refusal(
@@ -258,19 +289,38 @@ def measure(document: DocumentNode, limits: Limits) -> list[GraphQLError]:
 
 
 class DocumentLimits(SchemaExtension):
-    """Validation: :func:`measure` first, GraphQL's rules only for a document within the
-    limits. The outcome is cached by the document's text (the parser cache hands out one
-    document per text): hashing a document node by node cost as much as validating it."""
+    """Parsing and validation, with the valid documents of recent texts kept.
 
-    def __init__(self, limits: Limits, cache: _Outcomes) -> None:
+    Parsing: a text whose document was valid before gets that document back (in place of
+    Strawberry's ``ParserCache``, which kept any text's document, so that unique invalid
+    documents of 2,000 tokens, about 1 MiB each, filled it). Validation: :func:`measure`
+    first, GraphQL's rules only for a document within the limits; a valid document is
+    then kept, under :class:`ValidDocuments`' bounds. An invalid one is never kept: it
+    costs its sender the work again, and nobody else memory."""
+
+    def __init__(self, limits: Limits, documents: ValidDocuments) -> None:
         super().__init__()
         self.limits = limits
-        self.cache = cache
+        self.documents = documents
+        self._known = False
+
+    def on_parse(self) -> Iterator[None]:
+        context = self.execution_context
+        if context.query and context.graphql_document is None:
+            known = self.documents.get(context.query)
+            if known is not None:
+                context.graphql_document = known
+                self._known = True
+        yield
 
     def on_validate(self) -> Iterator[None]:
         context = self.execution_context
         document = context.graphql_document
         assert document is not None  # parsed before validation
+        if self._known:
+            context.pre_execution_errors = []
+            yield
+            return
         rules: tuple[type[ASTValidationRule], ...] = (
             NodeCachesByIdentity,
             *context.validation_rules,
@@ -279,14 +329,11 @@ class DocumentLimits(SchemaExtension):
             # No variable can be defined or used: these rules can find nothing, and each
             # hashes the whole operation, node by node (a third of the time of a large one).
             rules = tuple(rule for rule in rules if rule not in _VARIABLE_RULES)
-        key = (context.query, rules) if context.query else None
-        errors = self.cache.get(key) if key else None
-        if errors is None:
-            errors = measure(document, self.limits) or validate_document(
-                context.schema._schema, document, rules
-            )
-            if key:
-                self.cache.put(key, errors)
+        errors = measure(document, self.limits) or validate_document(
+            context.schema._schema, document, rules
+        )
+        if not errors and context.query:
+            self.documents.put(context.query, document)
         context.pre_execution_errors = errors
         yield
 
@@ -331,30 +378,43 @@ _VARIABLE_RULES = frozenset(
 )
 
 
-class _Outcomes:
-    """The validation errors of the last ``size`` document texts (least recently used out)."""
+class ValidDocuments:
+    """Valid documents by their text, least recently used out: at most ``count`` of them,
+    and at most ``text_bytes`` of text in all (a parsed document takes some 200 times its
+    text's size in memory; a common client's document is a few hundred bytes)."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._errors: OrderedDict[Hashable, list[GraphQLError]] = OrderedDict()
+    def __init__(self, count: int = 256, text_bytes: int = 262_144) -> None:
+        self.count = count
+        self.text_bytes = text_bytes
+        self._documents: OrderedDict[str, DocumentNode] = OrderedDict()
+        self._bytes = 0
 
-    def get(self, key: Hashable) -> list[GraphQLError] | None:
-        errors = self._errors.get(key)
-        if errors is not None:
-            self._errors.move_to_end(key)
-        return errors
+    def __len__(self) -> int:
+        return len(self._documents)
 
-    def put(self, key: Hashable, errors: list[GraphQLError]) -> None:
-        self._errors[key] = errors
-        if len(self._errors) > self.size:
-            self._errors.popitem(last=False)
+    def get(self, text: str) -> DocumentNode | None:
+        document = self._documents.get(text)
+        if document is not None:
+            self._documents.move_to_end(text)
+        return document
+
+    def put(self, text: str, document: DocumentNode) -> None:
+        if len(text) > self.text_bytes // 16 or text in self._documents:
+            return  # a document larger than a sixteenth of the budget is not kept
+        self._documents[text] = document
+        self._bytes += len(text)
+        while len(self._documents) > self.count or self._bytes > self.text_bytes:
+            old, _ = self._documents.popitem(last=False)
+            self._bytes -= len(old)
 
 
-def document_limits(limits: Limits, cache_size: int = 256) -> Callable[[], DocumentLimits]:
+def document_limits(
+    limits: Limits, documents: ValidDocuments | None = None
+) -> Callable[[], DocumentLimits]:
     """A factory of :class:`DocumentLimits` (Strawberry makes extensions per request),
-    sharing one cache of outcomes per schema."""
-    outcomes = _Outcomes(cache_size)
-    return lambda: DocumentLimits(limits, outcomes)
+    sharing one store of valid documents per schema."""
+    kept = documents if documents is not None else ValidDocuments()
+    return lambda: DocumentLimits(limits, kept)
 
 
 def one_command_rule() -> type[ValidationRule]:

@@ -18,7 +18,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from strawberry.asgi import ASGIWebSocketAdapter, GraphQL
 from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
 from strawberry.http import GraphQLRequestData
-from strawberry.http.exceptions import NonJsonMessageReceived, NonTextMessageReceived
+from strawberry.http.exceptions import NonTextMessageReceived
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
@@ -68,9 +68,10 @@ class _LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
 
 
 class _WebSocketAdapter(ASGIWebSocketAdapter):
-    """Strawberry's, except that JSON nested too deep, or a message of a shape its
-    handlers cannot read (:mod:`evlink.schema.socket_messages`), closes the socket with
-    4400 on both protocols (graphql-ws would skip the first and fail on the second)."""
+    """Strawberry's, except that a message that is not JSON (or JSON evlink refuses:
+    :mod:`evlink.jsonbody`), or of a shape its handlers cannot read
+    (:mod:`evlink.schema.socket_messages`), closes the socket with 4400 on both protocols
+    (graphql-ws would skip the first and fail on the second)."""
 
     async def iter_json(
         self, *, ignore_parsing_errors: bool = False
@@ -79,13 +80,12 @@ class _WebSocketAdapter(ASGIWebSocketAdapter):
             while self.ws.application_state != WebSocketState.DISCONNECTED:
                 try:
                     message = self.view.decode_json(await self.ws.receive_text())
-                except jsonbody.NestedTooDeep as refused:
+                except jsonbody.Refused as refused:
                     await self.close(4400, refused.msg)
                     return
-                except JSONDecodeError as exc:
-                    if not ignore_parsing_errors:
-                        raise NonJsonMessageReceived from exc
-                    continue
+                except JSONDecodeError:  # graphql-ws used to skip these: both protocols close
+                    await self.close(4400, "WebSocket message must be valid JSON")
+                    return
                 problem = message_problem(message)
                 if problem is not None:
                     await self.close(4400, problem)
@@ -274,7 +274,7 @@ class GraphQLView(GraphQL[Context, None]):
         later): Strawberry fails on anything else (a 500)."""
         try:
             value = self.decode_json(data)
-        except jsonbody.NestedTooDeep as refused:
+        except jsonbody.Refused as refused:
             raise HTTPException(400, refused.msg) from None
         except JSONDecodeError:
             raise HTTPException(400, "Unable to parse request body as JSON") from None

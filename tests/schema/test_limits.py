@@ -448,3 +448,55 @@ async def test_variables_are_still_checked_when_a_document_has_some(server: Serv
     assert "Variable '$v' is not defined." in undefined["errors"][0]["message"]
     assert "Variable '$v' is never used." in unused["errors"][0]["message"]
     assert "used in position expecting type 'ID!'" in misplaced["errors"][0]["message"]
+
+
+async def test_an_int_literal_too_long_for_graphql_is_refused_in_its_own_words(
+    server: Server,
+) -> None:
+    _, key = await server.user()
+    huge = "9" * 5000
+
+    body = await server.graphql(f"{{ vehicles {{ chargingCommands(last: {huge}) {{ id }} }} }}")
+    nested = await server.graphql(
+        f"{{ vehicles {{ chargingCommands(last: [1, {{a: {huge}}}]) {{ id }} }} }}", key=key
+    )
+
+    assert body["data"] is None
+    assert body["errors"][0]["message"] == "An Int of 5000 digits: GraphQL's Int has 32 bits"
+    assert codes(body) == ["BAD_REQUEST"]
+    assert codes(nested) == ["BAD_REQUEST"]
+
+
+async def metric(server: Server, name: str) -> float:
+    text = (await server.http.get("/metrics")).text
+    (line,) = [line for line in text.splitlines() if line.startswith(name + " ")]
+    return float(line.split()[1])
+
+
+async def test_only_valid_documents_are_kept_parsed_and_within_bounds(server: Server) -> None:
+    """Unique invalid documents of 2,000 tokens, sent without a key, once filled the
+    parser's cache (about 1 MiB each: 1.7 GB and seconds-long pauses). Now only valid
+    documents are kept, at most 256 and 256 KiB of text."""
+    _, key = await server.user()
+    wide = " ".join(f"f{i}" for i in range(1990))
+
+    for number in range(30):
+        refused = await server.graphql(f"query Q{number} {{ vehicles {{ {wide} }} }}")
+        assert refused["errors"]
+    assert await metric(server, "evlink_graphql_documents_kept") == 0
+
+    for _ in range(2):
+        assert (await server.graphql("{ viewer { id } }", key=key))["data"]
+    assert await metric(server, "evlink_graphql_documents_kept") == 1
+
+    too_large = "{ __typename } #" + "x" * 20_000  # valid, but more than 16 KiB of text
+    assert (await server.graphql(too_large))["data"]
+    assert await metric(server, "evlink_graphql_documents_kept") == 1
+
+    for number in range(40):  # 10 KiB each: 256 KiB of text hold 25 of them
+        assert await server.graphql(f"query P{number} {{ __typename }} #" + "x" * 10_000)
+    assert 20 <= await metric(server, "evlink_graphql_documents_kept") <= 26
+
+    for number in range(300):
+        assert (await server.graphql(f"query Q{number} {{ __typename }}"))["data"]
+    assert await metric(server, "evlink_graphql_documents_kept") == 256
