@@ -399,7 +399,7 @@ async def test_a_client_that_reconnects_at_once_is_not_let_in_on_a_cached_key(
             with pytest.raises(websockets.ConnectionClosed) as refused:
                 await connect(server, key, TRANSPORT_WS)
             assert refused.value.rcvd is not None
-            assert refused.value.rcvd.code == 4403  # connection_init refused
+            assert refused.value.rcvd.code == 4401  # connection_init refused: the key
         else:
             async with server.gql_client(key, TRANSPORT_WS) as again:
                 assert (await again.execute(GraphQLRequest(TIER)))["viewer"]["tier"] == "BASIC"

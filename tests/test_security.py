@@ -331,7 +331,7 @@ async def test_every_bad_credential_gets_the_same_401_on_rest_graphql_and_websoc
     assert len(rest_headers) == 1
     assert len(graphql_bodies) == 1
     assert len(closes) == 1
-    assert next(iter(closes))[0] == 4403
+    assert next(iter(closes))[0] == 4401
     assert server.simulator.calls == before
     good = await server.http.get(f"/api/status/{car.id}", headers=auth(key))
     assert good.status_code == 200

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from strawberry.asgi import ASGIWebSocketAdapter, GraphQL
-from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
+from strawberry.exceptions import MissingQueryError
 from strawberry.http import GraphQLRequestData
 from strawberry.http.exceptions import NonTextMessageReceived
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
@@ -25,6 +25,9 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
 )
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+from strawberry.subscriptions.protocols.graphql_ws.types import (
+    ConnectionErrorMessage,
+)
 from strawberry.subscriptions.protocols.graphql_ws.types import (
     ConnectionInitMessage as LegacyConnectionInitMessage,
 )
@@ -51,12 +54,29 @@ __all__ = ["GraphQLView"]
 _UNAVAILABLE = 1011
 
 
+class _Rejected(Exception):
+    """A websocket refused at ``connection_init``: closed with ``code`` and the error's
+    message as the reason (graphql-ws also gets ``connection_error`` with the payload)."""
+
+    def __init__(self, error: EvlinkError) -> None:
+        super().__init__(error.message)
+        self.code = _REJECTION_CODES.get(error.code, 4403)
+        self.reason = error.message
+        self.payload: dict[str, object] = {"message": error.message, "code": error.code}
+
+
+# 4401: the key (get a new one); 4429: too many sockets or refused keys (wait); 4403 else.
+_REJECTION_CODES = {"UNAUTHENTICATED": 4401, "RATE_LIMITED": 4429}
+
+
 class _TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
         try:
             await super().handle_connection_init(message)
         except DatabaseUnavailable as unavailable:
             await self.websocket.close(_UNAVAILABLE, unavailable.message)
+        except _Rejected as rejected:
+            await self.websocket.close(rejected.code, rejected.reason)
 
 
 class _LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
@@ -65,6 +85,11 @@ class _LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
             await super().handle_connection_init(message)
         except DatabaseUnavailable as unavailable:
             await self.websocket.close(_UNAVAILABLE, unavailable.message)
+        except _Rejected as rejected:
+            await self.send_message(
+                ConnectionErrorMessage(type="connection_error", payload=rejected.payload)
+            )
+            await self.websocket.close(rejected.code, rejected.reason)
 
 
 class _WebSocketAdapter(ASGIWebSocketAdapter):
@@ -287,8 +312,9 @@ class GraphQLView(GraphQL[Context, None]):
         return playground_response(request)
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, Any] | None:
-        """Refuse a bad key before any operation runs (4403 / connection_error); admit the
-        socket for the key's user (capped per user) and the tier it runs under."""
+        """Refuse a bad key before any operation runs (close 4401; graphql-ws also gets
+        connection_error), or a socket past the per-user cap (4429); admit the socket for
+        the key's user and the tier it runs under."""
         services = context.services
         socket = context.open_socket
         if socket is not None:
@@ -298,14 +324,12 @@ class GraphQLView(GraphQL[Context, None]):
         except DatabaseUnavailable:
             raise  # not the client's fault: the socket closes with 1011 (_UNAVAILABLE)
         except EvlinkError as exc:
-            raise ConnectionRejectionError({"message": exc.message, "code": exc.code}) from None
+            raise _Rejected(exc) from None
         if socket is not None and socket.admission is None:
             cap = services.settings.ws_max_connections_per_key
             admission = Admission(user.id, context.key_hash(), user.tier.value)
             if not services.open_sockets.admit(socket, admission, cap):
-                raise ConnectionRejectionError(
-                    {"message": f"At most {cap} websockets per user", "code": "RATE_LIMITED"}
-                )
+                raise _Rejected(RateLimited(f"At most {cap} websockets per user"))
         return None
 
 

@@ -118,7 +118,7 @@ async def test_only_the_owner_may_subscribe(server: Server, protocol: str) -> No
     assert refused.value.errors[0]["extensions"]["code"] == "FORBIDDEN_OWNER"
 
 
-async def test_bad_key_closes_graphql_transport_ws_with_4403_before_any_operation(
+async def test_bad_key_closes_graphql_transport_ws_with_4401_before_any_operation(
     server: Server,
 ) -> None:
     async with websockets.connect(
@@ -128,7 +128,10 @@ async def test_bad_key_closes_graphql_transport_ws_with_4403_before_any_operatio
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await asyncio.wait_for(socket.recv(), TIMEOUT)
     assert closed.value.rcvd is not None
-    assert closed.value.rcvd.code == 4403
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (
+        4401,
+        "Missing or invalid API key",
+    )
 
 
 async def test_bad_key_gets_connection_error_on_legacy_graphql_ws(server: Server) -> None:
@@ -139,8 +142,10 @@ async def test_bad_key_gets_connection_error_on_legacy_graphql_ws(server: Server
         answer = json.loads(await asyncio.wait_for(socket.recv(), TIMEOUT))
         assert answer["type"] == "connection_error"
         assert answer["payload"]["code"] == "UNAUTHENTICATED"
-        with pytest.raises(websockets.ConnectionClosed):
+        with pytest.raises(websockets.ConnectionClosed) as closed:
             await asyncio.wait_for(socket.recv(), TIMEOUT)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 4401  # as on graphql-transport-ws, not 1011
 
 
 async def test_key_in_upgrade_header_is_accepted(server: Server) -> None:
