@@ -199,3 +199,57 @@ async def test_clients_mistakes_are_logged_at_most_at_info_without_a_traceback(
         if r.levelno > logging.INFO or r.exc_info
     ]
     assert loud == []
+
+
+class _AccessLines(logging.Handler):
+    """evlink's access-log lines, as they are written, for a test to wait on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: asyncio.Queue[str] = asyncio.Queue()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.put_nowait(record.getMessage())
+
+
+async def test_a_client_leaving_mid_body_is_info_without_a_traceback(
+    enode: EnodeWorld, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A head announcing 100 bytes, 9 of them, then the client hangs up: on every path that
+    reads a body, nothing is logged above INFO and the request counts as 499."""
+    caplog.set_level(logging.DEBUG)
+    server = enode.server
+    owner, key = await enode.linked_user("user-1")
+    car = await enode.vehicle(owner)
+    host, port = server.base_url.removeprefix("http://").split(":")
+    access = _AccessLines()
+    logging.getLogger("evlink.access").addHandler(access)
+    paths = [
+        "/graphql",
+        "/api/webhooks/enode",
+        f"/api/charging/{car.id}",
+        f"/api/ha/charging/{car.id}",
+    ]
+    statuses = {}
+    try:
+        for path in paths:
+            _, writer = await asyncio.open_connection(host, int(port))
+            writer.write(
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Authorization: Bearer {key}\r\nContent-Length: 100\r\n\r\n".encode()
+                + b'{"action"'
+            )
+            await writer.drain()
+            writer.close()
+            line = await asyncio.wait_for(access.lines.get(), TIMEOUT)
+            statuses[path] = line.split()[2]
+    finally:
+        logging.getLogger("evlink.access").removeHandler(access)
+
+    loud = [
+        f"{r.levelname} {r.name}: {r.getMessage()}"
+        for r in caplog.records
+        if r.levelno > logging.INFO or r.exc_info
+    ]
+    assert loud == []
+    assert statuses == {path: "499" for path in paths[1:]} | {"/graphql": "400"}
