@@ -1,12 +1,16 @@
-"""HTTP connections: a deadline for the request head, a cap on open connections, and the
-open-files limit raised at start-up.
+"""HTTP connections: deadlines for the request head and body, a cap on open connections,
+and the open-files limit raised at start-up.
 
 uvicorn closes idle keep-alive connections, but a connection that sends its request head
-a byte at a time (slowloris), or nothing at all, stays open for ever; with enough of them
-the process runs out of file descriptors and refuses every other client. So:
+or body a byte at a time (slowloris), or nothing at all, stays open for ever; with enough
+of them the cap below is reached (or the process runs out of file descriptors) and every
+other client is refused. So:
 
 - a connection whose request head is not complete within ``EVLINK_HEADER_TIMEOUT``
   seconds of its opening (or of the first byte of its next request) is closed;
+- a connection whose request body is not complete within ``EVLINK_BODY_TIMEOUT`` seconds
+  of its head is closed (the app's ``receive`` then says ``http.disconnect``); a
+  websocket upgrade has no body, so its deadline ends with its head;
 - past ``EVLINK_MAX_CONNECTIONS`` open connections (websockets included), a new one is
   answered ``503 SERVER_BUSY`` with ``Retry-After`` and closed at once, rather than held
   while the process runs out of descriptors;
@@ -86,6 +90,7 @@ class ConnectionLimits:
 
     header_timeout: float
     max_connections: int
+    body_timeout: float = 10.0
     # Whether the cap was reached and not yet left: one WARNING, then one INFO.
     capped: bool = False
 
@@ -93,18 +98,23 @@ class ConnectionLimits:
     def from_settings(cls, settings: Settings) -> ConnectionLimits:
         """The limits of ``settings``, the open-files limit raised first."""
         open_files = raise_open_files_limit()
-        return cls(settings.header_timeout, connection_cap(settings.max_connections, open_files))
+        return cls(
+            settings.header_timeout,
+            connection_cap(settings.max_connections, open_files),
+            settings.body_timeout,
+        )
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a deadline for each request head and a cap on
-    the open connections. uvicorn makes it by its import path (:data:`PROTOCOL`), in
+    """uvicorn's httptools protocol with a deadline for each request head and body, and a
+    cap on the open connections. uvicorn makes it by its import path (:data:`PROTOCOL`), in
     worker processes too; the limits are those of the app it serves."""
 
     def __init__(self, config: Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         self.limits = _limits_of(config)
         self._head_deadline: asyncio.TimerHandle | None = None
+        self._body_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -123,9 +133,17 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._head_arrived()
         super().on_headers_complete()
+        # Cancelled when the message ends: at once for a request without a body (a
+        # websocket upgrade among them).
+        self._body_deadline = self.loop.call_later(self.limits.body_timeout, self._late)
+
+    def on_message_complete(self) -> None:
+        self._body_arrived()
+        super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._head_arrived()
+        self._body_arrived()
         super().connection_lost(exc)
         limits = self.limits
         if limits.capped and len(self.connections) < limits.max_connections * 0.9:
@@ -143,15 +161,21 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             )
 
     def _await_head(self) -> None:
-        self._head_deadline = self.loop.call_later(self.limits.header_timeout, self._head_late)
+        self._head_deadline = self.loop.call_later(self.limits.header_timeout, self._late)
 
     def _head_arrived(self) -> None:
         if self._head_deadline is not None:
             self._head_deadline.cancel()
             self._head_deadline = None
 
-    def _head_late(self) -> None:
-        self._head_deadline = None
+    def _body_arrived(self) -> None:
+        if self._body_deadline is not None:
+            self._body_deadline.cancel()
+            self._body_deadline = None
+
+    def _late(self) -> None:
+        """A head or a body not in by its deadline: the connection is closed."""
+        self._head_deadline = self._body_deadline = None
         if not self.transport.is_closing():
             self.transport.close()
 

@@ -9,7 +9,9 @@ For each HTTP request, in this order around the app:
 - the security headers (:func:`evlink.guards.with_security_headers`);
 - an exception that escaped the app (a body over its limit, a bug) answered with
   the error table's JSON: the masked 500 for anything unexpected, logged with the
-  request id;
+  request id; a client that left before its body was in (``ClientDisconnect``,
+  wherever the body is read) is nobody's error: logged at INFO, answered to no one,
+  counted as 499 (nginx's "client closed request");
 - the request counted and timed in the metrics, and one access-log line.
 
 One layer rather than five: each layer of pure ASGI middleware wraps ``send`` once
@@ -22,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from evlink.compat_rest.errors import error_response
@@ -34,6 +37,7 @@ from evlink.requestid import given_request_id, new_request_id, request_id_var
 __all__ = ["HttpEdge"]
 
 logger = logging.getLogger(__name__)
+CLIENT_CLOSED = 499  # the status counted for a request whose client left before its answer
 access_log = logging.getLogger("evlink.access")
 
 
@@ -77,6 +81,11 @@ class HttpEdge:
         limits_token = reported_limits.set(limits)
         try:
             await self.app(scope, receive, edge_send)
+        except ClientDisconnect:
+            logger.info(
+                "request %s %s: the client left before its body was in", request_id, scope["path"]
+            )
+            status = status or CLIENT_CLOSED
         except EvlinkError as exc:  # raised outside an endpoint (a body over its limit)
             if status:
                 raise

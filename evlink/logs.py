@@ -9,6 +9,14 @@ A client's mistake is logged at most at INFO, without a traceback. evlink's own
 code keeps to that; uvicorn logs a few mistakes of clients (a malformed HTTP
 request, a websocket text frame that is not UTF-8) as warnings or errors with a
 traceback, and :class:`_ClientMistakes` turns those down to INFO.
+
+One of those lines is uvicorn's mistake rather than the client's: uvicorn 0.54's
+websockets-sansio protocol logs "ASGI callable returned without completing handshake."
+at ERROR after every handshake the app refuses with an HTTP answer (the ASGI
+``websocket.http.response`` extension: evlink's 429 past
+``EVLINK_WS_PENDING_PER_ADDRESS``), answer sent or not: it never marks such a
+handshake complete (wsproto's protocol does; Kludex/uvicorn#3138 fixes it). A flood
+of refused handshakes would write an ERROR line each; it is INFO too.
 """
 
 from __future__ import annotations
@@ -49,6 +57,8 @@ class _ClientMistakes(logging.Filter):
             "Invalid HTTP request received.",
             "Unsupported upgrade request.",
             "Invalid UTF-8 sequence received from client.",
+            # After any denial response, however well formed (see the module's docstring).
+            "ASGI callable returned without completing handshake.",
         }
     )
 

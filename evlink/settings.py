@@ -102,6 +102,10 @@ class Settings:
     keepalive: float = 75.0
     # Seconds a connection may take to send a request head (slowloris sockets are closed).
     header_timeout: float = 10.0
+    # Seconds a connection may take to send a request's body once its head is in: bodies
+    # are small (EVLINK_MAX_BODY; a webhook at most EVLINK_WEBHOOK_MAX_BODY), and a body
+    # sent a byte at a time, or never, would otherwise hold the connection for ever.
+    body_timeout: float = 10.0
     # Open connections (websockets included) past which new ones get 503; 0: the
     # open-files limit less what the process needs for itself (evlink.connections).
     max_connections: int = 0

@@ -1,5 +1,5 @@
-"""Slow and numerous clients (evlink.connections): request heads have a deadline, open
-connections a cap, and the open-files limit is raised at start-up.
+"""Slow and numerous clients (evlink.connections): request heads and bodies have a
+deadline, open connections a cap, and the open-files limit is raised at start-up.
 
 Each test runs ``evlink serve`` in a process of its own and talks to it over raw sockets
 on 127.0.0.1, as a slowloris client would.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import resource
 from collections.abc import AsyncIterator
 
@@ -16,8 +17,17 @@ import httpx
 import pytest
 
 from tests.conftest import TIMEOUT, Server, serve_process
+from tests.test_logs import websocket_upgrade
 
 PARTIAL_HEAD = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
+
+
+def body_announced(path: str, length: int = 60_000) -> bytes:
+    """A complete request head announcing a body of ``length`` bytes (none of it sent)."""
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
 
 
 async def _closed_by_server(reader: asyncio.StreamReader, within: float) -> bytes:
@@ -27,15 +37,16 @@ async def _closed_by_server(reader: asyncio.StreamReader, within: float) -> byte
 
 @contextlib.asynccontextmanager
 async def slow_clients(
-    base_url: str, count: int
+    base_url: str, count: int, sent: bytes = PARTIAL_HEAD
 ) -> AsyncIterator[list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]:
-    """``count`` connections that each sent a request head that never ends."""
+    """``count`` connections that each sent ``sent`` (by default a request head that never
+    ends) and nothing more."""
     port = int(base_url.rsplit(":", 1)[1])
     clients: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     try:
         for _ in range(count):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(PARTIAL_HEAD)
+            writer.write(sent)
             clients.append((reader, writer))
         await asyncio.gather(*(writer.drain() for _, writer in clients))
         yield clients
@@ -116,6 +127,78 @@ async def test_past_the_connection_cap_a_new_client_gets_503_at_once(server: Ser
         "code": "SERVER_BUSY",
     }
     assert served.status_code == 200
+
+
+async def test_a_request_body_not_complete_in_time_is_closed(server: Server) -> None:
+    """A complete head announcing a body, then part of it or nothing, on the paths that
+    read a body without a key: each connection is closed at EVLINK_BODY_TIMEOUT, and the
+    cap, full of them meanwhile, has room again."""
+    _, key = await server.user()
+    env = {"EVLINK_MAX_CONNECTIONS": "20", "EVLINK_BODY_TIMEOUT": "0.5"}
+    paths = ["/graphql", "/api/charging/1", "/api/webhooks/enode", "/api/ha/charging/1"]
+    async with (
+        serve_process(server.settings.database_url, **env) as url,
+        httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as http,
+        slow_clients(url, 15, body_announced("/graphql")) as silent,
+        slow_clients(url, 5, body_announced("/api/charging/1") + b'{"act') as partial,
+    ):
+        refused = await http.get("/healthz")
+        # Closed (fails on a timeout if not); a keyless request may get its 401 first.
+        answers = [await _closed_by_server(reader, TIMEOUT) for reader, _ in silent + partial]
+        served = await http.get("/healthz")
+        for path in paths:
+            async with slow_clients(url, 1, body_announced(path) + b"{") as ((reader, _),):
+                answers.append(await _closed_by_server(reader, TIMEOUT))
+        # A body that arrives in time is served, and its connection kept past the deadline.
+        posted = await http.post(
+            "/graphql",
+            json={"query": "{ viewer { email } }"},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        kept = await _kept_alive_after_a_post(url)
+
+    assert refused.status_code == 503
+    assert served.status_code == 200
+    assert answers[:15] == [b""] * 15  # /graphql reads the body before anything else
+    assert not [answer for answer in answers if answer.startswith(b"HTTP/1.1 2")]
+    assert posted.status_code == 200, posted.text
+    assert posted.json()["data"]["viewer"]["email"].endswith("@example.com")
+    assert kept == [b"HTTP/1.1 200", b"HTTP/1.1 200"]
+
+
+async def _kept_alive_after_a_post(url: str) -> list[bytes]:
+    """Two POSTs on one connection, idle 1 s between them: the status line of each."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+    body = b'{"query": "{ __typename }"}'
+    request = body_announced("/graphql", len(body)) + body
+    statuses = []
+    try:
+        for attempt in range(2):
+            writer.write(request)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+            length = re.search(rb"content-length: (\d+)", head, re.IGNORECASE)
+            assert length is not None, head
+            await asyncio.wait_for(reader.readexactly(int(length[1])), TIMEOUT)
+            statuses.append(head[:12])
+            if attempt == 0:
+                with pytest.raises(TimeoutError):  # idle for two body deadlines: still open
+                    await asyncio.wait_for(reader.read(1), 1.0)
+    finally:
+        writer.close()
+    return statuses
+
+
+async def test_a_websocket_outlives_the_body_deadline(server: Server) -> None:
+    """An upgrade has no body: its connection is not closed at EVLINK_BODY_TIMEOUT."""
+    env = {"EVLINK_BODY_TIMEOUT": "0.3", "EVLINK_HEADER_TIMEOUT": "0.3"}
+    async with serve_process(server.settings.database_url, **env) as url:
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        writer.write(websocket_upgrade())
+        accepted = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        with pytest.raises(TimeoutError):  # three deadlines: the socket stays open
+            await asyncio.wait_for(reader.read(1), 1.0)
+        writer.close()
+    assert accepted.startswith(b"HTTP/1.1 101")
 
 
 def _low_open_files_limit() -> None:

@@ -9,11 +9,13 @@ import logging
 import os
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
 from evlink.logs import configure_logging
-from tests.conftest import TIMEOUT, WEBHOOK_SECRET, EnodeWorld, Server
+from evlink.settings import Settings
+from tests.conftest import TIMEOUT, WEBHOOK_SECRET, EnodeWorld, Server, _truncate, run_server
 from tests.fakes.enode import enode_signature
 
 # What the text format starts each line with; a line that does not is a forgery or a
@@ -199,3 +201,103 @@ async def test_clients_mistakes_are_logged_at_most_at_info_without_a_traceback(
         if r.levelno > logging.INFO or r.exc_info
     ]
     assert loud == []
+
+
+class _AccessLines(logging.Handler):
+    """evlink's access-log lines, as they are written, for a test to wait on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: asyncio.Queue[str] = asyncio.Queue()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.put_nowait(record.getMessage())
+
+
+async def test_a_client_leaving_mid_body_is_info_without_a_traceback(
+    enode: EnodeWorld, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A head announcing 100 bytes, 9 of them, then the client hangs up: on every path that
+    reads a body, nothing is logged above INFO and the request counts as 499."""
+    caplog.set_level(logging.DEBUG)
+    server = enode.server
+    owner, key = await enode.linked_user("user-1")
+    car = await enode.vehicle(owner)
+    host, port = server.base_url.removeprefix("http://").split(":")
+    access = _AccessLines()
+    logging.getLogger("evlink.access").addHandler(access)
+    paths = [
+        "/graphql",
+        "/api/webhooks/enode",
+        f"/api/charging/{car.id}",
+        f"/api/ha/charging/{car.id}",
+    ]
+    statuses = {}
+    try:
+        for path in paths:
+            _, writer = await asyncio.open_connection(host, int(port))
+            writer.write(
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Authorization: Bearer {key}\r\nContent-Length: 100\r\n\r\n".encode()
+                + b'{"action"'
+            )
+            await writer.drain()
+            writer.close()
+            line = await asyncio.wait_for(access.lines.get(), TIMEOUT)
+            statuses[path] = line.split()[2]
+    finally:
+        logging.getLogger("evlink.access").removeHandler(access)
+
+    loud = [
+        f"{r.levelname} {r.name}: {r.getMessage()}"
+        for r in caplog.records
+        if r.levelno > logging.INFO or r.exc_info
+    ]
+    assert loud == []
+    assert statuses == {path: "499" for path in paths[1:]} | {"/graphql": "400"}
+
+
+class _Lines(logging.Handler):
+    """The messages of one logger, as they are written, for a test to wait on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: asyncio.Queue[logging.LogRecord] = asyncio.Queue()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.put_nowait(record)
+
+
+async def test_websocket_handshakes_refused_past_the_pending_cap_log_no_error(
+    settings: Settings, evlink_logging: pytest.CaptureFixture[str]
+) -> None:
+    """uvicorn logs "ASGI callable returned without completing handshake." at ERROR after
+    each 429 denial response (evlink.logs): it is INFO, so a flood writes no ERROR line."""
+    await _truncate(settings.database_url)
+    async with run_server(replace(settings, ws_pending_per_address=1)) as server:
+        configure_logging("INFO", "text")
+        uvicorn_errors = logging.getLogger("uvicorn.error")
+        uvicorn_errors.setLevel(logging.NOTSET)
+        written = _Lines()
+        uvicorn_errors.addHandler(written)
+        host, port = server.base_url.removeprefix("http://").split(":")
+        reader, pending = await asyncio.open_connection(host, int(port))
+        try:
+            pending.write(websocket_upgrade())
+            accepted = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+            refused = await raw_exchange(host, int(port), [(websocket_upgrade(), b"}")])
+            messages = []
+            while "without completing handshake" not in "".join(messages):
+                record = await asyncio.wait_for(written.records.get(), TIMEOUT)
+                messages.append(f"{record.levelname} {record.getMessage()}")
+        finally:
+            pending.close()
+            uvicorn_errors.removeHandler(written)
+
+    assert accepted.startswith(b"HTTP/1.1 101")
+    assert refused.startswith(b"HTTP/1.1 429")
+    assert b"RATE_LIMITED" in refused
+    assert messages[-1] == "INFO ASGI callable returned without completing handshake."
+    for line in lines(evlink_logging.readouterr().err):
+        assert LINE.match(line), f"a traceback or a line evlink did not write: {line!r}"
+        assert not re.match(r"\S+ \S+ (WARNING|ERROR|CRITICAL) ", line), line
