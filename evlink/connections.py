@@ -98,11 +98,9 @@ class ConnectionLimits:
     def from_settings(cls, settings: Settings) -> ConnectionLimits:
         """The limits of ``settings``, the open-files limit raised first."""
         open_files = raise_open_files_limit()
-        return cls(
-            settings.header_timeout,
-            connection_cap(settings.max_connections, open_files),
-            settings.body_timeout,
-        )
+        cap = connection_cap(settings.max_connections, open_files)
+        logger.info("connections: at most %d open (open-files limit %d)", cap, open_files)
+        return cls(settings.header_timeout, cap, settings.body_timeout)
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):

@@ -551,7 +551,7 @@ class Limiter:
             else:
                 if not self._redis_up:
                     self._redis_up = True
-                    logger.warning("rate limits: Redis answers again; counts are shared again")
+                    logger.info("rate limits: Redis answers again; counts are shared again")
                 # limits' Redis storage tells expiry as time.time() plus the key's TTL.
                 return result, time.time()
         return await operation(self.memory), self.clock()
