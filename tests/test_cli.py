@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import httpx
 import pytest
 
 from evlink.resolvers.auth import check_key_format
+
+PACKAGE = Path(__file__).resolve().parent.parent / "evlink"
 
 
 @dataclass(frozen=True)
@@ -183,12 +186,6 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _bare_env(**settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVLINK_")}
     env.update(settings)
@@ -332,3 +329,40 @@ def test_help_is_plain_text_and_every_subcommand_says_what_it_does() -> None:
                 if row.split()[:1] == [action] and len(row.split()) > 1
             ]
             assert described, (group, action, shown)
+
+
+async def test_serve_without_the_playground_bundles_says_how_to_get_them(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """evlink's own code, copied without the npm bundles (as after an install without npm),
+    found first on PYTHONPATH: it serves, says in one line how to get the playground,
+    and /graphql says the same."""
+    shutil.copytree(PACKAGE, tmp_path / "evlink", ignore=shutil.ignore_patterns("vendor"))
+    port = _free_port()
+    env = {**cli.env, "EVLINK_PORT": str(port), "PYTHONPATH": str(tmp_path)}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "evlink.cli",
+        "serve",
+        env=env,
+        cwd=cli.cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    try:
+        note = await asyncio.wait_for(_line_with(process.stdout, b"playground"), 30)
+        await asyncio.wait_for(_line_with(process.stderr, b"Application startup complete"), 30)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            page = await http.get("/graphql", headers={"Accept": "text/html"})
+            status = await http.get("/api/status/00000000-0000-0000-0000-000000000000")
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 30)
+
+    assert b"`make playground`" in note
+    assert page.status_code == 503
+    assert "make playground" in page.text
+    assert status.status_code == 401  # the API itself serves
