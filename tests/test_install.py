@@ -68,3 +68,43 @@ def test_make_screenshots_without_chromium_fails_and_says_why() -> None:
     assert result.returncode != 0
     assert "chromium is not installed" in result.stdout + result.stderr
     assert picture.read_bytes() == before
+
+
+def _stages(dockerfile: str) -> list[list[str]]:
+    """The Dockerfile's instructions (continuation lines joined), split by FROM."""
+    joined = dockerfile.replace("\\\n", " ")
+    stages: list[list[str]] = []
+    for line in joined.splitlines():
+        line = " ".join(line.split())
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("FROM "):
+            stages.append([])
+        stages[-1].append(line)
+    return stages
+
+
+def test_the_dockerfile_compose_builds_installs_as_make_install_without_dev_tools() -> None:
+    """No container engine here: the file is read, not built (docs/compose.yaml says so)."""
+    compose = (ROOT / "docs" / "compose.yaml").read_text()
+    assert "build: .." in compose
+    stages = _stages((ROOT / "Dockerfile").read_text())
+    makefile = (ROOT / "Makefile").read_text()
+
+    assert len(stages) >= 2  # multi-stage: npm and pip stay out of the image that runs
+    steps = [step for stage in stages for step in stage]
+    # make install's two steps: the playground's bundles, then the package.
+    assert "-m evlink.playground.vendor" in makefile
+    assert any(s.startswith("RUN ") and "-m evlink.playground.vendor" in s for s in steps)
+    pip = [s for s in steps if "pip install" in s and " ." in s]
+    assert pip, steps
+    assert not any("[dev]" in s for s in steps)
+    final = stages[-1]
+    assert not any(s.startswith("RUN ") and ("npm" in s or "pip install" in s) for s in final)
+    users = [s.split()[1] for s in final if s.startswith("USER ")]
+    assert users, "the image runs as root"
+    assert users[-1] not in ("root", "0")
+    assert final[-1].startswith("CMD ")
+    assert "evlink" in final[-1]
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".venv" in ignored  # this machine's virtualenv never reaches the image
