@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import errno
 import json
+import logging
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -196,6 +197,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
     # supervisor runs its own servers: on SIGTERM their websockets close with 1012
     # (service restart) rather than 1001; one process per instance keeps 1001.
     config = uvicorn.Config("evlink.app:create_app", factory=True, workers=workers, **common)
+    host, port = sock.getsockname()[:2]
+    logging.getLogger("uvicorn.error").info(
+        "Uvicorn running on http://%s:%d (Press CTRL+C to quit)", host, port
+    )
     Multiprocess(config, sockets=[sock]).run()
 
 
