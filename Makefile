@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Two stamps: `make run` installs the runtime only; lint, test and the rest add the dev tools.
+RUNTIME := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed
 # The playground's GraphiQL bundles, fetched from npm at install time (never committed).
 PLAYGROUND := evlink/playground/static/vendor/.complete
@@ -12,9 +14,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+$(RUNTIME): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $(RUNTIME)
+
 $(STAMP): pyproject.toml $(PLAYGROUND) | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $(RUNTIME) $(STAMP)
 
 # npm ci of the pinned packages in assets/playground/, then a copy of their bundles.
 $(PLAYGROUND): assets/playground/package.json assets/playground/package-lock.json evlink/playground/vendor.py | $(BIN)/python
@@ -24,11 +30,15 @@ playground: $(PLAYGROUND)
 
 # Run the browser test and keep its picture as docs/playground.png.
 screenshots: $(STAMP)
+	@command -v chromium >/dev/null || { echo "make screenshots: chromium is not installed (apt-get install chromium): no picture taken"; exit 1; }
 	EVLINK_UPDATE_SCREENSHOTS=1 $(BIN)/python -m pytest tests/playground/test_browser.py -k sqlite
 
 install: $(STAMP)
 
-run: $(STAMP)
+# The runtime only; the playground's bundles when npm is there (evlink serve says how
+# to get them otherwise: the API serves without them).
+run: $(RUNTIME)
+	@if [ ! -f $(PLAYGROUND) ] && command -v npm >/dev/null; then $(MAKE) --no-print-directory playground || echo "make run: the playground did not build; serving without it"; fi
 	$(BIN)/evlink migrate
 	$(BIN)/evlink serve
 

@@ -1,17 +1,21 @@
-"""The ``evlink`` command: serve | migrate | demo | user | key | vehicle | usage | enode."""
+"""The evlink command: serve | migrate | demo | user | key | vehicle | usage | enode."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
+import logging
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-from tortoise.exceptions import OperationalError
+from tortoise.exceptions import DBConnectionError, OperationalError
 
 from evlink.cache import ReadCache
 from evlink.errors import EvlinkError, NotFound
@@ -25,7 +29,7 @@ from evlink.ratelimit import Limiter, describe
 from evlink.resolvers import accounts, vehicles
 from evlink.resolvers.auth import issue_key, revoke_key
 from evlink.services import Services
-from evlink.settings import Settings, SettingsError
+from evlink.settings import Settings, SettingsError, describe_database, unknown_names
 
 __all__ = ["main"]
 
@@ -86,17 +90,36 @@ def _print_demo(settings: Settings, demo: accounts.DemoAccount) -> None:
     _print()
 
 
+def _no_tables(settings: Settings) -> CommandError:
+    return CommandError(
+        f"the database {describe_database(settings.database_url)} has no evlink tables yet: "
+        "run `evlink migrate` first"
+    )
+
+
+def _require_sqlite_file(settings: Settings) -> None:
+    """Commands other than ``migrate`` never create a SQLite file: run in another folder,
+    a relative EVLINK_DATABASE_URL would otherwise start a second, empty database there."""
+    if not settings.is_sqlite:
+        return
+    path = describe_database(settings.database_url)
+    if path != ":memory:" and not Path(path).is_file():
+        raise CommandError(
+            f"no evlink database at {path}: run `evlink migrate` to make it, or run evlink "
+            "from the folder of your database (or set EVLINK_DATABASE_URL to its file)"
+        )
+
+
 async def _seed_if_empty(settings: Settings) -> None:
     """First start on an empty database: make the demo account and show its key."""
     async with open_database(settings.database_url):
         try:
             empty = not await User.exists()
         except OperationalError:
-            raise CommandError(
-                "the database has no evlink tables yet: run `evlink migrate` first"
-            ) from None
+            raise _no_tables(settings) from None
         if empty and settings.provider == "simulator":
             _print_demo(settings, await accounts.ensure_demo())
+            _print(f"Serving on {_base_url(settings)}")
         elif empty:
             _print(
                 f"Serving on {_base_url(settings)}. No users yet: "
@@ -107,6 +130,34 @@ async def _seed_if_empty(settings: Settings) -> None:
                 f"Serving on {_base_url(settings)}. Keys are shown only when made: "
                 "`evlink key create --user <email>` makes another."
             )
+
+
+def _bind(settings: Settings) -> socket.socket:
+    """The listening socket, bound before anything says "Serving on"."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        address = f"{settings.host}:{settings.port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise CommandError(f"{address} is in use; set EVLINK_PORT") from None
+        raise CommandError(f"cannot listen on {address}: {exc.strerror}") from None
+    sock.set_inheritable(True)  # for --workers: the worker processes accept on it
+    return sock
+
+
+def _playground_note() -> str | None:
+    from evlink.playground.page import missing_assets
+
+    if not missing_assets():
+        return None
+    return (
+        "The GraphQL playground is not built (it needs Node.js and npm): "
+        "`make playground`, or `python -m evlink.playground.vendor`; the API works without it"
+    )
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> None:
@@ -121,7 +172,17 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
         raise CommandError("--workers above 1 needs EVLINK_REDIS_URL: workers share events there")
     if workers > 1 and settings.is_sqlite:
         raise CommandError("--workers above 1 needs PostgreSQL (EVLINK_DATABASE_URL=postgres://…)")
-    asyncio.run(_seed_if_empty(settings))
+    _require_sqlite_file(settings)
+    sock = _bind(settings)
+    try:
+        asyncio.run(_seed_if_empty(settings))
+    except BaseException:
+        sock.close()
+        raise
+    note = _playground_note()
+    if note:
+        _print(note)
+    sys.stdout.flush()
     common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -132,13 +193,17 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
         **server_options(settings),
     }
     if workers == 1:
-        EvlinkServer(uvicorn.Config(create_app(settings), **common)).run()
+        EvlinkServer(uvicorn.Config(create_app(settings), **common)).run(sockets=[sock])
         return
     # Each worker builds its app from the environment, as evlink did above. uvicorn's
     # supervisor runs its own servers: on SIGTERM their websockets close with 1012
     # (service restart) rather than 1001; one process per instance keeps 1001.
     config = uvicorn.Config("evlink.app:create_app", factory=True, workers=workers, **common)
-    Multiprocess(config, sockets=[config.bind_socket()]).run()
+    host, port = sock.getsockname()[:2]
+    logging.getLogger("uvicorn.error").info(
+        "Uvicorn running on http://%s:%d (Press CTRL+C to quit)", host, port
+    )
+    Multiprocess(config, sockets=[sock]).run()
 
 
 async def _user_create(settings: Settings, args: argparse.Namespace) -> None:
@@ -319,6 +384,16 @@ async def _enode_webhook(settings: Settings, args: argparse.Namespace) -> None:
     _print(f"webhook {registered.get('id')} registered for {args.url}")
 
 
+def _workers(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {raw!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evlink", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -326,7 +401,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the API (makes the demo on an empty database)")
     serve.add_argument(
         "--workers",
-        type=int,
+        type=_workers,
         default=1,
         help="worker processes (above 1 needs PostgreSQL and EVLINK_REDIS_URL)",
     )
@@ -337,29 +412,31 @@ def _parser() -> argparse.ArgumentParser:
     user = commands.add_parser("user", help="manage users").add_subparsers(
         dest="action", required=True
     )
-    create = user.add_parser("create")
+    create = user.add_parser("create", help="make a user")
     create.add_argument("--email", required=True)
     create.add_argument("--tier", default="FREE", help="FREE, BASIC or PRO")
-    set_tier = user.add_parser("set-tier")
+    set_tier = user.add_parser("set-tier", help="change a user's tier")
     set_tier.add_argument("--email", required=True)
     set_tier.add_argument("--tier", required=True)
-    user.add_parser("list")
+    user.add_parser("list", help="list users: id, email, tier")
 
     key = commands.add_parser("key", help="manage API keys").add_subparsers(
         dest="action", required=True
     )
-    key_create = key.add_parser("create")
+    key_create = key.add_parser("create", help="make an API key (shown once)")
     key_create.add_argument("--user", required=True, help="the user's email")
     key_create.add_argument("--name", default="")
-    key_list = key.add_parser("list")
+    key_list = key.add_parser("list", help="list keys: id, prefix, user, state, last use")
     key_list.add_argument("--user", help="only this user's keys")
-    key_revoke = key.add_parser("revoke")
+    key_revoke = key.add_parser("revoke", help="revoke a key at once, on every server")
     key_revoke.add_argument("key", help="the key's id or prefix (as `key list` shows)")
 
     vehicle = commands.add_parser("vehicle", help="manage vehicles").add_subparsers(
         dest="action", required=True
     )
-    vehicle_add = vehicle.add_parser("add")
+    vehicle_add = vehicle.add_parser(
+        "add", help="add a car the provider has (the simulator makes one without an id)"
+    )
     vehicle_add.add_argument("--user", required=True, help="the user's email")
     vehicle_add.add_argument("--name")
     vehicle_add.add_argument("--provider", help="must be EVLINK_PROVIDER (the default)")
@@ -368,7 +445,7 @@ def _parser() -> argparse.ArgumentParser:
         help="the provider's id, checked with the provider (Enode: a car of the user's link; "
         "simulator: sim-<unplugged|plugged|charging>-<name>, a new sim-plugged-… if omitted)",
     )
-    vehicle_list = vehicle.add_parser("list")
+    vehicle_list = vehicle.add_parser("list", help="list cars: id, user, provider, provider id")
     vehicle_list.add_argument("--user", help="only this user's vehicles")
     vehicle_remove = vehicle.add_parser(
         "remove", help="remove a vehicle; its pending commands are cancelled"
@@ -418,6 +495,8 @@ _ASYNC_COMMANDS: dict[
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    for warning in unknown_names():
+        sys.stderr.write(f"evlink: warning: {warning}\n")
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
@@ -428,15 +507,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             _serve(settings, args)
         else:
+            if args.command != "migrate":
+                _require_sqlite_file(settings)
             command = _ASYNC_COMMANDS[(args.command, getattr(args, "action", None))]
             asyncio.run(command(settings, args))
     except (CommandError, EvlinkError) as exc:
         sys.stderr.write(f"evlink: {exc}\n")
         return 1
     except OperationalError as exc:
-        sys.stderr.write(f"evlink: database error ({exc}); has `evlink migrate` run?\n")
+        if "no such table" in str(exc) or "does not exist" in str(exc):
+            sys.stderr.write(f"evlink: {_no_tables(settings)}\n")
+        else:
+            sys.stderr.write(f"evlink: database error on {_where(settings)}: {exc}\n")
+        return 1
+    except (DBConnectionError, OSError) as exc:
+        sys.stderr.write(f"evlink: cannot open the database {_where(settings)}: {_cause(exc)}\n")
         return 1
     return 0
+
+
+def _where(settings: Settings) -> str:
+    return describe_database(settings.database_url)
+
+
+def _cause(exc: BaseException) -> str:
+    """The first line of the innermost error's message (Tortoise wraps asyncpg's)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -213,6 +213,13 @@ class EvlinkServer(uvicorn.Server):
         super().__init__(config)
         self.open_sockets = sockets_of_app
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        # uvicorn says "Uvicorn running on …" only for sockets it bound itself; evlink
+        # serve binds its own (to report a port in use in one line), and says it too.
+        if sockets is not None and self.started:
+            self._log_started_message(sockets)
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
             server.close()  # stop accepting first

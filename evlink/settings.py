@@ -7,6 +7,7 @@ that line and nothing else.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
@@ -14,10 +15,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
-from starlette.config import Config
 from tortoise.backends.base.config_generator import expand_db_url
 
-__all__ = ["Settings", "SettingsError"]
+__all__ = ["Settings", "SettingsError", "describe_database", "read_env_file", "unknown_names"]
 
 T = TypeVar("T")
 
@@ -142,14 +142,12 @@ class Settings:
         env_file: str | Path | None = ".env",
     ) -> Settings:
         """Read settings from ``environ`` (default: ``os.environ``) over ``env_file``."""
-        env = dict(os.environ if environ is None else environ)
-        path = Path(env_file) if env_file is not None else None
-        config = Config(path if path is not None and path.is_file() else None, environ=env)
+        env = _environment(environ, env_file)
         defaults = cls()
         values: dict[str, Any] = {}
         for setting in fields(cls):
             name = f"EVLINK_{setting.name.upper()}"
-            raw = config(name, default=None)
+            raw = env.get(name)
             if raw is None or raw == "":
                 continue
             parse = _PARSERS.get(setting.name, _parser_for(getattr(defaults, setting.name)))
@@ -194,6 +192,78 @@ class Settings:
     def tortoise_config(self) -> dict[str, Any]:
         """The Tortoise ORM configuration for this database, every call bounded."""
         return tortoise_config(self.database_url, timeout=self.database_timeout)
+
+
+# EVLINK_* names that are not settings of the server: the test suite's and the client
+# examples' (README.md, docs/home-assistant.md). Any other unknown name is warned about.
+NOT_SETTINGS = frozenset(
+    {
+        "EVLINK_TEST_DATABASE_URL",
+        "EVLINK_TEST_REDIS_URL",
+        "EVLINK_UPDATE_SCREENSHOTS",
+        "EVLINK_FUZZ_EXAMPLES",
+        "EVLINK_PROPERTY_EXAMPLES",
+        "EVLINK_KEY",
+        "EVLINK_VEHICLE_ID",
+        "EVLINK_WS",
+    }
+)
+
+
+def read_env_file(path: str | Path) -> dict[str, str]:
+    """``NAME=value`` lines of a ``.env`` file; ``export NAME=value`` (shell syntax) too.
+
+    Blank lines and ``#`` comments are skipped; one pair of surrounding quotes is removed.
+    """
+    values: dict[str, str] = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        name, _, value = line.partition("=")
+        name = name.strip().removeprefix("export ").strip()
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[name] = value
+    return values
+
+
+def _environment(environ: Mapping[str, str] | None, env_file: str | Path | None) -> dict[str, str]:
+    """``environ`` (default: ``os.environ``) over the ``env_file``'s values, if it exists."""
+    env = dict(os.environ if environ is None else environ)
+    path = Path(env_file) if env_file is not None else None
+    from_file = read_env_file(path) if path is not None and path.is_file() else {}
+    return {**from_file, **env}
+
+
+def unknown_names(
+    environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+) -> list[str]:
+    """One warning per ``EVLINK_*`` name (environment or ``env_file``) evlink does not
+    read, with the setting it most likely meant: a misspelt name is otherwise ignored."""
+    known = {f"EVLINK_{setting.name.upper()}" for setting in fields(Settings)}
+    warnings = []
+    for name in sorted(_environment(environ, env_file)):
+        if not name.startswith("EVLINK_") or name in known or name in NOT_SETTINGS:
+            continue
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        warnings.append(f"{name} is not an evlink setting{hint}: ignored")
+    return warnings
+
+
+def describe_database(database_url: str) -> str:
+    """The database as a person can find it, without its password: a SQLite URL's file
+    as an absolute path (relative ones depend on the folder evlink runs in)."""
+    if database_url.startswith("sqlite://"):
+        path = database_url.removeprefix("sqlite://").split("?", 1)[0]
+        return path if path == ":memory:" else str(Path(path).absolute())
+    scheme, _, rest = database_url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if at and ":" in credentials:
+        credentials = credentials.split(":", 1)[0] + ":***"
+    return f"{scheme}://{credentials}{at}{host}"
 
 
 def connection_name(database_url: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +16,9 @@ import httpx
 import pytest
 
 from evlink.resolvers.auth import check_key_format
+from tests.conftest import free_port
+
+PACKAGE = Path(__file__).resolve().parent.parent / "evlink"
 
 
 @dataclass(frozen=True)
@@ -129,7 +133,7 @@ async def test_serve_counts_failed_keys_by_peer_and_escapes_what_it_logs(cli: Cl
     """`evlink serve` as run in production: X-Forwarded-For from an untrusted peer (here
     127.0.0.1, which uvicorn alone would trust) does not move the failed-key count, and a
     line feed in a path reaches the log escaped."""
-    port = _free_port()
+    port = free_port()
     env = {**cli.env, "EVLINK_PORT": str(port), "EVLINK_AUTH_FAILURES": "3/minute"}
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -177,12 +181,6 @@ async def _line_with(stream: asyncio.StreamReader, marker: bytes) -> bytes:
     raise AssertionError(f"the server ended before it logged {marker!r}")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_vehicle_add_asks_the_simulator_and_remove_frees_the_place(cli: Cli) -> None:
     """`vehicle add` stores only cars the configured provider has (here the simulator);
     `vehicle remove` frees the tier's place, and `vehicle list` shows what is left."""
@@ -227,3 +225,185 @@ def test_vehicle_add_asks_the_simulator_and_remove_frees_the_place(cli: Cli) -> 
     assert [line.split("\t")[0] for line in cli.ok("vehicle", "list").splitlines()][-1:] == [
         named[1]
     ]
+
+
+def _bare_env(**settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVLINK_")}
+    env.update(settings)
+    return env
+
+
+def _one_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", [("migrate",), ("serve",), ("key", "list"), ("demo",)])
+def test_an_unreachable_database_is_one_line_without_the_password(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    port = free_port()  # nothing listens there
+    url = f"postgres://evlink:s3cret-pw@127.0.0.1:{port}/evlink"
+    run = Cli(cwd=tmp_path, env=_bare_env(EVLINK_DATABASE_URL=url))
+
+    line = _one_line(run(*command))
+
+    assert line.startswith(
+        f"evlink: cannot open the database postgres://evlink:***@127.0.0.1:{port}/evlink: "
+    )
+    assert "refused" in line.lower() or "connect call failed" in line.lower()
+    assert "s3cret-pw" not in line
+
+
+def test_a_database_that_does_not_exist_is_one_line_naming_it(tmp_path: Path) -> None:
+    base = os.environ.get("EVLINK_TEST_DATABASE_URL")
+    if not base:
+        pytest.skip("set EVLINK_TEST_DATABASE_URL to run against PostgreSQL")
+    url = base.rsplit("/", 1)[0] + "/evlink_no_such_database"
+    run = Cli(cwd=tmp_path, env=_bare_env(EVLINK_DATABASE_URL=url))
+
+    for command in (("migrate",), ("key", "list")):
+        line = _one_line(run(*command))
+        assert "evlink_no_such_database" in line
+        assert "does not exist" in line
+
+
+@pytest.mark.parametrize("command", [("serve",), ("key", "list"), ("demo",)])
+def test_from_another_folder_the_missing_sqlite_file_is_named_and_not_made(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    home = tmp_path / "project"
+    elsewhere = tmp_path / "elsewhere"
+    home.mkdir()
+    elsewhere.mkdir()
+    Cli(cwd=home, env=_bare_env()).ok("migrate")  # the default: var/evlink.sqlite3
+    assert (home / "var" / "evlink.sqlite3").is_file()
+
+    line = _one_line(Cli(cwd=elsewhere, env=_bare_env(EVLINK_PORT=str(free_port())))(*command))
+
+    assert f"no evlink database at {elsewhere / 'var' / 'evlink.sqlite3'}" in line
+    assert "evlink migrate" in line
+    assert list(elsewhere.iterdir()) == []  # no empty database, no var/ folder
+
+
+def test_an_unmigrated_sqlite_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "empty.sqlite3").write_bytes(b"")
+    run = Cli(cwd=tmp_path, env=_bare_env(EVLINK_DATABASE_URL="sqlite://empty.sqlite3"))
+
+    for command in (("key", "list"), ("serve",)):
+        line = _one_line(run(*command))
+        assert f"the database {tmp_path / 'empty.sqlite3'} has no evlink tables yet" in line
+        assert "evlink migrate" in line
+
+
+def test_a_port_in_use_is_one_line_and_nothing_says_serving(cli: Cli) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = Cli(cwd=cli.cwd, env={**cli.env, "EVLINK_PORT": str(port)})
+
+        result = run("serve")
+
+    assert _one_line(result) == f"evlink: 127.0.0.1:{port} is in use; set EVLINK_PORT"
+    assert "Serving on" not in result.stdout
+
+
+@pytest.mark.parametrize("workers", ["0", "-3", "two"])
+def test_serve_refuses_a_worker_count_below_one(cli: Cli, workers: str) -> None:
+    port = free_port()
+    run = Cli(cwd=cli.cwd, env={**cli.env, "EVLINK_PORT": str(port)})
+
+    result = run("serve", "--workers", workers)
+
+    assert result.returncode == 2
+    assert "argument --workers" in result.stderr
+    assert "Serving on" not in result.stdout
+    with socket.socket() as probe:  # nothing was started there
+        probe.bind(("127.0.0.1", port))
+
+
+@pytest.mark.parametrize("line", ["EVLINK_PORT=18800", "export EVLINK_PORT=18800"])
+def test_demo_urls_follow_the_env_file_the_server_reads(cli: Cli, line: str) -> None:
+    folder = cli.cwd / f"envfile-{'export' if 'export' in line else 'plain'}"
+    folder.mkdir()
+    (folder / ".env").write_text(line + "\n")
+    run = Cli(cwd=folder, env=cli.env)  # EVLINK_DATABASE_URL: an absolute path
+
+    body = json.loads(run.ok("demo", "--json"))
+    text = run.ok("demo")
+
+    assert body["base_url"] == "http://127.0.0.1:18800"
+    assert "http://127.0.0.1:18800/api/status/" in text
+    assert ":8000" not in text
+
+
+def test_help_is_plain_text_and_every_subcommand_says_what_it_does() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "evlink.cli", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "``" not in result.stdout
+    for group, actions in {
+        "user": ["create", "set-tier", "list"],
+        "vehicle": ["add", "list", "remove"],
+        "key": ["create", "list", "revoke"],
+        "enode": ["link", "sync", "webhook"],
+    }.items():
+        shown = subprocess.run(  # noqa: S603
+            [sys.executable, "-m", "evlink.cli", group, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        for action in actions:
+            described = [
+                row
+                for row in shown.splitlines()
+                if row.split()[:1] == [action] and len(row.split()) > 1
+            ]
+            assert described, (group, action, shown)
+
+
+async def test_serve_without_the_playground_bundles_says_how_to_get_them(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """evlink's own code, copied without the npm bundles (as after an install without npm),
+    found first on PYTHONPATH: it serves, says in one line how to get the playground,
+    and /graphql says the same."""
+    shutil.copytree(PACKAGE, tmp_path / "evlink", ignore=shutil.ignore_patterns("vendor"))
+    port = free_port()
+    env = {**cli.env, "EVLINK_PORT": str(port), "PYTHONPATH": str(tmp_path)}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "evlink.cli",
+        "serve",
+        env=env,
+        cwd=cli.cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    try:
+        note = await asyncio.wait_for(_line_with(process.stdout, b"playground"), 30)
+        await asyncio.wait_for(_line_with(process.stderr, b"Application startup complete"), 30)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            page = await http.get("/graphql", headers={"Accept": "text/html"})
+            status = await http.get("/api/status/00000000-0000-0000-0000-000000000000")
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 30)
+
+    assert b"`make playground`" in note
+    assert page.status_code == 503
+    assert "make playground" in page.text
+    assert status.status_code == 401  # the API itself serves

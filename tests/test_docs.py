@@ -404,3 +404,28 @@ async def test_the_bridge_is_refused_with_a_bad_key(server: Server) -> None:
         await asyncio.wait_for(anext(states), TIMEOUT)
 
     assert isinstance(refused.value, OSError | RuntimeError | bridge.websockets.ConnectionClosed)
+
+
+def test_the_readme_error_table_has_every_error_code() -> None:
+    codes = set(
+        re.findall(r'^    code = "([A-Z_]+)"$', (ROOT / "evlink" / "errors.py").read_text(), re.M)
+    )
+    readme = (ROOT / "README.md").read_text()
+    table = set(re.findall(r"^\| `([A-Z_]+)` \| \d{3}", readme, re.M))
+
+    assert "UNSUPPORTED_MEDIA_TYPE" in codes
+    assert codes - table == set()
+
+
+def test_architecture_stands_alone_and_lists_every_migration() -> None:
+    architecture = (ROOT / "ARCHITECTURE.md").read_text()
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    migrations = sorted(
+        path.stem for path in (ROOT / "evlink" / "models" / "migrations").glob("[0-9]*.py")
+    )
+
+    assert "DESIGN" not in architecture
+    assert len(migrations) >= 6
+    for name in migrations:
+        assert name.split("_", 1)[0] in architecture, name
+        assert f"`{name}`" in changelog, name

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from evlink.settings import Settings, SettingsError
+from evlink.settings import Settings, SettingsError, describe_database, unknown_names
 
 
 def from_env(environ: dict[str, str], env_file: Path | None = None) -> Settings:
@@ -210,3 +210,76 @@ def test_forwarded_ips_are_read_as_uvicorn_compares_them() -> None:
     # it for a name and never match it.
     assert given.forwarded_allow_ips == "10.0.0.7,172.16.0.0/12,::1"
     assert from_env({"EVLINK_FORWARDED_ALLOW_IPS": "*"}).forwarded_allow_ips == "*"
+
+
+def test_export_lines_in_the_env_file_are_read(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "# a shell-style file\nexport EVLINK_PORT=18800\nexport  EVLINK_HOST='::1'\n"
+    )
+
+    settings = from_env({}, env_file)
+
+    assert (settings.port, settings.host) == (18800, "::1")
+
+
+def test_unknown_evlink_names_are_warned_about_with_the_likely_one(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("export EVLINK_CACHE_TL=3\nEVLINK_PORT=8001\n")
+    environ = {
+        "EVLINK_PORTT": "18800",
+        "EVLINK_HOST": "127.0.0.1",
+        "EVLINK_TEST_DATABASE_URL": "sqlite://:memory:",  # the test suite's, not a setting
+        "PATH": "/bin",
+    }
+
+    warnings = unknown_names(environ, env_file)
+
+    assert warnings == [
+        "EVLINK_CACHE_TL is not an evlink setting (did you mean EVLINK_CACHE_TTL?): ignored",
+        "EVLINK_PORTT is not an evlink setting (did you mean EVLINK_PORT?): ignored",
+    ]
+    assert unknown_names({"EVLINK_PORT": "1"}, None) == []
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "postgres://evlink:s3cret@db.local:5432/evlink",
+            "postgres://evlink:***@db.local:5432/evlink",
+        ),
+        ("postgres://postgres@127.0.0.1:5432/test", "postgres://postgres@127.0.0.1:5432/test"),
+        ("postgres://u:p@ss:w@h/d", "postgres://u:***@h/d"),
+    ],
+)
+def test_a_database_is_described_without_its_password(url: str, shown: str) -> None:
+    assert describe_database(url) == shown
+
+
+def test_a_sqlite_database_is_described_by_its_absolute_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    assert describe_database("sqlite://var/evlink.sqlite3") == str(tmp_path / "var/evlink.sqlite3")
+
+
+def test_the_cli_warns_about_a_misspelt_setting(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("EVLINK_PORTT=18800\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVLINK_")}
+    env["EVLINK_DATABASE_URL"] = "sqlite://nothing-here.sqlite3"
+
+    result = subprocess.run(
+        [sys.executable, "-m", "evlink.cli", "user", "list"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert "evlink: warning: EVLINK_PORTT is not an evlink setting (did you mean EVLINK_PORT?)" in (
+        result.stderr
+    )

@@ -130,7 +130,7 @@ pre {{ padding: 0.8em; overflow-x: auto; }}
 are fetched from npm when evlink is installed, and these files are missing from
 <code>evlink/playground/static/vendor/</code>: {missing}.</p>
 <p>Build them from the source checkout (this needs Node.js and npm), then reload:</p>
-<pre>make install</pre>
+<pre>make playground</pre>
 <p>or, in an environment where evlink is already installed:</p>
 <pre>python -m evlink.playground.vendor</pre>
 <p>The API works without the playground: send queries with

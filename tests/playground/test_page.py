@@ -75,7 +75,7 @@ async def test_without_the_built_assets_the_page_says_how_to_build_them(tmp_path
         response = await http.get("/graphql", headers=HTML)
 
     assert response.status_code == 503
-    assert "make install" in response.text
+    assert "make playground" in response.text
     assert "python -m evlink.playground.vendor" in response.text
     assert "graphiql.min.js" in response.text
     assert "<script" not in response.text
