@@ -191,6 +191,12 @@ class MemoryEventBus:
         self.subscribers.clear()
 
 
+# What a Redis call raises when Redis is away or its connection broke. RuntimeError too:
+# on uvloop (what `evlink serve` runs) writing on a connection reset under redis-py
+# raises "unable to perform operation on <TCPTransport closed=True>", not an OSError;
+# redis-py drops that connection, so the next try opens a fresh one.
+REDIS_FAILURES: tuple[type[BaseException], ...] = (redis.RedisError, OSError, RuntimeError)
+
 # The reader's pause between two tries to reach Redis: doubling from the base, capped
 # so that it is back within a second of Redis answering again.
 RECONNECT_BASE = 0.1
@@ -251,7 +257,7 @@ class RedisEventBus:
         payload = json.dumps({"origin": self.instance, "topic": topic, "message": message})
         try:
             await self._send(self._prefix + topic, payload)
-        except (redis.RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             if not self._publish_failing:
                 self._publish_failing = True
                 logger.warning(
@@ -268,9 +274,9 @@ class RedisEventBus:
     async def _send(self, channel: str, payload: str) -> None:
         try:
             await self._redis.publish(channel, payload)
-        except redis.ConnectionError:
-            # The pooled connection may have died with a Redis that has come back since.
-            # redis-py closed it and put it back first in line: this try opens it afresh.
+        except (redis.ConnectionError, RuntimeError):
+            # The pooled connection may have died with a Redis that has come back since,
+            # or been reset under it. redis-py closed it: this try opens one afresh.
             await self._redis.publish(channel, payload)
 
     def subscribe(self, *topics: str) -> _MemorySubscription:
@@ -285,7 +291,7 @@ class RedisEventBus:
         for _ in range(2):
             try:
                 return bool(await self._redis.ping())
-            except (redis.RedisError, OSError):
+            except REDIS_FAILURES:
                 continue
         return False
 
@@ -306,7 +312,10 @@ class RedisEventBus:
                     self._link_up()
                     delay = RECONNECT_BASE
                     await self._listen(pubsub)
-            except (redis.RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
+                self._link_down(exc)
+            except Exception as exc:  # never let the reader die: it would be stale for good
+                logger.exception("events: the Redis reader failed; reading again")
                 self._link_down(exc)
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, RECONNECT_CAP)

@@ -51,6 +51,7 @@ from starlette.requests import HTTPConnection
 
 from evlink.cache import ReadCache
 from evlink.errors import ForbiddenTier, RateLimited, Unauthenticated
+from evlink.events import REDIS_FAILURES
 from evlink.headers import header
 from evlink.models import Tier, User, Vehicle
 from evlink.resolvers import auth
@@ -101,12 +102,7 @@ REDIS_TIMEOUT = 1.0
 # Memory counters drop expired windows at most this often (seconds of the clock).
 _SWEEP_INTERVAL = 60.0
 
-_STORAGE_ERRORS: tuple[type[BaseException], ...] = (
-    StorageError,
-    redis.RedisError,
-    OSError,
-    TimeoutError,
-)
+_STORAGE_ERRORS: tuple[type[BaseException], ...] = (StorageError, TimeoutError, *REDIS_FAILURES)
 
 
 # -- the syntax ------------------------------------------------------------------
@@ -545,7 +541,7 @@ class Limiter:
         """``operation`` on Redis while it answers, else on memory; with that storage's now."""
         if self._redis is not None and (self._redis_up or self.clock() >= self._retry_at):
             try:
-                result = await operation(self._redis)
+                result = await _twice(operation, self._redis)
             except _STORAGE_ERRORS as exc:
                 self._redis_down(f"{type(exc).__name__}: {exc}")
             else:
@@ -575,6 +571,15 @@ class Limiter:
 reported_limits: contextvars.ContextVar[list[LimitState] | None] = contextvars.ContextVar(
     "ratelimit_report", default=None
 )
+
+
+async def _twice(operation: Callable[[Storage], Awaitable[T]], storage: Storage) -> T:
+    """``operation``, tried once more on a failure: the first try after a Redis restart
+    or a reset connection meets a dead pooled connection, which redis-py then drops."""
+    try:
+        return await operation(storage)
+    except _STORAGE_ERRORS:
+        return await operation(storage)
 
 
 def _report(states: Sequence[LimitState]) -> None:

@@ -366,3 +366,46 @@ async def test_a_locked_sqlite_database_answers_503_within_the_timeout(
     told = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == OUTAGE_LOGGER]
     assert [level for level, _ in told] == ["WARNING", "INFO"]
     assert "SQLite: database is locked" in told[0][1]  # SQLite's own wait ran out first
+
+
+@postgres_only
+async def test_redis_connections_reset_under_a_served_instance_cost_no_request(
+    database_url: str,
+) -> None:
+    """`evlink serve` runs on uvloop, which refuses to write on a connection reset under
+    redis-py with a RuntimeError rather than an OSError: every pooled connection then
+    failed its next request with a 500, and the event reader could die for good."""
+    world = await account(database_url, keys=1)
+    (key,) = world.keys
+    async with (
+        redis_server() as redis,
+        TcpProxy("127.0.0.1", redis.port).running() as redis_link,
+        EvlinkProcess(
+            **_environment(database_url, EVLINK_REDIS_URL=f"redis://127.0.0.1:{redis_link.port}/0")
+        ).running() as evlink,
+        httpx.AsyncClient(base_url=evlink.base_url, timeout=TIMEOUT) as http,
+    ):
+        await evlink.wait_for("events: reading Redis pub/sub")
+        for round_ in range(3):
+            # Pooled connections for the rate limits and for publishing exist now.
+            assert (await status(http, key, world.vehicle_id)).status_code == 200
+            started = await http.post(
+                f"/api/charging/{world.vehicle_id}",
+                json={"action": "STOP" if round_ % 2 else "START"},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            assert started.status_code == 200, started.text
+            mark = len(evlink.records)
+            redis_link.reset()
+
+            answers = [await status(http, key, world.vehicle_id) for _ in range(3)]
+            ready = await http.get("/readyz")
+            queried = await graphql(http, key)
+            assert [a.status_code for a in answers] == [200, 200, 200], answers[0].text
+            assert ready.json()["redis"] == "ok", ready.text
+            assert queried.status_code == 200
+            assert "errors" not in queried.json(), queried.text
+            await evlink.wait_for("events: reading Redis pub/sub", mark)  # the reader is back
+            assert evlink.failures(mark) == []
+            # A reset connection is tried again, not taken for Redis gone (counts stay shared).
+            assert evlink.count("rate limits: Redis failed", level="WARNING", since=mark) == 0
