@@ -127,9 +127,19 @@ class Subscription:
             async for message in messages:
                 # One payload per message for all its subscribers (schema.fanout).
                 state, payload = shared_event(message, _charge_state_event)
-                if state != last:  # the read above may have published what it found
+                # The read above may have published what it found, and an event published
+                # before it may arrive after it: neither is sent again, nor anything older.
+                if state != last and not _older(state, last):
                     last = state
                     yield payload
+
+
+def _older(state: ChargeStateData, than: ChargeStateData) -> bool:
+    return (
+        state.last_updated is not None
+        and than.last_updated is not None
+        and state.last_updated < than.last_updated
+    )
 
 
 def _charge_state_event(message: dict[str, object]) -> tuple[ChargeStateData, ChargeState]:
