@@ -31,6 +31,7 @@ __all__ = ["build_schema"]
 class Schema(strawberry.Schema):
     # The valid documents kept parsed (schema.limits), shown in /metrics.
     documents: ValidDocuments
+
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
     ) -> None:
