@@ -110,11 +110,10 @@ async def _seed_if_empty(settings: Settings) -> None:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> None:
-    import uvicorn
     from uvicorn.supervisors import Multiprocess
 
     from evlink.app import create_app
-    from evlink.server import EvlinkServer, server_options
+    from evlink.server import EvlinkConfig, EvlinkServer, server_options
 
     workers: int = args.workers
     if workers > 1 and not settings.redis_url:
@@ -126,18 +125,20 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
         "host": settings.host,
         "port": settings.port,
         "lifespan": "on",
-        "log_config": None,  # evlink.logs has configured logging already
+        # evlink.logs configures the logging of this process and of each worker
+        "log_level": settings.log_level,
+        "log_format": settings.log_format,
         "access_log": False,  # evlink.edge writes the access log, with the request id
         "timeout_graceful_shutdown": 10,
         **server_options(settings),
     }
     if workers == 1:
-        EvlinkServer(uvicorn.Config(create_app(settings), **common)).run()
+        EvlinkServer(EvlinkConfig(create_app(settings), **common)).run()
         return
     # Each worker builds its app from the environment, as evlink did above. uvicorn's
     # supervisor runs its own servers: on SIGTERM their websockets close with 1012
     # (service restart) rather than 1001; one process per instance keeps 1001.
-    config = uvicorn.Config("evlink.app:create_app", factory=True, workers=workers, **common)
+    config = EvlinkConfig("evlink.app:create_app", factory=True, workers=workers, **common)
     Multiprocess(config, sockets=[config.bind_socket()]).run()
 
 
