@@ -34,6 +34,7 @@ __all__ = [
     "Watcher",
     "proxy_options",
     "server_options",
+    "stop_waits",
     "tune_gc",
 ]
 
@@ -246,6 +247,14 @@ class EvlinkConfig(uvicorn.Config):
     def configure_logging(self) -> None:
         super().configure_logging()
         configure_logging(*self.evlink_logging)
+
+
+def stop_waits(config: uvicorn.Config) -> None:
+    """The server of ``config`` shuts down: end REST ``?wait`` waits at once, so that
+    their answers go out within the graceful period (:attr:`OpenSockets.stopping`)."""
+    open_sockets = _find_open_sockets(config)
+    if open_sockets is not None:
+        open_sockets.stopping.set()
 
 
 def _find_open_sockets(config: uvicorn.Config) -> OpenSockets | None:

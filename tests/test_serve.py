@@ -56,24 +56,26 @@ async def send_raw(url: str, data: bytes) -> bytes:
     return answer
 
 
-@pytest.mark.parametrize("log_format", ["text", "json"])
-async def test_workers_log_as_the_single_process_does(settings: Settings, log_format: str) -> None:
-    """Under ``--workers 2`` each worker logs with evlink's format and level: its startup,
-    the access line with the request id, a client's path with its control characters
-    escaped, and uvicorn's line about a malformed request at INFO without a traceback."""
+def workers_env(settings: Settings) -> dict[str, str]:
+    """The environment ``--workers`` needs (PostgreSQL and Redis), or skip."""
     redis_url = os.environ.get("EVLINK_TEST_REDIS_URL")
     if settings.is_sqlite:
         pytest.skip("--workers needs PostgreSQL; this backend is SQLite")
     if not redis_url:
         pytest.skip("EVLINK_TEST_REDIS_URL is not set: Redis tests skipped")
+    return {"EVLINK_REDIS_URL": redis_url}
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_workers_log_as_the_single_process_does(settings: Settings, log_format: str) -> None:
+    """Under ``--workers 2`` each worker logs with evlink's format and level: its startup,
+    the access line with the request id, a client's path with its control characters
+    escaped, and uvicorn's line about a malformed request at INFO without a traceback."""
+    env = workers_env(settings)
     await _truncate(settings.database_url)
     log = ServerLog()
     async with serve_process(
-        settings.database_url,
-        args=["--workers", "2"],
-        log=log,
-        EVLINK_REDIS_URL=redis_url,
-        EVLINK_LOG_FORMAT=log_format,
+        settings.database_url, args=["--workers", "2"], log=log, EVLINK_LOG_FORMAT=log_format, **env
     ) as url:
         # The supervisor listens on its socket; each worker serves once it is ready.
         await log.lines_with(b"evlink ready", count=2)
@@ -104,17 +106,29 @@ async def test_workers_log_as_the_single_process_does(settings: Settings, log_fo
         assert b" INFO uvicorn.error [-] Invalid HTTP request received." in mistake
 
 
-async def test_a_waiting_request_answers_pending_when_the_server_stops(settings: Settings) -> None:
+@pytest.mark.parametrize("workers", [1, 2], ids=["one process", "workers"])
+async def test_a_waiting_request_answers_pending_when_the_server_stops(
+    settings: Settings, workers: int
+) -> None:
     """SIGTERM while ``POST /api/charging/{id}?wait=60`` waits for a car that takes its
     time: the request answers at once with the command as it stands (PENDING) in the
-    documented body, within the graceful period, and nothing is logged as an error."""
+    documented body, within the graceful period, and nothing is logged as an error;
+    under ``--workers`` too."""
+    env = workers_env(settings) if workers > 1 else {}
     await _truncate(settings.database_url)
     key, vehicle = await user_with_car(settings.database_url)
     log = ServerLog()
     async with (
-        serve_process(settings.database_url, log=log, EVLINK_SIMULATOR_ACTION_DELAY="600") as url,
+        serve_process(
+            settings.database_url,
+            args=["--workers", str(workers)],
+            log=log,
+            EVLINK_SIMULATOR_ACTION_DELAY="600",
+            **env,
+        ) as url,
         httpx.AsyncClient(base_url=url, timeout=TIMEOUT * 3) as http,
     ):
+        await log.lines_with(b"evlink ready", count=workers)
         waiting = asyncio.create_task(
             http.post(
                 f"/api/charging/{vehicle}?wait=60",
