@@ -161,11 +161,10 @@ def _playground_note() -> str | None:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> None:
-    import uvicorn
     from uvicorn.supervisors import Multiprocess
 
     from evlink.app import create_app
-    from evlink.server import EvlinkServer, server_options
+    from evlink.server import EvlinkConfig, EvlinkServer, server_options
 
     workers: int = args.workers
     if workers > 1 and not settings.redis_url:
@@ -187,18 +186,20 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
         "host": settings.host,
         "port": settings.port,
         "lifespan": "on",
-        "log_config": None,  # evlink.logs has configured logging already
+        # evlink.logs configures the logging of this process and of each worker
+        "log_level": settings.log_level,
+        "log_format": settings.log_format,
         "access_log": False,  # evlink.edge writes the access log, with the request id
         "timeout_graceful_shutdown": 10,
         **server_options(settings),
     }
     if workers == 1:
-        EvlinkServer(uvicorn.Config(create_app(settings), **common)).run(sockets=[sock])
+        EvlinkServer(EvlinkConfig(create_app(settings), **common)).run(sockets=[sock])
         return
     # Each worker builds its app from the environment, as evlink did above. uvicorn's
     # supervisor runs its own servers: on SIGTERM their websockets close with 1012
     # (service restart) rather than 1001; one process per instance keeps 1001.
-    config = uvicorn.Config("evlink.app:create_app", factory=True, workers=workers, **common)
+    config = EvlinkConfig("evlink.app:create_app", factory=True, workers=workers, **common)
     host, port = sock.getsockname()[:2]
     logging.getLogger("uvicorn.error").info(
         "Uvicorn running on http://%s:%d (Press CTRL+C to quit)", host, port

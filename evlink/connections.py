@@ -148,6 +148,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             limits.capped = False
             logger.info("%d open connections: under the cap again", len(self.connections))
 
+    def shutdown(self) -> None:
+        """The server shuts down (``evlink serve``, each ``--workers`` process): REST
+        ``?wait`` requests answer now (:func:`evlink.server.stop_waits`)."""
+        from evlink.server import stop_waits  # evlink.server imports this module
+
+        stop_waits(self.config)
+        super().shutdown()
+
     def _note_capped(self) -> None:
         if not self.limits.capped:
             self.limits.capped = True

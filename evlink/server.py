@@ -22,16 +22,19 @@ import uvicorn
 from starlette.types import Send
 
 from evlink.connections import PROTOCOL
+from evlink.logs import configure_logging
 from evlink.settings import Settings
 
 __all__ = [
     "Admission",
+    "EvlinkConfig",
     "EvlinkServer",
     "OpenSocket",
     "OpenSockets",
     "Watcher",
     "proxy_options",
     "server_options",
+    "stop_waits",
     "tune_gc",
 ]
 
@@ -111,12 +114,18 @@ class OpenSockets:
         self._open: set[OpenSocket] = set()
         self._empty = asyncio.Event()
         self._empty.set()
-        self.shutting_down = False
+        # Set when the server starts shutting down: REST ``?wait`` answers at once
+        # (evlink.resolvers.charging.wait_for_command), before uvicorn's graceful timeout.
+        self.stopping = asyncio.Event()
         self._per_user: dict[int, set[OpenSocket]] = {}
         self._pending: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._open)
+
+    @property
+    def shutting_down(self) -> bool:
+        return self.stopping.is_set()
 
     def __iter__(self) -> Iterator[OpenSocket]:
         return iter(tuple(self._open))
@@ -182,7 +191,7 @@ class OpenSockets:
 
     async def close_all(self, timeout: float = 5.0) -> None:
         """Ask every websocket to close with 1001 and wait (bounded) until they have."""
-        self.shutting_down = True
+        self.stopping.set()
         for ws in tuple(self._open):
             ws.close(GOING_AWAY, "server going away")
         with contextlib.suppress(TimeoutError):
@@ -224,10 +233,35 @@ class EvlinkServer(uvicorn.Server):
         for server in self.servers:
             server.close()  # stop accepting first
         open_sockets = self.open_sockets or _find_open_sockets(self.config)
+        if open_sockets is not None:
+            open_sockets.stopping.set()  # ``?wait`` requests answer now
         if open_sockets is not None and len(open_sockets):
             logger.info("closing %d websocket(s) with 1001", len(open_sockets))
             await open_sockets.close_all(timeout=self.config.timeout_graceful_shutdown or 5.0)
         await super().shutdown(sockets)
+
+
+class EvlinkConfig(uvicorn.Config):
+    """uvicorn's config with evlink's logging (:mod:`evlink.logs`: format, level, request
+    id, escaping, clients' mistakes at INFO) in place of uvicorn's own. uvicorn configures
+    the logging of each ``--workers`` process from its config as the process starts: a
+    worker logs as the single process does."""
+
+    def __init__(self, app: Any, *, log_level: str, log_format: str, **options: Any) -> None:
+        self.evlink_logging = (log_level, log_format)
+        super().__init__(app, log_config=None, **options)
+
+    def configure_logging(self) -> None:
+        super().configure_logging()
+        configure_logging(*self.evlink_logging)
+
+
+def stop_waits(config: uvicorn.Config) -> None:
+    """The server of ``config`` shuts down: end REST ``?wait`` waits at once, so that
+    their answers go out within the graceful period (:attr:`OpenSockets.stopping`)."""
+    open_sockets = _find_open_sockets(config)
+    if open_sockets is not None:
+        open_sockets.stopping.set()
 
 
 def _find_open_sockets(config: uvicorn.Config) -> OpenSockets | None:

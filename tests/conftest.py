@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -252,14 +253,67 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+class ServerLog:
+    """What an ``evlink serve`` process writes to stderr, line by line as it comes, and
+    the process itself (to signal it)."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.process: asyncio.subprocess.Process | None = None
+        self.ended = False
+        self._grew = asyncio.Event()
+
+    def add(self, line: bytes) -> None:
+        self.lines.append(line)
+        self._grew.set()
+
+    def end(self) -> None:
+        self.ended = True
+        self._grew.set()
+
+    async def line_with(self, *markers: bytes) -> bytes:
+        """The first line holding every marker, once it is written (within TIMEOUT)."""
+        return (await self.lines_with(*markers))[0]
+
+    async def lines_with(self, *markers: bytes, count: int = 1) -> list[bytes]:
+        """The first ``count`` lines holding every marker, once written (within TIMEOUT)."""
+        found: list[bytes] = []
+        seen = 0
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                for line in self.lines[seen:]:
+                    if all(marker in line for marker in markers):
+                        found.append(line)
+                        if len(found) == count:
+                            return found
+                seen = len(self.lines)
+                if self.ended:
+                    raise AssertionError(f"the server ended before it logged {markers!r}")
+                self._grew.clear()
+                await self._grew.wait()
+
+    async def until_ended(self) -> None:
+        """Return once the process has closed its stderr (within TIMEOUT)."""
+        async with asyncio.timeout(TIMEOUT):
+            while not self.ended:
+                self._grew.clear()
+                await self._grew.wait()
+
+
 @contextlib.asynccontextmanager
 async def serve_process(
-    database_url: str, preexec: Callable[[], None] | None = None, **env: str
+    database_url: str,
+    preexec: Callable[[], None] | None = None,
+    *,
+    args: Sequence[str] = (),
+    log: ServerLog | None = None,
+    **env: str,
 ) -> AsyncIterator[str]:
-    """``evlink serve`` in a process of its own (its event loop is not the test's), on a
-    free port of 127.0.0.1 with the simulator; ``env`` adds ``EVLINK_*`` variables and
-    ``preexec`` runs in the child before it starts. Yields the base URL once it listens;
-    killed when the block ends."""
+    """``evlink serve`` (with ``args``) in a process of its own (its event loop is not the
+    test's), on a free port of 127.0.0.1 with the simulator; ``env`` adds ``EVLINK_*``
+    variables and ``preexec`` runs in the child before it starts; ``log`` gets what it
+    writes. Yields the base URL once it listens; killed with its workers when the block
+    ends."""
     port = free_port()
     environ = {
         **os.environ,
@@ -268,27 +322,29 @@ async def serve_process(
         "EVLINK_LOG_LEVEL": "INFO",
         **env,
     }
+    log = log if log is not None else ServerLog()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "evlink.cli",
         "serve",
+        *args,
         env=environ,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         preexec_fn=preexec,
+        start_new_session=True,  # its workers too are killed by the process group
     )
-    drain: asyncio.Task[None] | None = None
+    log.process = process
+    drain = asyncio.create_task(_drain(process, log))  # a full pipe would stall the server
     try:
-        await asyncio.wait_for(_started(process), TIMEOUT)
-        drain = asyncio.create_task(_drain(process))  # a full pipe would stall the server
+        await log.line_with(b"Uvicorn running on")
         yield f"http://127.0.0.1:{port}"
     finally:
-        if process.returncode is None:
-            process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         await asyncio.wait_for(process.wait(), TIMEOUT)
-        if drain is not None:
-            drain.cancel()
+        drain.cancel()
 
 
 async def _started(process: asyncio.subprocess.Process) -> None:
@@ -300,10 +356,11 @@ async def _started(process: asyncio.subprocess.Process) -> None:
     raise AssertionError("the server process ended before it started")
 
 
-async def _drain(process: asyncio.subprocess.Process) -> None:
+async def _drain(process: asyncio.subprocess.Process, log: ServerLog) -> None:
     assert process.stderr is not None
-    async for _ in process.stderr:
-        pass
+    async for line in process.stderr:
+        log.add(line)
+    log.end()
 
 
 @pytest.fixture
@@ -331,6 +388,7 @@ __all__ = [
     "TIMEOUT",
     "EnodeWorld",
     "Server",
+    "ServerLog",
     "free_port",
     "gql",
     "next_result",

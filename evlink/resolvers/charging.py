@@ -49,7 +49,7 @@ from evlink.errors import (
     SmartChargingActive,
     StreamInterrupted,
 )
-from evlink.events import charge_state_topic, command_topic, command_wake_topic
+from evlink.events import Subscription, charge_state_topic, command_topic, command_wake_topic
 from evlink.models import ChargingCommand, CommandState, Tier, User, Vehicle
 from evlink.providers.base import (
     CHARGING,
@@ -125,6 +125,8 @@ async def set_charging(
         except IntegrityError:
             logger.info("vehicle %s: a concurrent charging request won; deciding again", vehicle.id)
             continue
+        if created:
+            logger.info("command %s (%s) sent to vehicle %s", command.id, action.value, vehicle.id)
         if created and services.watcher is not None:
             services.watcher.follow(command.id)
         return command
@@ -332,23 +334,39 @@ WAIT_POLL_WITHOUT_EVENTS = 1.0
 async def wait_for_command(
     services: Services, command: ChargingCommand, timeout: float
 ) -> ChargingCommand:
-    """The command once it reaches an end state, or as it stands after ``timeout`` seconds.
+    """The command once it reaches an end state, or as it stands after ``timeout`` seconds
+    or once the server starts shutting down (the answer goes out within uvicorn's
+    graceful period, not cut off by it).
 
     Woken by the command's events; while the event bus is down (another instance's
     confirmation cannot arrive) it reads the database every second instead.
     """
     loop = asyncio.get_running_loop()
     until = loop.time() + timeout
+    stopping = services.open_sockets.stopping
     async with services.events.subscribe(command_topic(command.id)) as messages:
         while True:
             await command.refresh_from_db()
             remaining = until - loop.time()
-            if command.state.is_final or remaining <= 0:
+            if command.state.is_final or remaining <= 0 or stopping.is_set():
                 return command
             if not services.events.live:
                 remaining = min(remaining, WAIT_POLL_WITHOUT_EVENTS)
             with contextlib.suppress(StreamInterrupted):  # read the database again
-                await messages.get(timeout=remaining)
+                await _woken(messages, stopping, remaining)
+
+
+async def _woken(messages: Subscription, stopping: asyncio.Event, timeout: float) -> None:
+    """Return on the next message, once ``stopping`` is set or after ``timeout`` seconds."""
+    reading = asyncio.ensure_future(messages.get(timeout=timeout))
+    stopped = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait((reading, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        reading.cancel()
+    if reading.done() and not reading.cancelled():
+        reading.result()  # raises StreamInterrupted
 
 
 # -- provider updates -------------------------------------------------------------
