@@ -8,6 +8,7 @@ import contextlib
 import errno
 import json
 import logging
+import os
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -495,6 +496,18 @@ _ASYNC_COMMANDS: dict[
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        status = _main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`evlink user list | head -1`): no traceback, and nothing
+        # more to write at exit (Python's advice: point stdout at devnull).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return status
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     for warning in unknown_names():
         sys.stderr.write(f"evlink: warning: {warning}\n")

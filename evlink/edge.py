@@ -27,9 +27,8 @@ import time
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from evlink.compat_rest.errors import error_response
 from evlink.errors import EvlinkError, InternalError
-from evlink.guards import with_security_headers
+from evlink.guards import error_answer, with_security_headers
 from evlink.metrics import Metrics
 from evlink.ratelimit import LimitState, limit_field, policy_field, reported_limits
 from evlink.requestid import given_request_id, new_request_id, request_id_var
@@ -89,12 +88,12 @@ class HttpEdge:
         except EvlinkError as exc:  # raised outside an endpoint (a body over its limit)
             if status:
                 raise
-            await error_response(exc)(scope, receive, edge_send)
+            await error_answer(scope, exc)(scope, receive, edge_send)
         except Exception:
             logger.exception("request %s %s: unexpected error", request_id, scope["path"])
             if status:
                 raise
-            await error_response(InternalError())(scope, receive, edge_send)
+            await error_answer(scope, InternalError())(scope, receive, edge_send)
         finally:
             elapsed = time.perf_counter() - started
             method, answered = scope["method"], status or 500

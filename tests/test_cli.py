@@ -407,3 +407,22 @@ async def test_serve_without_the_playground_bundles_says_how_to_get_them(
     assert page.status_code == 503
     assert "make playground" in page.text
     assert status.status_code == 401  # the API itself serves
+
+
+def test_a_reader_that_goes_away_gets_no_traceback(cli: Cli) -> None:
+    """`evlink user list | head -1`: the pipe closes before evlink writes."""
+    cli.ok("user", "create", "--email", "pipe@b.c", "--tier", "free")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "evlink.cli", "user", "list"],
+        env=cli.env,
+        cwd=cli.cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    process.stdout.close()  # long before the command has started
+    _, errors = process.communicate(timeout=60)
+
+    assert process.returncode == 0
+    assert b"Traceback" not in errors
+    assert b"BrokenPipeError" not in errors

@@ -8,6 +8,7 @@ import json
 import os
 import resource
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,9 +40,23 @@ async def test_bodies_over_the_limit_are_413(server: Server) -> None:
         headers={**auth(key), "content-type": "application/json"},
     )
 
-    for response in (rest, graphql):
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted while read
+        yield json.dumps({"query": "{ viewer { id } }"}).encode()
+        yield padding.encode()
+
+    streamed = await server.http.post(
+        "/graphql", content=chunks(), headers={**auth(key), "content-type": "application/json"}
+    )
+
+    assert rest.status_code == 413
+    assert rest.json() == {"detail": "The body is too large", "code": "PAYLOAD_TOO_LARGE"}
+    for response in (graphql, streamed):  # in GraphQL's error shape on /graphql
         assert response.status_code == 413
-        assert response.json()["code"] == "PAYLOAD_TOO_LARGE"
+        assert response.json() == {
+            "errors": [
+                {"message": "The body is too large", "extensions": {"code": "PAYLOAD_TOO_LARGE"}}
+            ]
+        }
     assert not [c for c in server.simulator.calls if c.startswith("set_charging")]
 
 

@@ -70,7 +70,7 @@ query Vehicles {
 # vehicle id into the variables below. The
 # answer comes at once, as PENDING: follow it
 # in the FollowChargingCommand tab until it
-# is CONFIRMED, FAILED or TIMED_OUT.
+# is CONFIRMED, FAILED, CANCELLED or TIMED_OUT.
 mutation StartCharging($vehicleId: ID!, $action: ChargingAction!) {
   setCharging(vehicleId: $vehicleId, action: $action) {
     id

@@ -56,7 +56,8 @@ class Mutation:
     @strawberry.mutation(
         description=(
             "Start or stop charging (Pro tier). Returns the command as PENDING; follow it "
-            "with the chargingCommand subscription until CONFIRMED, FAILED or TIMED_OUT. "
+            "with the chargingCommand subscription until CONFIRMED, FAILED, CANCELLED or "
+            "TIMED_OUT. "
             "The same idempotencyKey with the same arguments returns the first command."
         )
     )

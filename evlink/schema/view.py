@@ -199,7 +199,9 @@ class GraphQLView(GraphQL[Context, None]):
         try:
             response = await self.run(Request(scope=scope, receive=receive))
         except HTTPException as refused:
-            response = request_error(refused.status_code, refused.reason)
+            response = request_error(
+                refused.status_code, _REASONS.get(refused.reason, refused.reason)
+            )
         except DatabaseUnavailable as unavailable:  # 503 with Retry-After, in GraphQL's shape
             response = request_error(
                 unavailable.status,
@@ -358,6 +360,13 @@ SUBSCRIPTIONS_OVER_WEBSOCKETS = (
     "Subscriptions are served over websockets only: open a websocket to /graphql "
     "with the graphql-transport-ws (or legacy graphql-ws) subprotocol"
 )
+# Strawberry's words for a refused request, where they do not say what to do.
+_REASONS = {
+    "Unsupported content type": (
+        "Unsupported content type: send the body as application/json "
+        "(or the query in the URL of a GET)"
+    ),
+}
 _REQUEST_ERROR_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}
 _SOCKET = "evlink.open_socket"
 _PENDING = "evlink.pending_result"

@@ -326,6 +326,8 @@ async def test_malformed_requests_are_refused_in_the_graphql_error_shape(server:
         assert set(body) == {"errors"}, (label, body)
         assert body["errors"][0]["extensions"]["code"] == "BAD_REQUEST", (label, body)
         assert body["errors"][0]["message"], (label, body)
+        if label == "unsupported content type":  # says what to send
+            assert "send the body as application/json" in body["errors"][0]["message"]
     as_json = {**auth(key), "Accept": "application/json"}  # not a browser: no playground
     missing = await server.http.get("/graphql", params={"variables": "{}"}, headers=as_json)
     assert missing.status_code == 400
