@@ -534,6 +534,8 @@ def _main(argv: Sequence[str] | None) -> int:
         else:
             sys.stderr.write(f"evlink: database error on {_where(settings)}: {exc}\n")
         return 1
+    except BrokenPipeError:
+        raise  # the reader of our output went away (main), not the database
     except (DBConnectionError, OSError) as exc:
         sys.stderr.write(f"evlink: cannot open the database {_where(settings)}: {_cause(exc)}\n")
         return 1

@@ -27,8 +27,9 @@ import time
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from evlink.compat_rest.errors import error_answer
 from evlink.errors import EvlinkError, InternalError
-from evlink.guards import error_answer, with_security_headers
+from evlink.guards import with_security_headers
 from evlink.metrics import Metrics
 from evlink.ratelimit import LimitState, limit_field, policy_field, reported_limits
 from evlink.requestid import given_request_id, new_request_id, request_id_var

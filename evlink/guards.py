@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from evlink.compat_rest.errors import error_response
-from evlink.errors import EvlinkError, PayloadTooLarge
+from evlink.compat_rest.errors import error_answer
+from evlink.errors import PayloadTooLarge
 from evlink.headers import raw_header
 
 __all__ = ["BodyLimit", "with_security_headers"]
@@ -56,18 +55,6 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited_receive, send)
-
-
-def error_answer(scope: Scope, error: EvlinkError) -> JSONResponse:
-    """``error`` in the shape of the API asked: GraphQL's ``{"errors": [...]}`` on
-    ``/graphql``, the REST table's ``{"detail", "code"}`` elsewhere."""
-    if scope.get("path") == GRAPHQL_PATH:
-        body = {"errors": [{"message": error.message, "extensions": {"code": error.code}}]}
-        return JSONResponse(body, status_code=error.status, headers=error.headers())
-    return error_response(error)
-
-
-GRAPHQL_PATH = "/graphql"
 
 
 _RAW_HEADERS = [(name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS.items()]

@@ -295,7 +295,7 @@ async def test_rate_limits_hold_for_answers_from_memory(settings: Settings) -> N
         body = json.dumps({"query": STATUS, "variables": {"id": str(vehicle.id)}}).encode()
         answers = [await _post_graphql(server, key, body) for _ in range(4)]
     assert [a.status_code for a in answers] == [200, 200, 200, 429]
-    assert answers[3].json()["code"] == "RATE_LIMITED"
+    assert answers[3].json()["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
     assert int(answers[3].headers["retry-after"]) >= 1
 
 

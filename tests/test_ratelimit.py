@@ -318,7 +318,8 @@ async def test_graphql_over_http_answers_429_before_executing(make_settings: Any
         )
 
         assert refused.status_code == 429
-        assert refused.json()["code"] == "RATE_LIMITED"
+        assert refused.json()["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
+        assert set(refused.json()) == {"errors"}  # GraphQL's shape on /graphql
         assert refused.headers["Retry-After"] == "60"
         assert fields(refused.headers["RateLimit"])["burst"] == {"r": 0, "t": 60}
         assert await ChargingCommand.filter(vehicle_id=vehicle.id).count() == 0  # never ran

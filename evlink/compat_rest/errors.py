@@ -1,4 +1,5 @@
-"""Every REST failure as ``{"detail", "code"}`` with its status, from the one error table."""
+"""Every REST failure as ``{"detail", "code"}`` with its status, from the one error table
+(and a failure outside GraphQL's own handling on ``/graphql`` in GraphQL's shape)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import logging
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ExceptionHandler
+from starlette.types import ExceptionHandler, Scope
 
 from evlink.errors import EvlinkError, InternalError
 from evlink.requestid import current_request_id
 
-__all__ = ["error_response", "exception_handlers"]
+__all__ = ["error_answer", "error_response", "exception_handlers"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,19 @@ def error_response(error: EvlinkError) -> JSONResponse:
     )
 
 
+def error_answer(scope: Scope, error: EvlinkError) -> JSONResponse:
+    """``error`` in the shape of the API asked: GraphQL's ``{"errors": [...]}`` on
+    ``/graphql`` (a body over its limit, say), the REST table's ``{"detail", "code"}``
+    elsewhere."""
+    if scope.get("path") == GRAPHQL_PATH:
+        body = {"errors": [{"message": error.message, "extensions": {"code": error.code}}]}
+        return JSONResponse(body, status_code=error.status, headers=error.headers())
+    return error_response(error)
+
+
+GRAPHQL_PATH = "/graphql"
+
+
 async def _evlink_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, EvlinkError)
     if isinstance(exc, InternalError) or (exc.status >= 500 and exc.log_each):
@@ -37,7 +51,7 @@ async def _evlink_error(request: Request, exc: Exception) -> Response:
             exc.code,
             exc.message,
         )
-    return error_response(exc)
+    return error_answer(request.scope, exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
