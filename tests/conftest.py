@@ -363,6 +363,31 @@ async def _drain(process: asyncio.subprocess.Process, log: ServerLog) -> None:
     log.end()
 
 
+def shared_settings(settings: Settings) -> Settings:
+    """``settings`` for instances that share the database and Redis (skipped, with the
+    reason, on SQLite or without EVLINK_TEST_REDIS_URL)."""
+    redis_url = os.environ.get("EVLINK_TEST_REDIS_URL")
+    if settings.is_sqlite:
+        pytest.skip("several instances share PostgreSQL; this backend is SQLite")
+    if not redis_url:
+        pytest.skip("EVLINK_TEST_REDIS_URL is not set: Redis tests skipped")
+    return replace(settings, redis_url=redis_url)
+
+
+async def user_with_car(database_url: str, name: str = "Car") -> tuple[str, str]:
+    """A PRO user's key and the id of its plugged-in simulated car, made outside any server."""
+    async with open_database(database_url):
+        user = await accounts.create_user(f"{uuid.uuid4().hex[:8]}@example.com", Tier.PRO)
+        key = (await issue_key(user)).secret
+        vehicle = await accounts.add_vehicle(
+            user,
+            provider="simulator",
+            provider_vehicle_id=f"sim-plugged-{uuid.uuid4().hex[:12]}",
+            name=name,
+        )
+    return key, str(vehicle.id)
+
+
 @pytest.fixture
 def settings(database_url: str) -> Settings:
     return _test_settings(database_url)
@@ -395,7 +420,9 @@ __all__ = [
     "run_enode_world",
     "run_server",
     "serve_process",
+    "shared_settings",
     "subscription",
+    "user_with_car",
 ]
 
 

@@ -42,6 +42,7 @@ from tests.conftest import (
     next_result,
     run_enode_world,
     run_server,
+    shared_settings,
     subscription,
 )
 from tests.faults.redis_server import RedisServer
@@ -53,12 +54,7 @@ CHARGE_STATE = "subscription($id: ID!) { chargeState(vehicleId: $id) { isPlugged
 @pytest.fixture
 def shared(settings: Settings) -> Settings:
     """Settings for instances that share the database and Redis."""
-    redis_url = os.environ.get("EVLINK_TEST_REDIS_URL")
-    if settings.is_sqlite:
-        pytest.skip("several instances share PostgreSQL; this backend is SQLite")
-    if not redis_url:
-        pytest.skip("EVLINK_TEST_REDIS_URL is not set: Redis tests skipped")
-    return replace(settings, redis_url=redis_url, command_lease=0.9)
+    return replace(shared_settings(settings), command_lease=0.9)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

@@ -43,6 +43,7 @@ from tests.conftest import (
     next_result,
     run_enode_world,
     run_server,
+    shared_settings,
     subscription,
 )
 from tests.test_instances import private_redis
@@ -516,12 +517,7 @@ async def test_subscriptions_end_when_the_vehicle_moves_to_another_user(
 @pytest.fixture
 def shared(settings: Settings) -> Settings:
     """Settings for instances that share the database and Redis."""
-    redis_url = os.environ.get("EVLINK_TEST_REDIS_URL")
-    if settings.is_sqlite:
-        pytest.skip("several instances share PostgreSQL; this backend is SQLite")
-    if not redis_url:
-        pytest.skip("EVLINK_TEST_REDIS_URL is not set: Redis tests skipped")
-    return replace(settings, redis_url=redis_url)
+    return shared_settings(settings)
 
 
 async def cli(settings: Settings, cwd: Path, *args: str) -> None:

@@ -8,31 +8,12 @@ import json
 import os
 import signal
 import time
-import uuid
 
 import httpx
 import pytest
 
-from evlink.models import Tier, User
-from evlink.models.database import open_database
-from evlink.resolvers import accounts
-from evlink.resolvers.auth import issue_key
 from evlink.settings import Settings
-from tests.conftest import TIMEOUT, ServerLog, _truncate, serve_process
-
-
-async def user_with_car(database_url: str) -> tuple[str, str]:
-    """A PRO user's key and the id of its plugged-in simulated car, made outside any server."""
-    async with open_database(database_url):
-        user = await User.create(email=f"{uuid.uuid4().hex[:8]}@example.com", tier=Tier.PRO)
-        key = (await issue_key(user)).secret
-        vehicle = await accounts.add_vehicle(
-            user,
-            provider="simulator",
-            provider_vehicle_id=f"sim-plugged-{uuid.uuid4().hex[:12]}",
-            name="Car",
-        )
-    return key, str(vehicle.id)
+from tests.conftest import TIMEOUT, ServerLog, _truncate, serve_process, user_with_car
 
 
 async def stopped(log: ServerLog) -> None:

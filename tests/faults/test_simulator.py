@@ -20,8 +20,7 @@ import httpx
 import pytest
 
 from evlink.events import charge_state_topic
-from evlink.models import ChargingCommand, CommandState, SimulatorCar, Tier, User, Vehicle
-from evlink.models.database import open_database
+from evlink.models import ChargingCommand, CommandState, SimulatorCar, Tier, Vehicle
 from evlink.providers.base import ChargingAction, VehicleData
 from evlink.providers.simulator import (
     MAX_RESOLVED_ACTIONS,
@@ -33,10 +32,9 @@ from evlink.providers.simulator import (
 )
 from evlink.providers.simulator_db import DatabaseCars
 from evlink.resolvers import accounts
-from evlink.resolvers.auth import issue_key
 from evlink.resolvers.charging import wait_for_command
 from evlink.settings import Settings
-from tests.conftest import TIMEOUT, Server, _truncate, run_server, serve_process
+from tests.conftest import TIMEOUT, Server, _truncate, run_server, serve_process, user_with_car
 
 
 def auth(key: str) -> dict[str, str]:
@@ -249,7 +247,7 @@ async def test_two_evlink_serve_processes_drive_one_car(settings: Settings) -> N
     if settings.is_sqlite:
         pytest.skip("several instances share PostgreSQL; this backend is SQLite")
     await _truncate(settings.database_url)
-    key, vehicle = await user_with_car(settings.database_url)
+    key, vehicle = await user_with_car(settings.database_url, "Shared car")
     quick = {
         "EVLINK_SIMULATOR_ACTION_DELAY": "0",
         "EVLINK_SIMULATOR_TICK": "0.05",
@@ -283,7 +281,7 @@ async def test_two_evlink_serve_processes_drive_one_car(settings: Settings) -> N
 
 async def test_one_instance_keeps_its_cars_across_a_restart(settings: Settings) -> None:
     await _truncate(settings.database_url)
-    key, vehicle = await user_with_car(settings.database_url)
+    key, vehicle = await user_with_car(settings.database_url, "Shared car")
     quick = {"EVLINK_SIMULATOR_ACTION_DELAY": "0", "EVLINK_SIMULATOR_TICK": "0.05"}
     answers = []
     for action in ("START", "STOP"):  # one process each: the second starts afresh
@@ -302,20 +300,6 @@ async def test_one_instance_keeps_its_cars_across_a_restart(settings: Settings) 
     for answer in answers:
         assert answer.status_code == 200, answer.text
         assert answer.json()["state"] == "CONFIRMED", answer.json()["failure_reason"]
-
-
-async def user_with_car(database_url: str) -> tuple[str, str]:
-    """A PRO user's key and the id of its plugged-in simulated car, made outside any server."""
-    async with open_database(database_url):
-        user = await User.create(email=f"{uuid.uuid4().hex[:8]}@example.com", tier=Tier.PRO)
-        key = (await issue_key(user)).secret
-        vehicle = await accounts.add_vehicle(
-            user,
-            provider="simulator",
-            provider_vehicle_id=f"sim-plugged-{uuid.uuid4().hex[:12]}",
-            name="Shared car",
-        )
-    return key, str(vehicle.id)
 
 
 async def test_a_stopped_instance_steps_nothing_though_its_clock_still_ticks(
