@@ -55,9 +55,9 @@ from bench import before
 from bench.common import announce_ready, listening_socket, raise_nofile_limit
 from bench.serve_baseline import uvicorn_config
 from evlink.app import create_app
+from evlink.domain import VehicleData
 from evlink.models import Tier
 from evlink.models.database import apply_migrations, open_database
-from evlink.providers.base import VehicleData
 from evlink.providers.simulator import ManualClock, Simulator
 from evlink.resolvers import accounts
 from evlink.resolvers.auth import issue_key

@@ -23,6 +23,7 @@ from evlink import compat_rest
 from evlink.cache import ReadCache, follow_invalidations
 from evlink.compat_rest.errors import exception_handlers
 from evlink.connections import ConnectionLimits
+from evlink.domain import ProviderUpdate
 from evlink.edge import HttpEdge
 from evlink.events import RedisEventBus, build_event_bus
 from evlink.guards import BodyLimit
@@ -31,7 +32,6 @@ from evlink.models.backends import database_answers
 from evlink.models.database import ensure_sqlite_directory
 from evlink.playground import page as playground
 from evlink.providers import Provider, build_provider
-from evlink.providers.base import ProviderUpdate
 from evlink.ratelimit import Limiter
 from evlink.resolvers.charging import CommandWatcher, ingest_provider_update
 from evlink.revocation import check_interval, follow_sockets

@@ -17,14 +17,9 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from evlink.cache import ReadCache
+from evlink.domain import ChargeAction, ChargingAction, VehicleData
 from evlink.errors import EvlinkError
-from evlink.providers.base import (
-    ChargeAction,
-    ChargingAction,
-    Provider,
-    UpdateSink,
-    VehicleData,
-)
+from evlink.providers.base import Provider, UpdateSink
 
 __all__ = ["CountedProvider", "Metrics", "metrics_endpoint"]
 

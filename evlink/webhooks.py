@@ -29,10 +29,10 @@ from tortoise.queryset import QuerySet
 
 from evlink import jsonbody
 from evlink.cache import user_tag, vehicle_tag
+from evlink.domain import ChargeAction, VehicleData
 from evlink.errors import BadRequest, NotFound, PayloadTooLarge, Unauthenticated
 from evlink.events import delivery_topic
 from evlink.models import User, Vehicle, WebhookDelivery
-from evlink.providers.base import ChargeAction, VehicleData
 from evlink.resolvers.charging import ingest_provider_update
 from evlink.resolvers.vehicles import record_vehicle_data, upsert_provider_vehicle
 from evlink.services import Services

@@ -23,10 +23,10 @@ import pytest
 import websockets
 from gql.transport.exceptions import TransportQueryError
 
+from evlink.domain import ChargingAction
 from evlink.events import RedisEventBus
 from evlink.models import ChargingCommand, CommandState, Tier, User, Vehicle
 from evlink.models.database import open_database
-from evlink.providers.base import ChargingAction
 from evlink.providers.simulator import ManualClock, Simulator
 from evlink.resolvers import accounts
 from evlink.resolvers.charging import CommandWatcher, wait_for_command

@@ -39,6 +39,7 @@ from graphql import get_introspection_query
 from starlette.routing import Mount, Route, WebSocketRoute
 from tortoise import Tortoise
 
+from evlink.domain import ChargingAction
 from evlink.events import delivery_topic
 from evlink.models import (
     ApiKey,
@@ -49,7 +50,6 @@ from evlink.models import (
     Vehicle,
     WebhookDelivery,
 )
-from evlink.providers.base import ChargingAction
 from evlink.providers.enode import EnodeProvider
 from evlink.resolvers.auth import check_key_format, issue_key, new_key, revoke_key
 from evlink.settings import Settings, connection_name

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from evlink.domain import ChargeStateData, format_timestamp
 from evlink.models import ChargingCommand, User, Vehicle
-from evlink.providers.base import ChargeStateData, format_timestamp
 from evlink.resolvers.vehicles import VehicleStatus
 
 __all__ = [

@@ -17,10 +17,10 @@ from starlette.responses import JSONResponse
 
 from evlink import __version__, errors
 from evlink.compat_rest.routes import MAX_WAIT
+from evlink.domain import ChargingAction
 from evlink.errors import EvlinkError
 from evlink.models import Tier
 from evlink.models.commands import CommandState
-from evlink.providers.base import ChargingAction
 from evlink.resolvers.charging import MAX_IDEMPOTENCY_KEY
 
 __all__ = ["ERROR_CODES", "openapi_document", "openapi_json"]

@@ -12,10 +12,10 @@ from starlette.routing import BaseRoute, Route
 
 from evlink import jsonbody
 from evlink.compat_rest.bodies import charging_body, me_body, status_body, vehicle_body
+from evlink.domain import ChargingAction
 from evlink.errors import BadRequest, UnsupportedMediaType
 from evlink.headers import media_type
 from evlink.models import User
-from evlink.providers.base import ChargingAction
 from evlink.ratelimit import admit_request
 from evlink.resolvers import charging, vehicles
 from evlink.services import Services

@@ -8,9 +8,9 @@ from typing import Any
 from tortoise import fields
 from tortoise.models import Model
 
+from evlink.domain import ChargingAction
 from evlink.models.users import User
 from evlink.models.vehicles import Vehicle
-from evlink.providers.base import ChargingAction
 
 
 class CommandState(StrEnum):

@@ -8,8 +8,8 @@ from typing import Any
 from tortoise import fields
 from tortoise.models import Model
 
+from evlink.domain import ChargeStateData
 from evlink.models.users import User
-from evlink.providers.base import ChargeStateData
 
 
 class Vehicle(Model):

@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from evlink.domain import ChargeAction, ChargingAction, VehicleData
 from evlink.errors import (
     BadRequest,
     EvlinkError,
@@ -37,7 +38,7 @@ from evlink.errors import (
     ProviderUnavailable,
     SmartChargingActive,
 )
-from evlink.providers.base import ChargeAction, ChargingAction, UpdateSink, VehicleData
+from evlink.providers.base import UpdateSink
 from evlink.settings import Settings
 
 __all__ = ["ENODE_VERSION", "EnodeProvider"]

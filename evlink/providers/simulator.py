@@ -38,6 +38,16 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
+from evlink.domain import (
+    CAPABILITY_NAMES,
+    ActionState,
+    ChargeAction,
+    ChargeStateData,
+    ChargingAction,
+    ProviderUpdate,
+    VehicleData,
+    format_timestamp,
+)
 from evlink.errors import (
     BadRequest,
     DatabaseUnavailable,
@@ -47,17 +57,7 @@ from evlink.errors import (
     ProviderUnavailable,
     SmartChargingActive,
 )
-from evlink.providers.base import (
-    CAPABILITY_NAMES,
-    ActionState,
-    ChargeAction,
-    ChargeStateData,
-    ChargingAction,
-    ProviderUpdate,
-    UpdateSink,
-    VehicleData,
-    format_timestamp,
-)
+from evlink.providers.base import UpdateSink
 
 __all__ = [
     "Clock",

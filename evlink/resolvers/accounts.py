@@ -23,9 +23,9 @@ from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
 from evlink.cache import ReadCache, user_tag, vehicle_tag
+from evlink.domain import VehicleData
 from evlink.errors import BadRequest, NotFound
 from evlink.models import Tier, User, Vehicle
-from evlink.providers.base import VehicleData
 from evlink.providers.simulator import simulator_vehicle_id
 from evlink.ratelimit import check_vehicle_limit
 from evlink.resolvers import charging, vehicles

@@ -37,6 +37,14 @@ from uuid import UUID
 from tortoise.exceptions import IntegrityError
 from tortoise.expressions import Q
 
+from evlink.domain import (
+    CHARGING,
+    ActionState,
+    ChargeAction,
+    ChargeStateData,
+    ChargingAction,
+    VehicleData,
+)
 from evlink.errors import (
     BadRequest,
     DatabaseUnavailable,
@@ -51,14 +59,6 @@ from evlink.errors import (
 )
 from evlink.events import Subscription, charge_state_topic, command_topic, command_wake_topic
 from evlink.models import ChargingCommand, CommandState, Tier, User, Vehicle
-from evlink.providers.base import (
-    CHARGING,
-    ActionState,
-    ChargeAction,
-    ChargeStateData,
-    ChargingAction,
-    VehicleData,
-)
 from evlink.resolvers import vehicles
 from evlink.services import Services
 

@@ -24,6 +24,7 @@ from uuid import UUID
 from tortoise.exceptions import IntegrityError
 
 from evlink.cache import user_tag, vehicle_tag
+from evlink.domain import ChargeStateData, VehicleData
 from evlink.errors import (
     EvlinkError,
     ForbiddenOwner,
@@ -35,7 +36,6 @@ from evlink.errors import (
 from evlink.events import charge_state_topic
 from evlink.models import ChargeState, User, Vehicle
 from evlink.models.vehicles import CHARGE_STATE_FIELDS, charge_state_data
-from evlink.providers.base import ChargeStateData, VehicleData
 from evlink.ratelimit import check_vehicle_limit
 from evlink.services import Refresh, Services
 

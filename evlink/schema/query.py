@@ -6,9 +6,9 @@ from collections.abc import AsyncGenerator
 
 import strawberry
 
+from evlink.domain import ChargeStateData
 from evlink.events import Subscription as Subscription_
 from evlink.events import charge_state_topic, command_topic
-from evlink.providers.base import ChargeStateData
 from evlink.resolvers import accounts, charging, vehicles
 from evlink.schema.context import Info
 from evlink.schema.fanout import shared_event

@@ -43,9 +43,9 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from evlink.cache import ReadCache, user_tag, vehicle_tag
+from evlink.domain import CAPABILITY_NAMES
 from evlink.headers import header, media_type
 from evlink.models import User
-from evlink.providers.base import CAPABILITY_NAMES
 from evlink.ratelimit import Limiter
 from evlink.resolvers import auth
 

@@ -7,7 +7,7 @@ from datetime import datetime
 import strawberry
 from strawberry.types.scalar import ScalarDefinition
 
-from evlink.providers.base import format_timestamp, parse_timestamp
+from evlink.domain import format_timestamp, parse_timestamp
 
 __all__ = ["SCALARS"]
 

@@ -9,13 +9,13 @@ import strawberry
 from strawberry.scalars import JSON
 
 from evlink.compat_rest.bodies import vehicle_name
+from evlink.domain import ChargeStateData, parse_timestamp
+from evlink.domain import ChargingAction as ChargingActionModel
 from evlink.models import ChargingCommand as ChargingCommandModel
 from evlink.models import Tier as TierModel
 from evlink.models import User
 from evlink.models import Vehicle as VehicleModel
 from evlink.models.commands import CommandState
-from evlink.providers.base import ChargeStateData, parse_timestamp
-from evlink.providers.base import ChargingAction as ChargingActionModel
 from evlink.resolvers import charging, vehicles
 from evlink.schema.context import Info
 from evlink.schema.quotas import Quota

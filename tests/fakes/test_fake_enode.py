@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from evlink.providers.base import ChargeAction, VehicleData
+from evlink.domain import ChargeAction, VehicleData
 from tests.fakes.enode import API_VERSION, PROBLEM_MEDIA_TYPE, FakeEnode
 
 TIMEOUT = 10.0  # seconds any awaited answer may take before a test fails

@@ -14,9 +14,9 @@ from typing import Any
 
 import httpx
 
+from evlink.domain import format_timestamp
 from evlink.events import charge_state_topic
 from evlink.models import ChargeState, User, Vehicle
-from evlink.providers.base import format_timestamp
 from evlink.settings import Settings
 from tests.conftest import TIMEOUT, EnodeWorld, run_enode_world
 

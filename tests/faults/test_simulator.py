@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
+from evlink.domain import ChargingAction, VehicleData
 from evlink.events import charge_state_topic
 from evlink.models import ChargingCommand, CommandState, SimulatorCar, Tier, Vehicle
-from evlink.providers.base import ChargingAction, VehicleData
 from evlink.providers.simulator import (
     MAX_RESOLVED_ACTIONS,
     ManualClock,

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from evlink.domain import ChargingAction
 from evlink.errors import ProviderUnavailable
 from evlink.models import ChargingCommand, CommandState, Vehicle
-from evlink.providers.base import ChargingAction
 from evlink.providers.enode import EnodeProvider
 from evlink.resolvers.charging import wait_for_command
 from evlink.settings import Settings

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from evlink.domain import ChargingAction
 from evlink.models import ChargingCommand, CommandState, Tier, Vehicle
-from evlink.providers.base import ChargingAction
 from evlink.providers.simulator import ManualClock, SimulatorFault
 from evlink.resolvers import accounts
 from evlink.settings import Settings
@@ -475,7 +475,7 @@ async def test_the_database_refuses_a_second_pending_command_for_a_vehicle(
 
     from tortoise.exceptions import IntegrityError
 
-    from evlink.providers.base import ChargingAction
+    from evlink.domain import ChargingAction
 
     user, key = await server.user()
     vehicle = await server.vehicle(user, "plugged")

@@ -34,9 +34,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from evlink.domain import CHARGING, ChargingAction
 from evlink.errors import ProviderUnavailable
 from evlink.models import ChargingCommand, CommandState, Vehicle
-from evlink.providers.base import CHARGING, ChargingAction
 from evlink.providers.simulator import SimulatorFault
 from evlink.resolvers.charging import wait_for_command
 from evlink.settings import Settings

@@ -8,9 +8,9 @@ from datetime import timedelta
 
 import pytest
 
+from evlink.domain import VehicleData
 from evlink.errors import ProviderUnavailable
 from evlink.models import Vehicle
-from evlink.providers.base import VehicleData
 from evlink.providers.simulator import ManualClock, Simulator
 from evlink.resolvers.charging import ingest_provider_update
 from evlink.settings import Settings

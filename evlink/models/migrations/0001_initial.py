@@ -3,7 +3,7 @@ from tortoise.migrations import operations as ops
 import functools
 from evlink.models.commands import CommandState
 from evlink.models.users import Tier
-from evlink.providers.base import ChargingAction
+from evlink.domain import ChargingAction
 from json import dumps, loads
 from tortoise.fields.base import OnDelete
 from uuid import uuid4
