@@ -198,10 +198,16 @@ async def test_a_cached_status_is_still_refused_to_another_user(server: Server) 
     owner, owner_key = await server.user()
     _, other_key = await server.user()
     vehicle = await server.vehicle(owner, "plugged")
-    assert (await _status(server, owner_key, vehicle.id)).status_code == 200
+    # The first read refreshes from the provider (not stored); the second stores.
+    for _ in range(2):
+        assert (await _status(server, owner_key, vehicle.id)).status_code == 200
+    cache = server.services.cache
+    assert cache.get(("status", str(vehicle.id))) is not None
+    hits = cache.hits
     refused = await _status(server, other_key, vehicle.id)
     assert refused.status_code == 403
     assert refused.json()["code"] == "FORBIDDEN_OWNER"
+    assert cache.hits == hits + 1  # the status, from memory (the other key was a miss)
 
 
 async def test_a_revoked_key_stops_at_once_when_the_cache_is_told(server: Server) -> None:
