@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The playground's GraphiQL bundles, fetched from npm at install time (never committed).
 PLAYGROUND := evlink/playground/static/vendor/.complete
 
-.PHONY: run test fuzz lint bench install clean migrations playground screenshots
+.PHONY: run test fuzz mutate lint bench install clean migrations playground screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,20 @@ fuzz: $(STAMP)
 	EVLINK_FUZZ_EXAMPLES=500 EVLINK_PROPERTY_EXAMPLES=200 $(BIN)/python -m pytest \
 		tests/test_fuzz.py tests/resolvers/test_charging_properties.py -q $(PYTEST_ARGS)
 
+# Mutation testing (mutmut, [tool.mutmut] in pyproject.toml): the pure rules, the read
+# cache and the key checks against their fast tests only. Minutes: not in `make test` or
+# CI. docs/testing.md lists every surviving mutant and why it is equivalent.
+MUTANTS := 'evlink.resolvers.rules.*' 'evlink.cache.x_*_tag*' 'evlink.cache.x*ReadCache*' \
+	'evlink.resolvers.auth.x_hash_key*' 'evlink.resolvers.auth.x__base62*' \
+	'evlink.resolvers.auth.x__checksum*' 'evlink.resolvers.auth.x_new_key*' \
+	'evlink.resolvers.auth.x_check_key_format*' 'evlink.resolvers.auth.x_key_from_authorization*' \
+	'evlink.resolvers.auth.x_cached_user*'
+
+mutate: $(STAMP)
+	rm -rf mutants
+	$(BIN)/mutmut run $(MUTANTS)
+	$(BIN)/mutmut results
+
 lint: $(STAMP)
 	$(BIN)/ruff check evlink tests bench
 	$(BIN)/ruff format --check evlink tests bench
@@ -63,5 +77,5 @@ migrations: $(STAMP)
 	$(BIN)/tortoise makemigrations evlink
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis mutants
 	rm -rf assets/playground/node_modules evlink/playground/static/vendor

@@ -20,13 +20,14 @@ import pytest
 from graphql import parse
 
 from evlink.cache import CACHE_TOPIC, ReadCache, user_tag, vehicle_tag
+from evlink.events import MemoryEventBus
 from evlink.models import ApiKey, Tier
 from evlink.resolvers import accounts
 from evlink.resolvers.auth import hash_key, revoke_key
 from evlink.schema import build_schema
 from evlink.schema.results import CACHEABLE, is_cacheable
 from evlink.settings import Settings
-from tests.conftest import Server, _truncate, run_server
+from tests.conftest import TIMEOUT, Server, _truncate, run_server
 
 STATUS = "query($id: ID!) { vehicle(id: $id) { name chargeState { isPluggedIn batteryLevel } } }"
 QUOTAS = "{ viewer { quotas { name remaining } } }"
@@ -119,6 +120,115 @@ def test_clear_forgets_everything() -> None:
     assert cache.get("answer") is None
 
 
+def test_every_lookup_is_counted_once_as_a_hit_or_a_miss() -> None:
+    clock = Clock()
+    cache = ReadCache(5.0, clock=clock)
+    assert (cache.hits, cache.misses) == (0, 0)
+    assert cache.get("absent") is None
+    cache.put("answer", 1, tags=[vehicle_tag("a")], began=cache.begin())
+    assert cache.get("answer") == 1
+    assert cache.get("answer") == 1
+    cache.drop(vehicle_tag("a"))
+    assert cache.get("answer") is None  # its tag moved
+    cache.put("answer", 1, tags=[], began=cache.begin())
+    clock.now += 5.0
+    assert cache.get("answer") is None  # expired
+    assert cache.get("absent") is None
+    assert (cache.hits, cache.misses) == (2, 4)
+
+
+def test_an_entry_expires_at_its_time_exactly_and_may_live_under_a_second() -> None:
+    clock = Clock()
+    cache = ReadCache(5.0, clock=clock)
+    assert cache.put("half", 1, tags=[], began=cache.begin(), max_age=0.5)
+    assert cache.put("ttl", 2, tags=[], began=cache.begin())
+    clock.now += 0.5
+    assert cache.get("half") is None
+    clock.now += 4.5
+    assert cache.get("ttl") is None
+
+
+def test_a_stale_entry_is_removed_and_its_bytes_given_back() -> None:
+    cache = ReadCache(5.0)
+    cache.put("a", b"a" * 10, tags=[vehicle_tag("a")], began=cache.begin(), size=10)
+    cache.put("b", b"b" * 20, tags=[vehicle_tag("b")], began=cache.begin(), size=20)
+    cache.put("free", 0, tags=[], began=cache.begin())  # no size given: no bytes counted
+    assert (len(cache), cache.bytes) == (3, 30)
+    cache.drop(vehicle_tag("a"))
+    assert cache.get("a") is None
+    assert (len(cache), cache.bytes) == (2, 20)
+
+
+def test_storing_a_key_again_replaces_its_entry_and_its_bytes() -> None:
+    cache = ReadCache(5.0)
+    cache.put("answer", b"x" * 10, tags=[], began=cache.begin(), size=10)
+    cache.put("answer", b"y" * 10, tags=[], began=cache.begin(), size=10)
+    assert (len(cache), cache.bytes, cache.get("answer")) == (1, 10, b"y" * 10)
+
+
+def test_the_byte_budget_may_be_filled_exactly() -> None:
+    cache = ReadCache(5.0, max_bytes=100)
+    for n in range(10):
+        assert cache.put(n, n, tags=[], began=cache.begin(), size=10)
+    assert (len(cache), cache.bytes) == (10, 100)
+    assert cache.get(0) == 0
+    cache.put(10, 10, tags=[], began=cache.begin(), size=10)
+    assert (len(cache), cache.bytes, cache.get(0)) == (10, 100, None)
+
+
+def test_every_invalidation_refuses_the_reads_that_began_before_it() -> None:
+    cache = ReadCache(5.0)
+    cache.drop(vehicle_tag("a"))
+    began = cache.begin()  # after one invalidation, before a clear
+    cache.clear()
+    assert not cache.put("answer", 1, tags=[], began=began)
+    cache.drop(vehicle_tag("a"))
+    began = cache.begin()  # after the first invalidation, before the second
+    cache.drop(vehicle_tag("a"))
+    assert not cache.put("answer", 1, tags=[], began=began)
+    began = cache.begin()
+    cache.clear()
+    assert not cache.put("answer", 1, tags=[], began=began)
+    # A clear then a drop (or a drop then a clear) never bring a read's token back.
+    began = cache.begin()
+    cache.clear()
+    cache.drop(vehicle_tag("b"))
+    assert not cache.put("answer", 1, tags=[], began=began)
+    began = cache.begin()
+    cache.drop(vehicle_tag("b"))
+    cache.clear()
+    assert not cache.put("answer", 1, tags=[], began=began)
+
+
+def test_each_invalidation_of_a_tag_drops_what_was_stored_since_the_last_one() -> None:
+    cache = ReadCache(5.0)
+    for _ in range(3):
+        assert cache.put("answer", 1, tags=[vehicle_tag("a")], began=cache.begin())
+        assert cache.get("answer") == 1
+        cache.drop(vehicle_tag("b"), vehicle_tag("a"))
+        assert cache.get("answer") is None
+
+
+async def test_invalidate_drops_here_and_publishes_the_tags_to_every_instance() -> None:
+    alone = ReadCache(5.0)  # no event bus: this process only
+    alone.put("answer", 1, tags=[user_tag(1)], began=alone.begin())
+    await alone.invalidate(user_tag(1))
+    assert alone.get("answer") is None
+
+    bus = MemoryEventBus()
+    cache = ReadCache(5.0)
+    cache.events = bus
+    async with bus.subscribe(CACHE_TOPIC) as published:
+        began = cache.begin()
+        await cache.invalidate()  # nothing to invalidate: nothing happens
+        await cache.invalidate(user_tag(1), vehicle_tag("a"))
+        assert await published.get(timeout=TIMEOUT) == {"tags": ["user:1", "vehicle:a"]}
+    assert cache.put("answer", 1, tags=[], began=began) is False
+    began = cache.begin()
+    await cache.invalidate()
+    assert cache.put("answer", 1, tags=[], began=began)
+
+
 # -- which GraphQL documents may be cached ------------------------------------------
 
 
@@ -198,10 +308,16 @@ async def test_a_cached_status_is_still_refused_to_another_user(server: Server) 
     owner, owner_key = await server.user()
     _, other_key = await server.user()
     vehicle = await server.vehicle(owner, "plugged")
-    assert (await _status(server, owner_key, vehicle.id)).status_code == 200
+    # The first read refreshes from the provider (not stored); the second stores.
+    for _ in range(2):
+        assert (await _status(server, owner_key, vehicle.id)).status_code == 200
+    cache = server.services.cache
+    assert cache.get(("status", str(vehicle.id))) is not None
+    hits = cache.hits
     refused = await _status(server, other_key, vehicle.id)
     assert refused.status_code == 403
     assert refused.json()["code"] == "FORBIDDEN_OWNER"
+    assert cache.hits == hits + 1  # the status, from memory (the other key was a miss)
 
 
 async def test_a_revoked_key_stops_at_once_when_the_cache_is_told(server: Server) -> None:

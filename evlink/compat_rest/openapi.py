@@ -21,7 +21,7 @@ from evlink.domain import ChargingAction
 from evlink.errors import EvlinkError
 from evlink.models import Tier
 from evlink.models.commands import CommandState
-from evlink.resolvers.charging import MAX_IDEMPOTENCY_KEY
+from evlink.resolvers.rules import MAX_IDEMPOTENCY_KEY
 
 __all__ = ["ERROR_CODES", "openapi_document", "openapi_json"]
 

@@ -18,6 +18,10 @@ End states: CONFIRMED, FAILED (the provider's failure reason), TIMED_OUT,
 CANCELLED (superseded by the other action). Commands live in the database, so a
 restarted watcher resumes every PENDING one from where it stood: it re-sends
 only what the provider itself reports as failed.
+
+What to answer and what to do next is decided by the pure functions of
+:mod:`evlink.resolvers.rules` (whose docstring gives the order of the checks);
+this module carries their decisions out: the database, the provider, the events.
 """
 
 from __future__ import annotations
@@ -31,14 +35,12 @@ import socket
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from uuid import UUID
 
 from tortoise.exceptions import IntegrityError
 from tortoise.expressions import Q
 
 from evlink.domain import (
-    CHARGING,
     ActionState,
     ChargeAction,
     ChargeStateData,
@@ -49,17 +51,15 @@ from evlink.errors import (
     BadRequest,
     DatabaseUnavailable,
     EvlinkError,
-    ForbiddenTier,
-    IdempotencyKeyReused,
     InternalError,
-    InvalidVehicleState,
     NotFound,
-    SmartChargingActive,
+    ProviderLinkMissing,
     StreamInterrupted,
 )
 from evlink.events import Subscription, charge_state_topic, command_topic, command_wake_topic
-from evlink.models import ChargingCommand, CommandState, Tier, User, Vehicle
-from evlink.resolvers import vehicles
+from evlink.models import ChargingCommand, CommandState, User, Vehicle
+from evlink.resolvers import rules, vehicles
+from evlink.resolvers.rules import PROVIDER_REFUSALS, Decision
 from evlink.services import Services
 
 __all__ = [
@@ -70,13 +70,10 @@ __all__ = [
     "list_commands",
     "parse_action",
     "set_charging",
-    "state_matches",
     "wait_for_command",
 ]
 
 logger = logging.getLogger(__name__)
-
-MAX_IDEMPOTENCY_KEY = 255
 
 
 def parse_action(value: object) -> ChargingAction:
@@ -84,13 +81,6 @@ def parse_action(value: object) -> ChargingAction:
         with contextlib.suppress(ValueError):
             return ChargingAction(value.strip().upper())
     raise BadRequest('action must be "START" or "STOP"')
-
-
-def state_matches(action: ChargingAction, state: ChargeStateData) -> bool:
-    """Whether the vehicle is where the command wants it."""
-    if action == ChargingAction.START:
-        return state.power_delivery_state == CHARGING
-    return state.power_delivery_state != CHARGING and state.is_charging is not True
 
 
 def _now() -> datetime:
@@ -109,12 +99,12 @@ async def set_charging(
 ) -> ChargingCommand:
     """Ask a vehicle to start or stop charging; returns the PENDING (or replayed) command."""
     vehicle = await vehicles.get_vehicle(user, vehicle_id)
-    if user.tier != Tier.PRO:
-        raise ForbiddenTier()
-    if vehicle.provider_vehicle_id is None:
-        raise vehicles.provider_link_missing(services, vehicle)
-    if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
-        raise BadRequest(f"idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+    linked = vehicle.provider_vehicle_id is not None
+    refusal = rules.check_caller(user.tier, linked=linked, idempotency_key=idempotency_key)
+    if refusal is not None and refusal.error is ProviderLinkMissing:
+        raise vehicles.provider_link_missing(services, vehicle)  # logged, names the fix
+    if refusal is not None:
+        raise refusal.exception()
 
     # The lock orders requests within this process; the database's one-pending-per-
     # vehicle index orders them across instances: the loser of a race decides again.
@@ -145,22 +135,27 @@ async def _decide(
     if idempotency_key is not None:
         earlier = await ChargingCommand.get_or_none(user=user, idempotency_key=idempotency_key)
         if earlier is not None:
-            if earlier.vehicle_id != vehicle.id or earlier.action != action:  # type: ignore[attr-defined]
-                raise IdempotencyKeyReused()
+            asked_before = (earlier.vehicle_id, earlier.action)  # type: ignore[attr-defined]
+            refusal = rules.check_replay(asked_before, (vehicle.id, action))
+            if refusal is not None:
+                raise refusal.exception()
             return earlier, False
     pending = await ChargingCommand.filter(vehicle=vehicle, state=CommandState.PENDING)
-    for command in pending:
-        if command.action == action:
-            if idempotency_key is not None and command.idempotency_key is None:
-                # A retry under this key must find this command, not make another.
-                command.idempotency_key = idempotency_key
-                await command.save(update_fields=["idempotency_key", "updated_at"])
-            return command, False
+    same = rules.pending_to_reuse(pending, action)
+    if same is not None:
+        if rules.takes_key(idempotency_key, same.idempotency_key):
+            same.idempotency_key = idempotency_key
+            await same.save(update_fields=["idempotency_key", "updated_at"])
+        return same, False
     # Not within the read budget: a command is judged on what the provider says now.
     status = await vehicles.vehicle_status(
         services, vehicle, max_age=services.settings.charging_fresh_age, within_budget=False
     )
-    _check_request(status.vehicle, status.charge_state, action, superseding=bool(pending))
+    refusal = rules.check_request(
+        status.vehicle, status.charge_state, action, superseding=bool(pending)
+    )
+    if refusal is not None:
+        raise refusal.exception()
     if services.limiter is not None:
         # Only a command that will be sent costs quota: not a replay, not a refusal.
         await services.limiter.charge_command(user)
@@ -178,42 +173,26 @@ async def _decide(
         lease_expires_at=watcher.lease_until() if watcher else None,
     )
     services.metrics.commands.labels(state=CommandState.PENDING.value).inc()
-    try:
-        await _send(services, command, vehicle.provider_vehicle_id)
-    except (InvalidVehicleState, SmartChargingActive) as refused:
-        await _finish(services, command, CommandState.FAILED, refused.message)
-        raise
+    refused = await _send(services, command, vehicle.provider_vehicle_id)
+    if refused is not None:
+        raise refused
     await _publish(services, command)
     return command, True
 
 
-def _check_request(
-    vehicle: Vehicle, state: ChargeStateData, action: ChargingAction, *, superseding: bool
-) -> None:
-    capability = "startCharging" if action == ChargingAction.START else "stopCharging"
-    block = (vehicle.capabilities or {}).get(capability) or {}
-    if block.get("isCapable") is not True:
-        raise InvalidVehicleState(f"The vehicle is not capable of {capability}")
-    # A pending command of the other kind is being replaced: the state is in motion.
-    if action == ChargingAction.START:
-        if state.is_plugged_in is False or state.power_delivery_state == "UNPLUGGED":
-            raise InvalidVehicleState("The vehicle is not plugged in")
-        if state_matches(action, state) and not superseding:
-            raise InvalidVehicleState("The vehicle is already charging")
-    elif state_matches(action, state) and not superseding:
-        raise InvalidVehicleState("The vehicle is not charging")
-    if (vehicle.smart_charging_policy or {}).get("isEnabled") is True:
-        raise SmartChargingActive()
-
-
-async def _send(services: Services, command: ChargingCommand, provider_vehicle_id: str) -> None:
-    """Send the provider action once and record it; provider outages leave it to the watcher."""
+async def _send(
+    services: Services, command: ChargingCommand, provider_vehicle_id: str
+) -> EvlinkError | None:
+    """Send the provider action once and record it. A refusal by the provider
+    (:data:`~evlink.resolvers.rules.PROVIDER_REFUSALS`) ends the command FAILED with its
+    message and is returned; a provider outage leaves the command to the watcher."""
     command.attempts += 1
     try:
         action = await services.provider.set_charging(provider_vehicle_id, command.action)
-    except (InvalidVehicleState, SmartChargingActive):
+    except PROVIDER_REFUSALS as refused:
         await command.save(update_fields=["attempts", "updated_at"])
-        raise
+        await _finish(services, command, CommandState.FAILED, refused.message)
+        return refused
     except EvlinkError as exc:
         command.failure_reason = exc.message
         command.next_attempt_at = _now() + _backoff(services, command.attempts)
@@ -221,11 +200,12 @@ async def _send(services: Services, command: ChargingCommand, provider_vehicle_i
         logger.warning(
             "command %s: provider did not take attempt %d (%s)", command.id, command.attempts, exc
         )
-        return
+        return None
     _store_action(command, action)
     command.failure_reason = None
     command.next_attempt_at = None
     await command.save(update_fields=_SEND_FIELDS)
+    return None
 
 
 # Saves name their fields: a whole-row save from a stale copy would undo a lease renewal.
@@ -244,9 +224,13 @@ def _store_action(command: ChargingCommand, action: ChargeAction) -> None:
     command.provider_action = action.to_enode()
 
 
+def _jitter() -> float:
+    """The backoff's random factor: instances that failed together do not retry together."""
+    return random.uniform(0.5, 1.5)
+
+
 def _backoff(services: Services, attempts: int) -> timedelta:
-    base = services.settings.charging_retry_backoff * 2 ** max(0, attempts - 1)
-    return timedelta(seconds=min(base, 300.0) * random.uniform(0.5, 1.5))
+    return rules.retry_backoff(services.settings.charging_retry_backoff, attempts, _jitter())
 
 
 async def _finish(
@@ -379,20 +363,11 @@ async def ingest_provider_update(services: Services, update: VehicleData | Charg
         return
     commands = await ChargingCommand.filter(provider_action_id=update.id)
     for command in commands:
-        if not _is_newer_action(update, command.provider_action):
+        if not rules.is_newer_action(update, command.provider_action):
             continue
         _store_action(command, update)
         await command.save(update_fields=["provider_action_id", "provider_action", "updated_at"])
         await services.events.publish(command_wake_topic(command.id), {"action": update.state})
-
-
-def _is_newer_action(update: ChargeAction, stored: dict[str, Any] | None) -> bool:
-    if not stored:
-        return True
-    stored_updated = ChargeAction.from_enode(stored).updated_at
-    return (
-        update.updated_at is None or stored_updated is None or update.updated_at >= stored_updated
-    )
 
 
 # -- the watcher ---------------------------------------------------------------------
@@ -527,19 +502,20 @@ class CommandWatcher:
                     return
                 state = await self._charge_state(vehicle, command, fresh=fresh)
                 action = await self._action(command, fresh=fresh)
-                if await self._evaluate(command, vehicle, state, action):
+                decision = rules.evaluate(
+                    command, state, action, _now(), settings, jitter=_jitter()
+                )
+                if await self._carry_out(command, vehicle, action, decision):
                     return
-                wait = self._seconds_to_next_look(command, poll)
+                wait = rules.seconds_to_next_look(
+                    _now(), command.deadline_at, command.next_attempt_at, poll
+                )
                 try:
                     message = await messages.get(timeout=wait)
                 except StreamInterrupted:
                     message = None  # events may have been missed: ask the provider
                 fresh = message is None  # nothing came: poll the provider next time
-                poll = (
-                    settings.charging_poll_interval
-                    if message
-                    else min(poll * 2, settings.charging_poll_max_interval)
-                )
+                poll = rules.next_poll(poll, woken=bool(message), settings=settings)
 
     async def _charge_state(
         self, vehicle: Vehicle, command: ChargingCommand, *, fresh: bool
@@ -553,13 +529,14 @@ class CommandWatcher:
         look asks the provider unless a newer state is stored already.
         """
         await vehicle.refresh_from_db()
-        max_age = self.services.settings.status_max_age
-        if fresh or not _seen_since(vehicle, command):
-            max_age = 0.0
+        seen = rules.seen_since(vehicle.refreshed_at, command.created_at)
+        max_age = rules.watcher_max_age(self.services.settings, fresh=fresh, seen=seen)
         # Within the read budget: a hanging provider does not stall the watcher (deadline,
         # events); the refresh's result arrives as a charge-state event when it changed.
         status = await vehicles.vehicle_status(self.services, vehicle, max_age=max_age)
-        return status.charge_state if _seen_since(status.vehicle, command) else None
+        if rules.seen_since(status.vehicle.refreshed_at, command.created_at):
+            return status.charge_state
+        return None
 
     async def _action(self, command: ChargingCommand, *, fresh: bool) -> ChargeAction | None:
         if command.provider_action_id is None:
@@ -578,94 +555,42 @@ class CommandWatcher:
         except EvlinkError as exc:
             logger.warning("command %s: reading the provider action failed: %s", command.id, exc)
             return stored
-        if _is_newer_action(action, command.provider_action):
+        if rules.is_newer_action(action, command.provider_action):
             _store_action(command, action)
             await command.save(update_fields=["provider_action", "updated_at"])
         return action
 
-    async def _evaluate(
+    async def _carry_out(
         self,
         command: ChargingCommand,
         vehicle: Vehicle,
-        state: ChargeStateData | None,
         action: ChargeAction | None,
+        decision: Decision,
     ) -> bool:
-        """Move the command on; True once it has reached an end state. ``state``: the
-        car's as seen since the command was made (None: not seen yet)."""
-        settings = self.services.settings
-        now = _now()
-        if state is not None and state_matches(command.action, state):
-            await _finish(self.services, command, CommandState.CONFIRMED)
-            return True
-        if now >= command.deadline_at:
-            await _finish(
-                self.services,
-                command,
-                CommandState.TIMED_OUT,
-                command.failure_reason or "The vehicle did not reach the wanted state in time",
-            )
-            if action is not None and not action.is_resolved:
+        """Do what :func:`~evlink.resolvers.rules.evaluate` decided; True once the command
+        has reached an end state."""
+        if decision.end is not None:
+            await _finish(self.services, command, decision.end, decision.reason)
+            if decision.cancel_action and action is not None:
                 with contextlib.suppress(EvlinkError):
                     await self.services.provider.cancel_action(action.id)
             return True
-        if action is not None and not action.is_resolved:
-            return False  # the provider is still working on it
-        if action is not None and action.state == ActionState.CONFIRMED:
-            # The provider says done but the car disagrees: give the state a poll to arrive.
-            confirmed_at = action.completed_at or action.updated_at or now
-            grace = timedelta(seconds=settings.charging_poll_interval)
-            if now - confirmed_at < grace:
-                command.next_attempt_at = confirmed_at + grace
-                return False
-        reason = _failure_text(action)
-        if command.attempts >= settings.charging_max_attempts:
-            if action is not None and action.state in (ActionState.FAILED, ActionState.CANCELLED):
-                await _finish(self.services, command, CommandState.FAILED, reason)
-                return True
-            command.failure_reason = reason
-            command.next_attempt_at = command.deadline_at
-            return False  # nothing more to send; the deadline decides
-        if command.next_attempt_at is None:
-            command.failure_reason = reason
-            command.next_attempt_at = now + _backoff(self.services, command.attempts)
+        if decision.reason is not None:
+            command.failure_reason = decision.reason
+        if decision.next_attempt_at is not None:
+            command.next_attempt_at = decision.next_attempt_at
+        if decision.schedule:
             await command.save(update_fields=["failure_reason", "next_attempt_at", "updated_at"])
-        if now < command.next_attempt_at:
+        if not decision.resend:
             return False
         assert vehicle.provider_vehicle_id is not None
         if not await self.claim(command.id):
             raise _LeaseLost()
         logger.info("command %s: re-sending (attempt %d)", command.id, command.attempts + 1)
-        try:
-            await _send(self.services, command, vehicle.provider_vehicle_id)
-        except (InvalidVehicleState, SmartChargingActive) as refused:
-            await _finish(self.services, command, CommandState.FAILED, refused.message)
-            return True
+        if await _send(self.services, command, vehicle.provider_vehicle_id) is not None:
+            return True  # the provider refused: the command ended FAILED
         await _publish(self.services, command)
         return False
 
-    def _seconds_to_next_look(self, command: ChargingCommand, poll: float) -> float:
-        now = _now()
-        candidates = [poll, (command.deadline_at - now).total_seconds()]
-        if command.next_attempt_at is not None:
-            candidates.append((command.next_attempt_at - now).total_seconds())
-        return max(0.0, min(candidates))
-
-
-def _seen_since(vehicle: Vehicle, command: ChargingCommand) -> bool:
-    """evlink has read or been told the car's state since ``command`` was made."""
-    return vehicle.refreshed_at is not None and vehicle.refreshed_at >= command.created_at
-
 
 _LOST_ACTION = {"type": "NOT_FOUND", "detail": "The provider no longer knows the action"}
-
-
-def _failure_text(action: ChargeAction | None) -> str:
-    if action is None:
-        return "The provider did not take the action"
-    if action.failure_reason:
-        kind = action.failure_reason.get("type") or "FAILED"
-        detail = action.failure_reason.get("detail")
-        return f"{kind}: {detail}" if detail else str(kind)
-    if action.state == ActionState.CONFIRMED:
-        return "The provider confirmed the action but the vehicle's state did not change"
-    return f"The provider's action ended {action.state}"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from uuid import UUID
 
 from tortoise.exceptions import IntegrityError
@@ -37,6 +37,7 @@ from evlink.events import charge_state_topic
 from evlink.models import ChargeState, User, Vehicle
 from evlink.models.vehicles import CHARGE_STATE_FIELDS, charge_state_data
 from evlink.ratelimit import check_vehicle_limit
+from evlink.resolvers import rules
 from evlink.services import Refresh, Services
 
 __all__ = [
@@ -131,10 +132,7 @@ async def read_status(services: Services, user: User, vehicle_id: str | UUID) ->
 
 def fresh_for(services: Services, vehicle: Vehicle) -> float:
     """Seconds until a read of ``vehicle`` must refresh it from the provider (0: now)."""
-    if vehicle.refreshed_at is None:
-        return 0.0
-    age = (_now() - vehicle.refreshed_at).total_seconds()
-    return max(0.0, services.settings.status_max_age - age)
+    return rules.fresh_for(vehicle.refreshed_at, _now(), services.settings.status_max_age)
 
 
 async def list_vehicles(user: User) -> list[Vehicle]:
@@ -180,7 +178,7 @@ async def vehicle_status(
     if vehicle.provider_vehicle_id is None:
         raise provider_link_missing(services, vehicle)
     age = services.settings.status_max_age if max_age is None else max_age
-    if vehicle.refreshed_at is not None and _now() - vehicle.refreshed_at < timedelta(seconds=age):
+    if rules.is_fresh(vehicle.refreshed_at, _now(), age):
         stored = await stored_charge_state(vehicle)
         if stored is not None:
             return VehicleStatus(vehicle, stored)

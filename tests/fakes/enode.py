@@ -10,7 +10,9 @@ rules (400, 422, same-kind reuse, other-kind CONFLICT), errors as
 Tests drive it from the outside: they build state (:meth:`FakeEnode.add_vehicle`,
 :meth:`FakeEnode.update_vehicle`), resolve actions when they choose
 (:meth:`FakeEnode.resolve_action`), and script faults (:meth:`FakeEnode.fail_next`,
-:meth:`FakeEnode.hang_next`, :meth:`FakeEnode.expire_tokens`, ``latency``).
+:meth:`FakeEnode.hang_next`, :meth:`FakeEnode.expire_tokens`, ``latency``), and may
+switch its own charging rules off (``checks_rules = False``: every START and STOP is
+taken), so that only evlink's checks can refuse.
 :meth:`FakeEnode.serve` runs it with uvicorn on a free port of 127.0.0.1 from
 a socket that already listens, so a client may connect at once.
 
@@ -206,6 +208,9 @@ class FakeEnode:
 
         self.latency = 0.0
         self.never_confirm = False  # a flag for tests: actions are left PENDING
+        # False: START/STOP take any car (only the action's kind is checked), so that
+        # only evlink's own checks can refuse a request (tests/resolvers/test_rules_*).
+        self.checks_rules = True
         self.webhooks_enabled = True
         # Every webhook POST made: {"id", "events", "statuses"}; failed background ones too.
         self.deliveries: list[dict[str, Any]] = []
@@ -774,6 +779,13 @@ class FakeEnode:
         kind = body.get("action")
         if kind not in ACTION_KINDS:
             raise Problem(400, f"action must be START or STOP, not {kind!r}")
+        if self.checks_rules:
+            self._check_charging(vehicle, kind)
+        return JSONResponse(self._take_action(vehicle, kind))
+
+    def _check_charging(self, vehicle: dict[str, Any], kind: str) -> None:
+        """Enode's refusals of a START/STOP: smart charging (422), then plug, state and
+        capability (400); with an action pending, plug and smart charging only."""
         if vehicle["smartChargingPolicy"].get("isEnabled"):
             raise Problem(
                 422,
@@ -783,13 +795,9 @@ class FakeEnode:
         state = vehicle["chargeState"]
         if kind == "START" and not state.get("isPluggedIn"):
             raise Problem(400, "The vehicle is not plugged in", slug="failed-precondition")
-        pending = self.pending_actions(vehicle["id"])
-        for action in pending:
-            if action["kind"] == kind:
-                return JSONResponse(copy.deepcopy(action))
-        # With an action of the other kind in motion the charge state is about
-        # to change, so only plug and smart charging are judged.
-        if not pending:
+        # With an action in motion the charge state is about to change, so only plug
+        # and smart charging are judged (one of the same kind is then returned again).
+        if not self.pending_actions(vehicle["id"]):
             if kind == "START" and state.get("isCharging"):
                 raise Problem(400, "The vehicle is already charging", slug="failed-precondition")
             if kind == "STOP" and not state.get("isCharging"):
@@ -799,6 +807,13 @@ class FakeEnode:
                 raise Problem(
                     400, f"The vehicle is not capable of {capability}", slug="failed-precondition"
                 )
+
+    def _take_action(self, vehicle: dict[str, Any], kind: str) -> dict[str, Any]:
+        """The PENDING action of this kind (made now, cancelling one of the other kind)."""
+        pending = self.pending_actions(vehicle["id"])
+        for action in pending:
+            if action["kind"] == kind:
+                return copy.deepcopy(action)
         events = []
         for other in pending:
             self._finish(other, "CANCELLED", "CONFLICT", f"Superseded by a {kind} action")
@@ -818,7 +833,7 @@ class FakeEnode:
         }
         self.actions[action["id"]] = action
         self._notify_in_background(events)
-        return JSONResponse(copy.deepcopy(action))
+        return copy.deepcopy(action)
 
     async def _get_action(self, request: Request) -> Response:
         return JSONResponse(copy.deepcopy(self._action(request.path_params["actionId"])))

@@ -260,6 +260,30 @@ async def test_charging_preconditions_answer_400_and_422(
     assert fake.actions == {}
 
 
+async def test_with_its_rules_off_every_start_and_stop_is_taken(
+    fake: FakeEnode, api: httpx.AsyncClient
+) -> None:
+    fake.checks_rules = False
+    unplugged = fake.add_vehicle()["id"]
+    charging = fake.add_vehicle(isCharging=True)["id"]
+    smart = fake.add_vehicle(isPluggedIn=True)["id"]
+    fake.set_smart_charging(smart, True)
+    incapable = fake.add_vehicle(isPluggedIn=True)
+    incapable["capabilities"]["stopCharging"]["isCapable"] = False
+
+    for vehicle, kind in [
+        (unplugged, "START"),
+        (charging, "START"),
+        (smart, "START"),
+        (incapable["id"], "STOP"),
+    ]:
+        taken = await charge(api, vehicle, kind)
+        assert taken.status_code == 200, taken.text
+        assert (taken.json()["state"], taken.json()["kind"]) == ("PENDING", kind)
+    assert len(fake.pending_actions()) == 4
+    assert_problem(await charge(api, unplugged, "PAUSE"), 400)  # the kind is still checked
+
+
 async def test_a_pending_action_of_the_same_kind_is_returned_again(
     fake: FakeEnode, api: httpx.AsyncClient
 ) -> None:
