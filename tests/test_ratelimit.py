@@ -42,8 +42,8 @@ from evlink.ratelimit import (
     parse_tier_rates,
 )
 from evlink.resolvers import accounts
+from evlink.resolvers.accounts import upsert_provider_vehicle
 from evlink.resolvers.auth import issue_key, revoke_key
-from evlink.resolvers.vehicles import upsert_provider_vehicle
 from evlink.settings import Settings, SettingsError
 from tests.conftest import PROTOCOLS, TIMEOUT, Server, _truncate, free_port, run_server
 
