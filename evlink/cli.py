@@ -30,7 +30,13 @@ from evlink.ratelimit import Limiter, describe
 from evlink.resolvers import accounts, vehicles
 from evlink.resolvers.auth import issue_key, key_id, revoke_key
 from evlink.services import Services
-from evlink.settings import Settings, SettingsError, describe_database, unknown_names
+from evlink.settings import (
+    Settings,
+    SettingsError,
+    describe_database,
+    renamed_names,
+    unknown_names,
+)
 
 __all__ = ["main"]
 
@@ -508,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
-    for warning in unknown_names():
+    for warning in unknown_names() + renamed_names():
         sys.stderr.write(f"evlink: warning: {warning}\n")
     try:
         settings = Settings.from_env()

@@ -333,7 +333,7 @@ class GraphQLView(GraphQL[Context, None]):
         except EvlinkError as exc:
             raise _Rejected(exc) from None
         if socket is not None and socket.admission is None:
-            cap = services.settings.ws_max_connections_per_key
+            cap = services.settings.ws_max_connections_per_user
             admission = Admission(caller.user.id, caller.key_hash, caller.user.tier.value)
             if not services.open_sockets.admit(socket, admission, cap):
                 raise _Rejected(RateLimited(f"At most {cap} websockets per user"))
