@@ -15,7 +15,7 @@ import websockets
 from gql import GraphQLRequest
 
 from evlink.errors import NotFound, Unauthenticated
-from evlink.models import ApiKey
+from evlink.models import ApiKey, Vehicle
 from evlink.resolvers.auth import (
     _ALPHABET,
     _checksum,
@@ -334,24 +334,42 @@ async def test_a_bad_key_on_a_websocket_counts_as_a_failure(make_settings: Any) 
             assert (await session.execute(GraphQLRequest("{ viewer { id } }")))["viewer"]
 
 
-async def test_the_graphql_answer_cache_authenticates_each_request_once(
+async def test_the_graphql_answer_cache_answers_only_an_authenticated_key_once_checked(
     make_settings: Any,
 ) -> None:
-    """On the answer cache's path (a JSON POST, the cache on) a request is authenticated
-    once: a refused key counts one failure, not one there and one in Strawberry."""
-    query = json.dumps({"query": "{ vehicles { id } }"}).encode()
+    """On the answer cache's path (a JSON POST, the cache on) each request is
+    authenticated before the cache is asked, and once: the owner's key gets the answer
+    from memory, a revoked key of the same user does not, and a refused key counts one
+    failure, not one there and one in Strawberry."""
+    query = json.dumps({"query": "{ vehicles { id name } }"}).encode()
     async with limited(make_settings(auth_failures="3/minute")) as (server, _):
-        assert server.services.cache.enabled
-        _, key = await server.user()
-        headers = {**bearer(key), "Content-Type": "application/json"}
-        for _ in range(2):  # the second answer comes from memory
-            mine = await server.http.post("/graphql", content=query, headers=headers)
-            assert mine.json() == {"data": {"vehicles": []}}
-        wrong = {**headers, **bearer(key[:-1] + ("A" if key[-1] != "A" else "B"))}
-        answers = []
-        for _ in range(4):
-            answers.append(await server.http.post("/graphql", content=query, headers=wrong))
+        server.services.cache.clock = lambda: 1000.0  # nothing expires during the test
+        user, key = await server.user()
+        vehicle = await server.vehicle(user, "plugged")
+        revoked = await issue_key(user)
+        await revoke_key(revoked.record.prefix)  # as the CLI does: the server is not told
+        headers = {"Content-Type": "application/json"}
+
+        async def post(key: str) -> Any:
+            answer = await server.http.post(
+                "/graphql", content=query, headers={**headers, **bearer(key)}
+            )
+            return answer
+
+        for _ in range(2):  # the first read refreshes from the provider: not stored
+            stored = (await post(key)).json()
+        await Vehicle.filter(id=vehicle.id).update(name="renamed, unseen by the cache")
+        assert (
+            (await post(key)).json()
+            == stored
+            == {"data": {"vehicles": [{"id": str(vehicle.id), "name": vehicle.name}]}}
+        )
+        refused = (await post(revoked.secret)).json()
+        assert refused["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+
+        wrong = key[:-1] + ("A" if key[-1] != "A" else "B")
+        answers = [await post(wrong) for _ in range(3)]  # the revoked key was the first
         codes = [a.json()["errors"][0]["extensions"]["code"] for a in answers]
-        assert codes == ["UNAUTHENTICATED"] * 3 + ["RATE_LIMITED"]
-        assert [a.status_code for a in answers] == [200, 200, 200, 429]
-        assert fields(answers[3].headers["RateLimit"])["auth-failures"] == {"r": 0, "t": 60}
+        assert codes == ["UNAUTHENTICATED"] * 2 + ["RATE_LIMITED"]
+        assert [a.status_code for a in answers] == [200, 200, 429]
+        assert fields(answers[2].headers["RateLimit"])["auth-failures"] == {"r": 0, "t": 60}
