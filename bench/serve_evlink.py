@@ -99,7 +99,7 @@ UNLIMITED = {
     "command_quotas": "pro=1000000000/day",
     "burst": "1000000000/minute",
     "vehicle_limits": "free=unlimited;basic=unlimited;pro=unlimited",
-    "ws_max_connections_per_key": 1_000_000,
+    "ws_max_connections_per_user": 1_000_000,
 }
 
 

@@ -28,9 +28,15 @@ from evlink.providers import build_provider
 from evlink.providers.enode import EnodeProvider
 from evlink.ratelimit import Limiter, describe
 from evlink.resolvers import accounts, vehicles
-from evlink.resolvers.auth import issue_key, revoke_key
+from evlink.resolvers.auth import issue_key, key_id, revoke_key
 from evlink.services import Services
-from evlink.settings import Settings, SettingsError, describe_database, unknown_names
+from evlink.settings import (
+    Settings,
+    SettingsError,
+    describe_database,
+    renamed_names,
+    unknown_names,
+)
 
 __all__ = ["main"]
 
@@ -324,12 +330,11 @@ async def _usage(settings: Settings, args: argparse.Namespace) -> None:
         keys = await ApiKey.filter(user=user, revoked_at=None).order_by("id")
     limiter = Limiter.from_settings(settings)
     try:
-        # ApiKey.hash[:16] is the key's name in the counters (ratelimit.key_id).
-        states = await limiter.usage(user, [key.hash[:16] for key in keys])
+        states = await limiter.usage(user, [key_id(key.hash) for key in keys])
         shared = limiter.shared
     finally:
         await limiter.aclose()
-    prefixes = {key.hash[:16]: key.prefix for key in keys}
+    prefixes = {key_id(key.hash): key.prefix for key in keys}
     _print(f"{user.email}\t{user.tier.value}")
     if not settings.redis_url:
         _print("(no EVLINK_REDIS_URL: each server counts in its own memory, unseen from here)")
@@ -509,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
-    for warning in unknown_names():
+    for warning in unknown_names() + renamed_names():
         sys.stderr.write(f"evlink: warning: {warning}\n")
     try:
         settings = Settings.from_env()

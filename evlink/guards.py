@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from evlink.compat_rest.errors import error_answer
 from evlink.errors import PayloadTooLarge
-from evlink.headers import raw_header
+from evlink.requestheaders import raw_header
 
 __all__ = ["BodyLimit", "with_security_headers"]
 

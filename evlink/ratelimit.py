@@ -25,6 +25,12 @@ Every HTTP answer to an authenticated request carries the policies that applied
 
 Time comes from :attr:`Limiter.clock` for the in-memory counts, so tests move
 the windows without sleeping; Redis keeps time by its own key expiry.
+
+This module knows rates, not callers: requests are authenticated by
+:func:`evlink.resolvers.auth.authenticate_request` (which has refused keys
+counted here, :meth:`Limiter.count_auth_failure`), and the vehicles a tier may
+have (``EVLINK_VEHICLE_LIMITS``, read with :func:`parse_tier_counts`) are an
+account rule of :mod:`evlink.resolvers.accounts`.
 """
 
 from __future__ import annotations
@@ -47,14 +53,10 @@ from limits.errors import StorageError
 from limits.util import parse_many
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from starlette.requests import HTTPConnection
 
-from evlink.cache import ReadCache
-from evlink.errors import ForbiddenTier, RateLimited, Unauthenticated
+from evlink.errors import RateLimited
 from evlink.events import REDIS_FAILURES
-from evlink.headers import header
-from evlink.models import Tier, User, Vehicle
-from evlink.resolvers import auth
+from evlink.models import Tier, User
 from evlink.settings import Settings, SettingsError
 
 __all__ = [
@@ -69,20 +71,14 @@ __all__ = [
     "Policy",
     "QuotaExceeded",
     "Quotas",
-    "admit_request",
-    "authenticate",
     "check_settings",
-    "check_vehicle_limit",
-    "client_address",
     "describe",
-    "key_id",
     "limit_field",
     "parse_rate",
     "parse_tier_counts",
     "parse_tier_rates",
     "policy_field",
     "reported_limits",
-    "vehicle_limit",
 ]
 
 logger = logging.getLogger(__name__)
@@ -256,7 +252,6 @@ class Quotas:
     reads: Mapping[Tier, RateLimitItem | None]
     commands: Mapping[Tier, RateLimitItem | None]
     auth_failures: RateLimitItem
-    vehicles: Mapping[Tier, int | None]
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Quotas:
@@ -266,7 +261,6 @@ class Quotas:
             reads=parse_tier_rates(settings.quotas, _DEFAULT_READS),
             commands=parse_tier_rates(settings.command_quotas, _DEFAULT_COMMANDS),
             auth_failures=parse_rate(settings.auth_failures),
-            vehicles=parse_tier_counts(settings.vehicle_limits, _DEFAULT_VEHICLES),
         )
 
     def policies(self, tier: Tier) -> list[Policy]:
@@ -298,7 +292,6 @@ def _policy(name: str, item: RateLimitItem) -> Policy:
 _DEFAULTS = Settings()
 _DEFAULT_READS = parse_tier_rates(_DEFAULTS.quotas)
 _DEFAULT_COMMANDS = parse_tier_rates(_DEFAULTS.command_quotas)
-_DEFAULT_VEHICLES = parse_tier_counts(_DEFAULTS.vehicle_limits)
 
 
 def check_settings(settings: Settings) -> None:
@@ -391,6 +384,15 @@ def _storage_uri(redis_url: str) -> str:
     if redis_url.startswith("unix://"):
         return "async+redis+unix://" + redis_url.removeprefix("unix://")
     return "async+" + redis_url
+
+
+async def _twice(operation: Callable[[Storage], Awaitable[T]], storage: Storage) -> T:
+    """``operation``, tried once more on a failure: the first try after a Redis restart
+    or a reset connection meets a dead pooled connection, which redis-py then drops."""
+    try:
+        return await operation(storage)
+    except _STORAGE_ERRORS:
+        return await operation(storage)
 
 
 class Limiter:
@@ -564,22 +566,13 @@ class Limiter:
         self._redis_up = False
 
 
-# -- the HTTP edge -------------------------------------------------------------------
+# -- the RateLimit headers -----------------------------------------------------------
 
 # The limits charged while handling the current HTTP request, for its RateLimit headers;
 # evlink.edge.HttpEdge sets a list per request and writes the headers.
 reported_limits: contextvars.ContextVar[list[LimitState] | None] = contextvars.ContextVar(
     "ratelimit_report", default=None
 )
-
-
-async def _twice(operation: Callable[[Storage], Awaitable[T]], storage: Storage) -> T:
-    """``operation``, tried once more on a failure: the first try after a Redis restart
-    or a reset connection meets a dead pooled connection, which redis-py then drops."""
-    try:
-        return await operation(storage)
-    except _STORAGE_ERRORS:
-        return await operation(storage)
 
 
 def _report(states: Sequence[LimitState]) -> None:
@@ -610,77 +603,3 @@ def limit_field(states: Sequence[LimitState]) -> str:
     for state in states:
         items.append(f'"{state.policy.name}";r={state.remaining};t={state.reset_seconds}')
     return ", ".join(items)
-
-
-def client_address(connection: HTTPConnection) -> str | None:
-    """The client's address as the server sees it: the connection's peer, or the address a
-    proxy in EVLINK_FORWARDED_ALLOW_IPS forwarded (uvicorn applies it;
-    :func:`evlink.server.proxy_options`)."""
-    client = connection.scope.get("client")
-    return str(client[0]) if client else None
-
-
-def key_id(key: str) -> str:
-    """A key's name in the counters: a prefix of its hash, never the secret itself."""
-    return auth.hash_key(key)[: auth.KEY_ID_LENGTH]
-
-
-async def authenticate(
-    limiter: Limiter | None,
-    authorization: str | None,
-    address: str | None,
-    cache: ReadCache | None = None,
-) -> tuple[User, str]:
-    """The caller and its key's id, with failed attempts limited per address.
-
-    A well-formed key is always checked first and only a refused one is counted,
-    so a valid key is never turned away for others' failures from its address
-    (a shared NAT, an office). Past the limit a refused key gets 429 with
-    ``Retry-After`` instead of 401; a malformed one is refused without a lookup
-    either way. No ``Authorization`` at all is not an attempt and is not counted.
-    """
-    key = auth.key_from_authorization(authorization)
-    if key is None:
-        raise Unauthenticated()
-    digest = auth.hash_key(key)
-    try:
-        return await auth.authenticate(key, cache, digest=digest), digest[: auth.KEY_ID_LENGTH]
-    except Unauthenticated:
-        pass
-    if limiter is not None and address is not None:
-        await limiter.count_auth_failure(address)
-    raise Unauthenticated()
-
-
-async def admit_request(connection: HTTPConnection, *, reads: bool = True) -> User:
-    """Authenticate a REST request and charge it (``reads=False`` for a charging command,
-    which the use case charges to the ``commands`` quota once it is sent)."""
-    scope = connection.scope
-    services = scope["app"].state.services
-    limiter: Limiter | None = services.limiter
-    user, key = await authenticate(
-        limiter, header(scope, b"authorization"), client_address(connection), services.cache
-    )
-    if limiter is not None:
-        await limiter.admit(user, key, reads=reads)
-    return user
-
-
-# -- vehicles per tier --------------------------------------------------------------
-
-
-def vehicle_limit(settings: Settings, tier: Tier) -> int | None:
-    """How many vehicles a user of ``tier`` may have (None: no limit)."""
-    return parse_tier_counts(settings.vehicle_limits, _DEFAULT_VEHICLES).get(tier)
-
-
-async def check_vehicle_limit(settings: Settings, user: User) -> None:
-    """403 FORBIDDEN_TIER when ``user`` already has as many vehicles as the tier allows."""
-    limit = vehicle_limit(settings, user.tier)
-    if limit is None:
-        return
-    if await Vehicle.filter(user=user, deleted_at=None).count() >= limit:
-        plural = "vehicle" if limit == 1 else "vehicles"
-        raise ForbiddenTier(
-            f"The {user.tier.value} tier allows {limit} {plural}; remove one or upgrade"
-        )

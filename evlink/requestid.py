@@ -10,7 +10,7 @@ import re
 
 from starlette.types import Scope
 
-from evlink.headers import header
+from evlink.requestheaders import header
 
 __all__ = ["current_request_id", "given_request_id", "new_request_id", "request_id_var"]
 

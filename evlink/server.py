@@ -293,7 +293,7 @@ def proxy_options(settings: Settings) -> dict[str, Any]:
     """uvicorn's proxy options from the settings: ``X-Forwarded-For`` and
     ``X-Forwarded-Proto`` are believed only from EVLINK_FORWARDED_ALLOW_IPS. uvicorn's own
     default believes them from 127.0.0.1, so that a local client could pick the address
-    the failed-key limit counts (:func:`evlink.ratelimit.client_address`)."""
+    the failed-key limit counts (:func:`evlink.requestheaders.client_address`)."""
     if not settings.forwarded_allow_ips:
         return {"proxy_headers": False}
     return {"proxy_headers": True, "forwarded_allow_ips": settings.forwarded_allow_ips}

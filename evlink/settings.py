@@ -17,7 +17,15 @@ from typing import Any, Literal, TypeVar, cast
 
 from tortoise.backends.base.config_generator import expand_db_url
 
-__all__ = ["Settings", "SettingsError", "describe_database", "read_env_file", "unknown_names"]
+__all__ = [
+    "RENAMED",
+    "Settings",
+    "SettingsError",
+    "describe_database",
+    "read_env_file",
+    "renamed_names",
+    "unknown_names",
+]
 
 T = TypeVar("T")
 
@@ -114,7 +122,9 @@ class Settings:
     # and each compressed socket costs zlib work per message and its own zlib state.
     ws_compression: bool = False
     ws_max_operations: int = 20  # subscriptions at once on one websocket
-    ws_max_connections_per_key: int = 10
+    # Websockets open at once per user, all of its keys together (the old name,
+    # EVLINK_WS_MAX_CONNECTIONS_PER_KEY, still works for one release: RENAMED).
+    ws_max_connections_per_user: int = 10
     ws_init_timeout: float = 10.0  # seconds to send connection_init
     # Websockets awaiting connection_init per client address; more are refused (429).
     ws_pending_per_address: int = 20
@@ -146,7 +156,7 @@ class Settings:
         defaults = cls()
         values: dict[str, Any] = {}
         for setting in fields(cls):
-            name = f"EVLINK_{setting.name.upper()}"
+            name = _given_name(env, f"EVLINK_{setting.name.upper()}")
             raw = env.get(name)
             if raw is None or raw == "":
                 continue
@@ -210,6 +220,23 @@ NOT_SETTINGS = frozenset(
 )
 
 
+# Old names of renamed settings, each still read for one release when the new one is not
+# given (with a warning: renamed_names): old name -> new name.
+RENAMED: Mapping[str, str] = {
+    "EVLINK_WS_MAX_CONNECTIONS_PER_KEY": "EVLINK_WS_MAX_CONNECTIONS_PER_USER",
+}
+
+
+def _given_name(env: Mapping[str, str], name: str) -> str:
+    """``name``, or the old name of that setting when only the old one is given."""
+    if env.get(name):
+        return name
+    for old, new in RENAMED.items():
+        if new == name and env.get(old):
+            return old
+    return name
+
+
 def read_env_file(path: str | Path) -> dict[str, str]:
     """``NAME=value`` lines of a ``.env`` file; ``export NAME=value`` (shell syntax) too.
 
@@ -242,7 +269,7 @@ def unknown_names(
 ) -> list[str]:
     """One warning per ``EVLINK_*`` name (environment or ``env_file``) evlink does not
     read, with the setting it most likely meant: a misspelt name is otherwise ignored."""
-    known = {f"EVLINK_{setting.name.upper()}" for setting in fields(Settings)}
+    known = {f"EVLINK_{setting.name.upper()}" for setting in fields(Settings)} | set(RENAMED)
     warnings = []
     for name in sorted(_environment(environ, env_file)):
         if not name.startswith("EVLINK_") or name in known or name in NOT_SETTINGS:
@@ -250,6 +277,23 @@ def unknown_names(
         close = difflib.get_close_matches(name, known, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         warnings.append(f"{name} is not an evlink setting{hint}: ignored")
+    return warnings
+
+
+def renamed_names(
+    environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+) -> list[str]:
+    """One warning per old name of a renamed setting (:data:`RENAMED`) that is given:
+    read this release in place of the new name, or ignored when the new one is given."""
+    env = _environment(environ, env_file)
+    warnings = []
+    for old, new in sorted(RENAMED.items()):
+        if not env.get(old):
+            continue
+        if env.get(new):
+            warnings.append(f"{old} is ignored: {new}, its new name, is given")
+        else:
+            warnings.append(f"{old} is renamed {new}; the old name stops working next release")
     return warnings
 
 

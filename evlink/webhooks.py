@@ -33,8 +33,9 @@ from evlink.domain import ChargeAction, VehicleData
 from evlink.errors import BadRequest, NotFound, PayloadTooLarge, Unauthenticated
 from evlink.events import delivery_topic
 from evlink.models import User, Vehicle, WebhookDelivery
+from evlink.resolvers.accounts import upsert_provider_vehicle
 from evlink.resolvers.charging import ingest_provider_update
-from evlink.resolvers.vehicles import record_vehicle_data, upsert_provider_vehicle
+from evlink.resolvers.vehicles import record_vehicle_data
 from evlink.services import Services
 
 __all__ = ["enode_webhook", "resume_deliveries", "signature_for"]

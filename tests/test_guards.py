@@ -138,7 +138,7 @@ async def _connect(server: Server, key: str) -> websockets.ClientConnection:
 
 async def test_websockets_per_user_are_capped(settings: Settings) -> None:
     await _truncate(settings.database_url)
-    async with run_server(replace(settings, ws_max_connections_per_key=2)) as server:
+    async with run_server(replace(settings, ws_max_connections_per_user=2)) as server:
         _, key = await server.user()
         first, second = await _connect(server, key), await _connect(server, key)
         for socket in (first, second):

@@ -27,11 +27,11 @@ from gql.transport.exceptions import TransportQueryError
 from tortoise import Tortoise
 from websockets.frames import Close
 
-from evlink import ratelimit
 from evlink.cache import user_tag
 from evlink.models import ApiKey, Tier, User, Vehicle
 from evlink.resolvers import accounts
 from evlink.resolvers.auth import hash_key, issue_key, revoke_key
+from evlink.resolvers.auth import key_id as counted_key_id
 from evlink.settings import Settings, connection_name
 from tests.conftest import (
     PROTOCOLS,
@@ -193,7 +193,7 @@ async def key_id(key: str) -> str:
 async def usage(server: Server, user: User, key: str) -> list[int]:
     """What the user and the key have spent of each rate limit."""
     assert server.services.limiter is not None
-    states = await server.services.limiter.usage(user, [ratelimit.key_id(key)])
+    states = await server.services.limiter.usage(user, [counted_key_id(hash_key(key))])
     return [state.used for state in states]
 
 

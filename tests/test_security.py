@@ -377,7 +377,7 @@ async def test_refused_keys_take_comparable_time_on_every_path(server: Server) -
 
 
 # Failed keys are limited per address (429 after EVLINK_AUTH_FAILURES), and a valid key
-# from the same address still works: tests/test_ratelimit.py::
+# from the same address still works: tests/resolvers/test_auth.py::
 # test_failed_keys_are_limited_per_address_but_never_a_valid_key and
 # ::test_a_bad_key_on_a_websocket_counts_as_a_failure.
 

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from evlink.settings import Settings, SettingsError, describe_database, unknown_names
+from evlink.settings import (
+    Settings,
+    SettingsError,
+    describe_database,
+    renamed_names,
+    unknown_names,
+)
 
 
 def from_env(environ: dict[str, str], env_file: Path | None = None) -> Settings:
@@ -242,6 +248,36 @@ def test_unknown_evlink_names_are_warned_about_with_the_likely_one(tmp_path: Pat
     assert unknown_names({"EVLINK_PORT": "1"}, None) == []
 
 
+PER_USER = "EVLINK_WS_MAX_CONNECTIONS_PER_USER"
+PER_KEY = "EVLINK_WS_MAX_CONNECTIONS_PER_KEY"  # its old name, an alias for one release
+
+
+def test_the_websocket_cap_per_user_is_read_under_its_old_name_too(tmp_path: Path) -> None:
+    absent = tmp_path / "absent.env"
+    assert from_env({}, absent).ws_max_connections_per_user == 10
+    assert from_env({PER_USER: "3"}, absent).ws_max_connections_per_user == 3
+    assert from_env({PER_KEY: "4"}, absent).ws_max_connections_per_user == 4
+    both = from_env({PER_USER: "3", PER_KEY: "4"}, absent)
+    assert both.ws_max_connections_per_user == 3  # the new name wins
+    (tmp_path / ".env").write_text(f"{PER_KEY}=5\n")
+    assert from_env({}, tmp_path / ".env").ws_max_connections_per_user == 5
+
+    with pytest.raises(SettingsError) as refused:
+        from_env({PER_KEY: "0"}, absent)
+    assert str(refused.value) == f"{PER_KEY}: must be 1 or more (got '0')"
+
+
+def test_an_old_name_is_warned_about_with_its_new_one_and_is_not_unknown() -> None:
+    assert renamed_names({PER_KEY: "4"}, None) == [
+        f"{PER_KEY} is renamed {PER_USER}; the old name stops working next release"
+    ]
+    assert renamed_names({PER_KEY: "4", PER_USER: "3"}, None) == [
+        f"{PER_KEY} is ignored: {PER_USER}, its new name, is given"
+    ]
+    assert renamed_names({PER_USER: "3"}, None) == []
+    assert unknown_names({PER_KEY: "4", PER_USER: "3"}, None) == []
+
+
 @pytest.mark.parametrize(
     ("url", "shown"),
     [
@@ -265,8 +301,8 @@ def test_a_sqlite_database_is_described_by_its_absolute_file(
     assert describe_database("sqlite://var/evlink.sqlite3") == str(tmp_path / "var/evlink.sqlite3")
 
 
-def test_the_cli_warns_about_a_misspelt_setting(tmp_path: Path) -> None:
-    (tmp_path / ".env").write_text("EVLINK_PORTT=18800\n")
+def test_the_cli_warns_about_a_misspelt_setting_and_an_old_name(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(f"EVLINK_PORTT=18800\n{PER_KEY}=4\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVLINK_")}
     env["EVLINK_DATABASE_URL"] = "sqlite://nothing-here.sqlite3"
 
@@ -283,3 +319,4 @@ def test_the_cli_warns_about_a_misspelt_setting(tmp_path: Path) -> None:
     assert "evlink: warning: EVLINK_PORTT is not an evlink setting (did you mean EVLINK_PORT?)" in (
         result.stderr
     )
+    assert f"evlink: warning: {PER_KEY} is renamed {PER_USER};" in result.stderr

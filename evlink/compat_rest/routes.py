@@ -14,10 +14,9 @@ from evlink import jsonbody
 from evlink.compat_rest.bodies import charging_body, me_body, status_body, vehicle_body
 from evlink.domain import ChargingAction
 from evlink.errors import BadRequest, UnsupportedMediaType
-from evlink.headers import media_type
 from evlink.models import User
-from evlink.ratelimit import admit_request
-from evlink.resolvers import charging, vehicles
+from evlink.requestheaders import client_address, header, media_type
+from evlink.resolvers import auth, charging, vehicles
 from evlink.services import Services
 
 __all__ = ["routes"]
@@ -29,8 +28,16 @@ def _services(request: Request) -> Services:
 
 
 async def _user(request: Request, *, reads: bool = True) -> User:
-    """The caller, charged to its rate limits (429 past them); see :mod:`evlink.ratelimit`."""
-    return await admit_request(request, reads=reads)
+    """The caller (:func:`~evlink.resolvers.auth.authenticate_request`), charged to its
+    rate limits (429 past them, :mod:`evlink.ratelimit`); ``reads=False`` for a charging
+    command, which the use case charges to the ``commands`` quota once it is sent."""
+    services = _services(request)
+    caller = await auth.authenticate_request(
+        services, header(request.scope, b"authorization"), client_address(request)
+    )
+    if services.limiter is not None:
+        await services.limiter.admit(caller.user, caller.key_id, reads=reads)
+    return caller.user
 
 
 def _status_response(

@@ -2,6 +2,9 @@
 
 Rules kept here:
 
+- a user has at most as many cars as the tier allows (:func:`check_vehicle_limit`,
+  ``EVLINK_VEHICLE_LIMITS``): adding one past it is 403 FORBIDDEN_TIER, and a car the
+  provider reports past it is not added (:func:`upsert_provider_vehicle`, logged);
 - a car is added only once its provider has it (:func:`register_vehicle`): the
   configured provider, and for Enode a car of the user's own link; so ``evlink
   vehicle add`` never stores a car without a provider id;
@@ -15,6 +18,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,10 +28,10 @@ from tortoise.transactions import in_transaction
 
 from evlink.cache import ReadCache, user_tag, vehicle_tag
 from evlink.domain import VehicleData
-from evlink.errors import BadRequest, NotFound
+from evlink.errors import BadRequest, ForbiddenTier, NotFound
 from evlink.models import Tier, User, Vehicle
 from evlink.providers.simulator import simulator_vehicle_id
-from evlink.ratelimit import check_vehicle_limit
+from evlink.ratelimit import parse_tier_counts
 from evlink.resolvers import charging, vehicles
 from evlink.resolvers.auth import IssuedKey, issue_key
 from evlink.services import Services
@@ -37,6 +41,7 @@ __all__ = [
     "DEMO_EMAIL",
     "DemoAccount",
     "add_vehicle",
+    "check_vehicle_limit",
     "create_user",
     "enode_user_id",
     "ensure_demo",
@@ -47,8 +52,14 @@ __all__ = [
     "remove_vehicle",
     "set_tier",
     "sync_vehicles",
+    "upsert_provider_vehicle",
+    "vehicle_limit",
 ]
 
+logger = logging.getLogger(__name__)
+
+# The documented defaults are the settings' own; a tier left out of the variable keeps its.
+_DEFAULT_VEHICLE_LIMITS = parse_tier_counts(Settings().vehicle_limits)
 DEMO_EMAIL = "demo@evlink.local"
 DEMO_VEHICLES = (
     ("unplugged", "Demo car (unplugged)"),
@@ -87,6 +98,23 @@ async def set_tier(user: User, tier: Tier, cache: ReadCache | None = None) -> Us
     if cache is not None:
         await cache.invalidate(user_tag(user.id))
     return user
+
+
+def vehicle_limit(settings: Settings, tier: Tier) -> int | None:
+    """How many vehicles a user of ``tier`` may have (None: no limit)."""
+    return parse_tier_counts(settings.vehicle_limits, _DEFAULT_VEHICLE_LIMITS).get(tier)
+
+
+async def check_vehicle_limit(settings: Settings, user: User) -> None:
+    """403 FORBIDDEN_TIER when ``user`` already has as many vehicles as the tier allows."""
+    limit = vehicle_limit(settings, user.tier)
+    if limit is None:
+        return
+    if await Vehicle.filter(user=user, deleted_at=None).count() >= limit:
+        plural = "vehicle" if limit == 1 else "vehicles"
+        raise ForbiddenTier(
+            f"The {user.tier.value} tier allows {limit} {plural}; remove one or upgrade"
+        )
 
 
 async def add_vehicle(
@@ -262,10 +290,51 @@ async def enode_user_id(services: Services, user: User) -> str:
     return user.enode_user_id
 
 
+async def upsert_provider_vehicle(
+    services: Services, owner: User, data: VehicleData
+) -> Vehicle | None:
+    """Add a vehicle the provider reports for ``owner`` (or bring it back, unless it was
+    removed by hand: ``evlink vehicle remove``), then record it.
+
+    Past the tier's vehicle limit a new (or deleted) vehicle is not added: None, and
+    a warning in the log. The provider's account may hold more cars than the plan;
+    refusing the webhook would only make the provider send it again.
+    """
+    provider = services.provider.name
+    vehicle = await Vehicle.get_or_none(provider=provider, provider_vehicle_id=data.id)
+    if vehicle is not None and vehicle.removed_at is not None:
+        logger.info(
+            "vehicle %s (%s %s) was removed by hand: not added back", vehicle.id, provider, data.id
+        )
+        return None
+    if vehicle is None or vehicle.deleted_at is not None:
+        try:
+            await check_vehicle_limit(services.settings, owner)
+        except ForbiddenTier as refused:
+            logger.warning(
+                "vehicle %s %s of user %s not added: %s", provider, data.id, owner.id, refused
+            )
+            return None
+    if vehicle is None:
+        vehicle = await Vehicle.create(
+            user=owner,
+            provider=provider,
+            provider_vehicle_id=data.id,
+            provider_user_id=data.user_id,
+        )
+        logger.info("vehicle %s (%s %s) added for user %s", vehicle.id, provider, data.id, owner.id)
+    elif vehicle.deleted_at is not None:
+        vehicle.deleted_at = None
+        await vehicle.save(update_fields=["deleted_at"])
+    await services.cache.invalidate(user_tag(owner.id))  # its vehicles may have changed
+    await vehicles.record_vehicle_data(services, vehicle, data)
+    return vehicle
+
+
 async def sync_vehicles(services: Services, user: User) -> list[Vehicle]:
     """Import every vehicle the provider lists for ``user`` (those within the tier's limit)."""
     if user.enode_user_id is None:
         raise BadRequest(f"{user.email} has not linked a vehicle account yet")
     listed = await services.provider.list_vehicles(user.enode_user_id)
-    imported = [await vehicles.upsert_provider_vehicle(services, user, data) for data in listed]
+    imported = [await upsert_provider_vehicle(services, user, data) for data in listed]
     return [vehicle for vehicle in imported if vehicle is not None]

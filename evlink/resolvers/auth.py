@@ -1,4 +1,9 @@
-"""API keys: minting, checking and revoking.
+"""API keys: minting, checking and revoking, and authenticating a request.
+
+:func:`authenticate_request` is the one way in for REST, GraphQL over HTTP (the
+answer cache's path included) and websockets (``connection_init``, then each
+operation): the caller and its key's hash, with refused keys counted per client
+address by the rate limiter (``auth-failures``, :mod:`evlink.ratelimit`).
 
 A key reads ``evl_<random>_<checksum>``: 192 bits from :mod:`secrets` in base62,
 then a CRC32 of the random part in base62. The checksum lets a mistyped key be
@@ -15,18 +20,26 @@ import secrets
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from evlink.cache import ReadCache, user_tag
 from evlink.errors import NotFound, Unauthenticated
 from evlink.models import ApiKey, User
 
+if TYPE_CHECKING:
+    from evlink.services import Services
+
 __all__ = [
+    "KEY_ID_LENGTH",
+    "Caller",
     "IssuedKey",
     "authenticate",
-    "cached_user",
+    "authenticate_request",
     "check_key_format",
+    "hash_key",
     "issue_key",
     "key_from_authorization",
+    "key_id",
     "revoke_key",
 ]
 
@@ -36,7 +49,7 @@ _RANDOM_CHARS = 33  # 62**33 > 2**192
 _CHECKSUM_CHARS = 6  # 62**6 > 2**32
 _KEY_RE = re.compile(r"evl_([0-9A-Za-z]{33})_([0-9A-Za-z]{6})")
 PREFIX_LENGTH = 12  # "evl_" and 8 characters of the random part
-# A key's name in the rate-limit counters: this many hex digits of its hash.
+# A key's name in the rate-limit counters (key_id): this many hex digits of its hash.
 KEY_ID_LENGTH = 16
 # Writing last_used_at on every request would make each read a write.
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -62,8 +75,28 @@ def _checksum(random_part: str) -> str:
     return _base62(zlib.crc32(random_part.encode()), _CHECKSUM_CHARS)
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Whom a request comes from: the user, and the SHA-256 of the key it came with."""
+
+    user: User
+    key_hash: str
+
+    @property
+    def key_id(self) -> str:
+        """The key's name in the rate-limit counters (:func:`key_id`)."""
+        return key_id(self.key_hash)
+
+
 def hash_key(key: str) -> str:
+    """The SHA-256 of ``key`` in hex: all that is stored of it."""
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_id(key_hash: str) -> str:
+    """A key's name in the rate-limit counters, from its :func:`hash_key` (or
+    ``ApiKey.hash``): a prefix of the hash, never the secret itself."""
+    return key_hash[:KEY_ID_LENGTH]
 
 
 def new_key() -> str:
@@ -118,7 +151,7 @@ def key_from_authorization(authorization: str | None) -> str | None:
     return credentials.strip() or None
 
 
-def cached_user(cache: ReadCache, digest: str) -> User | None:
+def _cached_user(cache: ReadCache, digest: str) -> User | None:
     """The user of the key with this :func:`hash_key` if it was accepted a moment ago
     (``cache``), without a lookup."""
     if not cache.enabled:
@@ -140,7 +173,7 @@ async def authenticate(
         raise Unauthenticated()
     digest = digest or hash_key(key)
     # Only a well-formed key was ever stored: a hit needs no format check.
-    user = cached_user(cache, digest) if cache is not None else None
+    user = _cached_user(cache, digest) if cache is not None else None
     if user is not None:
         return user
     if not check_key_format(key):
@@ -155,3 +188,28 @@ async def authenticate(
     if cache is not None:
         cache.put(("key", digest), record.user, tags=[user_tag(record.user.id)], began=began)
     return record.user
+
+
+async def authenticate_request(
+    services: Services, authorization: str | None, address: str | None
+) -> Caller:
+    """The caller of a request with this ``Authorization``, from client ``address``;
+    failed attempts are limited per address.
+
+    A well-formed key is always checked first and only a refused one is counted,
+    so a valid key is never turned away for others' failures from its address
+    (a shared NAT, an office). Past the limit a refused key gets 429 with
+    ``Retry-After`` instead of 401; a malformed one is refused without a lookup
+    either way. No ``Authorization`` at all is not an attempt and is not counted.
+    """
+    key = key_from_authorization(authorization)
+    if key is None:
+        raise Unauthenticated()
+    digest = hash_key(key)
+    try:
+        return Caller(await authenticate(key, services.cache, digest=digest), digest)
+    except Unauthenticated:
+        pass
+    if services.limiter is not None and address is not None:
+        await services.limiter.count_auth_failure(address)
+    raise Unauthenticated()

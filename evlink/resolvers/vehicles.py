@@ -23,12 +23,11 @@ from uuid import UUID
 
 from tortoise.exceptions import IntegrityError
 
-from evlink.cache import user_tag, vehicle_tag
+from evlink.cache import vehicle_tag
 from evlink.domain import ChargeStateData, VehicleData
 from evlink.errors import (
     EvlinkError,
     ForbiddenOwner,
-    ForbiddenTier,
     NotFound,
     ProviderLinkMissing,
     ProviderUnavailable,
@@ -36,7 +35,6 @@ from evlink.errors import (
 from evlink.events import charge_state_topic
 from evlink.models import ChargeState, User, Vehicle
 from evlink.models.vehicles import CHARGE_STATE_FIELDS, charge_state_data
-from evlink.ratelimit import check_vehicle_limit
 from evlink.resolvers import rules
 from evlink.services import Refresh, Services
 
@@ -49,7 +47,6 @@ __all__ = [
     "provider_link_missing",
     "read_status",
     "record_vehicle_data",
-    "upsert_provider_vehicle",
     "vehicle_status",
 ]
 
@@ -316,47 +313,6 @@ async def _publish(services: Services, vehicle: Vehicle, state: ChargeStateData)
     await services.events.publish(
         charge_state_topic(vehicle.id), {"vehicleId": str(vehicle.id), **state.to_enode()}
     )
-
-
-async def upsert_provider_vehicle(
-    services: Services, owner: User, data: VehicleData
-) -> Vehicle | None:
-    """Add a vehicle the provider reports for ``owner`` (or bring it back, unless it was
-    removed by hand: ``evlink vehicle remove``), then record it.
-
-    Past the tier's vehicle limit a new (or deleted) vehicle is not added: None, and
-    a warning in the log. The provider's account may hold more cars than the plan;
-    refusing the webhook would only make the provider send it again.
-    """
-    provider = services.provider.name
-    vehicle = await Vehicle.get_or_none(provider=provider, provider_vehicle_id=data.id)
-    if vehicle is not None and vehicle.removed_at is not None:
-        logger.info(
-            "vehicle %s (%s %s) was removed by hand: not added back", vehicle.id, provider, data.id
-        )
-        return None
-    if vehicle is None or vehicle.deleted_at is not None:
-        try:
-            await check_vehicle_limit(services.settings, owner)
-        except ForbiddenTier as refused:
-            logger.warning(
-                "vehicle %s %s of user %s not added: %s", provider, data.id, owner.id, refused
-            )
-            return None
-    if vehicle is None:
-        vehicle = await Vehicle.create(
-            user=owner,
-            provider=provider,
-            provider_vehicle_id=data.id,
-            provider_user_id=data.user_id,
-        )
-        logger.info("vehicle %s (%s %s) added for user %s", vehicle.id, provider, data.id, owner.id)
-    elif vehicle.deleted_at is not None:
-        vehicle.deleted_at = None
-        await vehicle.save(update_fields=["deleted_at"])
-    await services.cache.invalidate(user_tag(owner.id))  # its vehicles may have changed
-    await record_vehicle_data(services, vehicle, data)
-    return vehicle
 
 
 async def ingest_vehicle_update(services: Services, data: VehicleData) -> None:

@@ -1,10 +1,13 @@
 """The GraphQL context: services, and the caller, authenticated per request or operation.
 
+Every authentication is :func:`evlink.resolvers.auth.authenticate_request`.
 Over HTTP a request with ``Authorization`` is authenticated up front (so that it
-can be charged to its rate limits before it runs); one without stays lazy, so
-introspection and the playground need no key and fields answer UNAUTHENTICATED.
-A websocket is authenticated on ``connection_init``, and each of its operations
-again (:meth:`Context.recheck`), as an HTTP request would be.
+can be charged to its rate limits before it runs), once: by the view when the
+answer cache is asked first (its outcome handed on, :meth:`Context.adopt`), else
+here; one without stays lazy, so introspection and the playground need no key
+and fields answer UNAUTHENTICATED. A websocket is authenticated on
+``connection_init``, and each of its operations again (:meth:`Context.recheck`),
+as an HTTP request would be.
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ from uuid import UUID
 
 from strawberry.types import Info as StrawberryInfo
 
-from evlink import ratelimit
-from evlink.errors import ForbiddenTier, RateLimited, Unauthenticated
+from evlink.errors import EvlinkError, ForbiddenTier, RateLimited, Unauthenticated
 from evlink.models import User, Vehicle
-from evlink.resolvers import auth, vehicles
+from evlink.resolvers import vehicles
+from evlink.resolvers.auth import Caller, authenticate_request
 from evlink.schema.results import PendingResult
 from evlink.server import OpenSocket, Watcher
 from evlink.services import Services
@@ -39,39 +42,51 @@ class Context:
     # The client's address: failed authentication is limited per address.
     client: str | None = None
     websocket: bool = False
-    # The caller's key in the rate-limit counters (ratelimit.key_id), once authenticated.
-    key_id: str | None = None
+    # The caller and its key, once authenticated.
+    caller: Caller | None = None
     # HTTP: the request was charged to its rate limits (once; a socket's operations each are).
     charged: bool = False
     # HTTP: the operation was refused before it ran; the view answers 429 with this.
     refusal: RateLimited | None = None
     # HTTP: the query's answer may go to the read cache; the resolvers note what it shows.
     pending: PendingResult | None = None
-    _user: User | None = field(default=None, repr=False)
     _refused: bool = field(default=False, repr=False)
     # The Authorization the caller was accepted with: a socket's operations are checked
     # against it, whatever a later connection_init says.
     _accepted: str | None = field(default=None, repr=False)
 
     async def user(self) -> User:
+        """The authenticated caller's user; UNAUTHENTICATED when the key is missing or bad."""
+        return (await self.identify()).user
+
+    async def identify(self) -> Caller:
         """The authenticated caller; UNAUTHENTICATED when the key is missing or bad.
 
         A refusal is remembered: each field asking again costs no lookup and no
         second count against the address's failure limit.
         """
-        if self._user is None:
+        if self.caller is None:
             if self._refused:
                 raise Unauthenticated()
             bearer = self.bearer()
             try:
-                self._user, self.key_id = await ratelimit.authenticate(
-                    self.services.limiter, bearer, self.client, self.services.cache
-                )
+                self.caller = await authenticate_request(self.services, bearer, self.client)
             except Unauthenticated:
                 self._refused = True
                 raise
             self._accepted = bearer
-        return self._user
+        return self.caller
+
+    def adopt(self, outcome: Caller | EvlinkError) -> None:
+        """Take the outcome of this request's authentication, done before the context
+        was made (the answer cache's path): a refusal is raised as :meth:`user` would
+        raise it, without a second lookup or a second count against the address."""
+        if isinstance(outcome, Caller):
+            self.caller, self._accepted = outcome, self.authorization
+        elif isinstance(outcome, Unauthenticated):
+            self._refused = True
+        else:
+            raise outcome
 
     async def recheck(self) -> None:
         """Check a websocket's key and its user's tier again before an operation, as an
@@ -86,16 +101,14 @@ class Context:
         admission = self.open_socket.admission if self.open_socket is not None else None
         if admission is None:
             return
-        user, _ = await ratelimit.authenticate(
-            self.services.limiter, self._accepted, self.client, self.services.cache
-        )
-        if user.tier != admission.tier:
-            raise ForbiddenTier(f"Your tier changed to {user.tier.value}: reconnect")
+        caller = await authenticate_request(self.services, self._accepted, self.client)
+        if caller.user.tier != admission.tier:
+            raise ForbiddenTier(f"Your tier changed to {caller.user.tier.value}: reconnect")
 
-    def key_hash(self) -> str:
-        """The SHA-256 of the key the caller was accepted with ("" before :meth:`user`)."""
-        key = auth.key_from_authorization(self._accepted)
-        return auth.hash_key(key) if key is not None else ""
+    @property
+    def key_id(self) -> str | None:
+        """The caller's key in the rate-limit counters, once authenticated."""
+        return self.caller.key_id if self.caller is not None else None
 
     @contextlib.asynccontextmanager
     async def watching(self, vehicle_id: UUID | str, watcher: Watcher) -> AsyncIterator[None]:
@@ -109,7 +122,7 @@ class Context:
 
     @property
     def authenticated(self) -> bool:
-        return self._user is not None
+        return self.caller is not None
 
     async def authenticate_now(self) -> None:
         """Check a given key before the operation runs; a bad one is raised lazily by
@@ -120,10 +133,10 @@ class Context:
     async def charge(self, *, reads: bool) -> None:
         """Charge one operation of the authenticated caller (429 RATE_LIMITED past a limit)."""
         limiter = self.services.limiter
-        if limiter is None or self._user is None or self.key_id is None:
+        if limiter is None or self.caller is None:
             return
         self.charged = True
-        await limiter.admit(self._user, self.key_id, reads=reads)
+        await limiter.admit(self.caller.user, self.caller.key_id, reads=reads)
 
     def showing(self, vehicle: Vehicle) -> None:
         """The answer shows ``vehicle``: a cached answer goes stale with it."""

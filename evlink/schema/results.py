@@ -13,9 +13,11 @@ It is kept as the exact bytes of the answer, under the caller's user and the
 digest of the request body, tagged with the user and each vehicle it read, for
 no longer than the stored charge state of those vehicles may be served (the max
 age) nor the cache's ttl. The same body from the same user is then answered
-with those bytes: the key is found in the cache, the request is charged to the
-rate limits as the query would be, and nothing is parsed or executed. Anything
-else (a miss, an unknown key, another content type) goes through Strawberry.
+with those bytes: the caller is authenticated as any request is (by the view,
+:func:`evlink.resolvers.auth.authenticate_request`), the request is charged to
+the rate limits as the query would be, and nothing is parsed or executed.
+Anything else (a miss, a refused key, another content type) goes through
+Strawberry.
 """
 
 from __future__ import annotations
@@ -44,10 +46,9 @@ from starlette.types import Message, Receive, Scope, Send
 
 from evlink.cache import ReadCache, user_tag, vehicle_tag
 from evlink.domain import CAPABILITY_NAMES
-from evlink.headers import header, media_type
-from evlink.models import User
 from evlink.ratelimit import Limiter
-from evlink.resolvers import auth
+from evlink.requestheaders import header, media_type
+from evlink.resolvers.auth import Caller
 
 __all__ = ["CACHEABLE", "PendingResult", "ResultCache", "is_cacheable"]
 
@@ -170,25 +171,25 @@ class ResultCache:
         return known
 
     async def answer(
-        self, scope: Scope, body: bytes, cache: ReadCache, limiter: Limiter | None
+        self,
+        scope: Scope,
+        body: bytes,
+        cache: ReadCache,
+        limiter: Limiter | None,
+        caller: Caller | None,
     ) -> Response | PendingResult | None:
-        """The stored answer to this request (charged to the caller's limits); else what
-        to note while Strawberry answers it (None: nothing can be stored)."""
-        if not cache.enabled or not _plain_json(scope):
+        """The stored answer to this request of the authenticated ``caller`` (charged to
+        its limits); else what to note while Strawberry answers it (None: nothing can be
+        stored, or no caller)."""
+        if caller is None or not cache.enabled or not _plain_json(scope):
             return None
-        key = auth.key_from_authorization(header(scope, b"authorization"))
-        if key is None:
-            return None
-        digest = auth.hash_key(key)
-        user: User | None = auth.cached_user(cache, digest)
-        if user is None:
-            return None  # Strawberry's way authenticates it (and caches the key)
+        user = caller.user
         entry_key = ("graphql", user.id, hashlib.sha256(body).digest())
         stored: bytes | None = cache.get(entry_key)
         if stored is None:
             return PendingResult(entry_key, user.id, cache.begin())
         if limiter is not None:
-            await limiter.admit(user, digest[: auth.KEY_ID_LENGTH], reads=True)
+            await limiter.admit(user, caller.key_id, reads=True)
         return Response(stored, media_type="application/json")
 
     @staticmethod

@@ -40,7 +40,8 @@ from evlink.compat_rest.errors import error_response
 from evlink.errors import DatabaseUnavailable, EvlinkError, RateLimited
 from evlink.metrics import Metrics
 from evlink.playground.page import playground_response
-from evlink.ratelimit import client_address
+from evlink.requestheaders import client_address, header
+from evlink.resolvers.auth import Caller, authenticate_request
 from evlink.schema.context import Context
 from evlink.schema.results import ResultCache, capturing, read_body
 from evlink.schema.socket_messages import message_problem
@@ -179,7 +180,8 @@ class GraphQLView(GraphQL[Context, None]):
             await self._http(scope, receive, send)
             return
         body, receive = await read_body(receive)
-        found = await self.results.answer(scope, body, services.cache, services.limiter)
+        caller = await _authenticate(scope, services)
+        found = await self.results.answer(scope, body, services.cache, services.limiter, caller)
         if isinstance(found, Response):
             await found(scope, receive, send)
             return
@@ -223,7 +225,10 @@ class GraphQLView(GraphQL[Context, None]):
             websocket=isinstance(request, WebSocket),
             pending=request.scope.get(_PENDING),
         )
-        if not context.websocket and context.authorization:
+        authenticated = request.scope.get(_AUTHENTICATED)
+        if authenticated is not None:
+            context.adopt(authenticated)  # by _post, for the answer cache
+        elif not context.websocket and context.authorization:
             # Up front, so the operation can be charged (429) before it runs.
             await context.authenticate_now()
         return context
@@ -322,14 +327,14 @@ class GraphQLView(GraphQL[Context, None]):
         if socket is not None:
             services.open_sockets.initialised(socket)
         try:
-            user = await context.user()
+            caller = await context.identify()
         except DatabaseUnavailable:
             raise  # not the client's fault: the socket closes with 1011 (_UNAVAILABLE)
         except EvlinkError as exc:
             raise _Rejected(exc) from None
         if socket is not None and socket.admission is None:
-            cap = services.settings.ws_max_connections_per_key
-            admission = Admission(user.id, context.key_hash(), user.tier.value)
+            cap = services.settings.ws_max_connections_per_user
+            admission = Admission(caller.user.id, caller.key_hash, caller.user.tier.value)
             if not services.open_sockets.admit(socket, admission, cap):
                 raise _Rejected(RateLimited(f"At most {cap} websockets per user"))
         return None
@@ -370,7 +375,26 @@ _REASONS = {
 _REQUEST_ERROR_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}
 _SOCKET = "evlink.open_socket"
 _PENDING = "evlink.pending_result"
+_AUTHENTICATED = "evlink.authenticated"
 _INIT_TIMEOUT = 4408  # as Strawberry closes a late graphql-transport-ws
+
+
+async def _authenticate(scope: Scope, services: Services) -> Caller | None:
+    """The caller of a POST with ``Authorization``, for the answer cache; the outcome,
+    a refusal included, is kept in the scope for the context (:meth:`Context.adopt`),
+    so the request is authenticated (and a refused key counted) once."""
+    authorization = header(scope, b"authorization")
+    if authorization is None:
+        return None
+    try:
+        caller = await authenticate_request(
+            services, authorization, client_address(HTTPConnection(scope))
+        )
+    except EvlinkError as refused:
+        scope[_AUTHENTICATED] = refused
+        return None
+    scope[_AUTHENTICATED] = caller
+    return caller
 
 
 def _close_if_pending(socket: OpenSocket) -> None:

@@ -1,10 +1,13 @@
-"""Adding and removing cars, and the one Enode user id of a user (evlink/resolvers/accounts.py)."""
+"""Adding and removing cars within the tier's vehicle limit, and the one Enode user id of
+a user (evlink/resolvers/accounts.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
+import uuid
 from typing import Any
 
 import pytest
@@ -13,6 +16,8 @@ from gql.transport.exceptions import TransportQueryError
 from evlink.errors import BadRequest, ForbiddenTier, NotFound
 from evlink.models import ChargingCommand, CommandState, Tier, User, Vehicle
 from evlink.resolvers import accounts
+from evlink.resolvers.accounts import upsert_provider_vehicle
+from evlink.settings import Settings
 from tests.conftest import (
     PROTOCOLS,
     TIMEOUT,
@@ -24,6 +29,7 @@ from tests.conftest import (
     run_server,
     subscription,
 )
+from tests.test_ratelimit import _run_cli, limited
 
 LINK = "mutation($uri: String!) { linkVehicleAccount(redirectUri: $uri) }"
 CHARGE_STATE = "subscription($id: ID!) { chargeState(vehicleId: $id) { isPluggedIn } }"
@@ -291,3 +297,71 @@ async def _evlink(enode: EnodeWorld, *args: str) -> str:
     out, err = await asyncio.wait_for(process.communicate(), TIMEOUT * 3)
     assert process.returncode == 0, (args, out, err)
     return out.decode()
+
+
+# -- vehicles per tier ------------------------------------------------------------
+
+
+async def test_vehicle_limits_per_tier(
+    make_settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(vehicle_limits="free=1;basic=2")
+    async with limited(settings) as (server, _):
+        free, _ = await server.user(tier=Tier.FREE)
+        await accounts.add_vehicle(
+            free, provider="simulator", provider_vehicle_id=None, settings=settings
+        )
+        with pytest.raises(ForbiddenTier, match="FREE tier allows 1 vehicle;"):
+            await accounts.add_vehicle(
+                free, provider="simulator", provider_vehicle_id=None, settings=settings
+            )
+
+        basic, _ = await server.user(tier=Tier.BASIC)
+        provider_ids = [f"sim-plugged-{uuid.uuid4().hex[:12]}" for _ in range(3)]
+        with caplog.at_level(logging.WARNING, logger="evlink"):
+            added = [
+                await upsert_provider_vehicle(
+                    server.services, basic, await server.provider.get_vehicle(pid)
+                )
+                for pid in provider_ids
+            ]
+        assert [v is not None for v in added] == [True, True, False]
+        assert await Vehicle.filter(user=basic).count() == 2
+        assert any(
+            provider_ids[2] in r.getMessage() and "BASIC tier allows 2 vehicles" in r.getMessage()
+            for r in caplog.records
+        )
+        # A vehicle already held is still updated at the limit.
+        kept = await upsert_provider_vehicle(
+            server.services, basic, await server.provider.get_vehicle(provider_ids[0])
+        )
+        first = added[0]
+        assert first is not None
+        assert kept is not None
+        assert kept.id == first.id
+
+        pro, _ = await server.user(tier=Tier.PRO)  # PRO keeps its default: 5
+        for _ in range(5):
+            await accounts.add_vehicle(
+                pro, provider="simulator", provider_vehicle_id=None, settings=settings
+            )
+        with pytest.raises(ForbiddenTier, match="PRO tier allows 5 vehicles"):
+            await accounts.add_vehicle(
+                pro, provider="simulator", provider_vehicle_id=None, settings=settings
+            )
+
+
+def test_the_cli_refuses_a_vehicle_over_the_tier_limit(settings: Settings) -> None:
+    asyncio.run(_truncate(settings.database_url))
+    for args in (
+        ("user", "create", "--email", "one-car@example.com", "--tier", "free"),
+        ("vehicle", "add", "--user", "one-car@example.com"),
+    ):
+        assert _run_cli(settings, *args).returncode == 0
+
+    refused = _run_cli(settings, "vehicle", "add", "--user", "one-car@example.com")
+
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "evlink: The FREE tier allows 1 vehicle; remove one or upgrade"
+    )

@@ -1,25 +1,36 @@
-"""API keys: their format and checksum, how they are stored, revoked and checked."""
+"""API keys: their format and checksum, how they are stored, revoked and checked; and
+requests authenticated (authenticate_request) on every path, with refused keys limited
+per client address."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import re
+from typing import Any
 
 import pytest
+import websockets
+from gql import GraphQLRequest
 
 from evlink.errors import NotFound, Unauthenticated
-from evlink.models import ApiKey
+from evlink.models import ApiKey, Vehicle
 from evlink.resolvers.auth import (
     _ALPHABET,
     _checksum,
     authenticate,
+    authenticate_request,
     check_key_format,
+    hash_key,
     issue_key,
     key_from_authorization,
+    key_id,
     new_key,
     revoke_key,
 )
-from tests.conftest import Server
+from tests.conftest import PROTOCOLS, TIMEOUT, Server
+from tests.test_ratelimit import ME, bearer, fields, limited
 
 KEY_SHAPE = re.compile(r"evl_[0-9A-Za-z]{33}_[0-9A-Za-z]{6}")
 
@@ -230,3 +241,135 @@ async def test_missing_malformed_and_unknown_keys_do_not_authenticate(server: Se
 async def test_revoking_an_id_that_cannot_exist_is_not_found(server: Server, key_id: str) -> None:
     with pytest.raises(NotFound):
         await revoke_key(key_id)
+
+
+# -- Requests: authenticate_request, on every path ----------------------------------
+
+
+async def test_a_request_is_authenticated_as_the_key_s_user_with_its_key_id(
+    server: Server,
+) -> None:
+    user, key = await server.user()
+
+    caller = await authenticate_request(server.services, f"Bearer {key}", "192.0.2.1")
+
+    assert caller.user.id == user.id
+    assert caller.key_hash == hashlib.sha256(key.encode()).hexdigest()
+    assert caller.key_id == key_id(hash_key(key)) == caller.key_hash[:16]
+    for authorization in (None, "", f"Basic {key}", "Bearer ", f"Bearer {key[:-1]}x"):
+        with pytest.raises(Unauthenticated):
+            await authenticate_request(server.services, authorization, "192.0.2.1")
+
+
+async def test_failed_keys_are_limited_per_address_but_never_a_valid_key(
+    make_settings: Any,
+) -> None:
+    async with limited(make_settings(auth_failures="3/minute")) as (server, clock):
+        _, key = await server.user()
+        revoked = await server.user()
+        await revoke_key(revoked[1][:12])
+        wrong = [revoked[1], "evl_not-a-key", key[:-1] + ("A" if key[-1] != "A" else "B")]
+
+        codes = [(await server.http.get(ME, headers=bearer(k))).status_code for k in wrong]
+        assert codes == [401, 401, 401]
+        for guess in (revoked[1], "junk"):  # well-formed or not: 429 from now on
+            refused = await server.http.get(ME, headers=bearer(guess))
+            assert refused.status_code == 429
+            assert refused.json()["code"] == "RATE_LIMITED"
+            assert refused.headers["Retry-After"] == "60"
+            assert fields(refused.headers["RateLimit"])["auth-failures"] == {"r": 0, "t": 60}
+        graphql = await server.http.post(
+            "/graphql", json={"query": "{ viewer { id } }"}, headers=bearer("junk")
+        )
+        assert graphql.status_code == 429
+
+        owner = await server.http.get(ME, headers=bearer(key))  # same address, valid key
+        assert owner.status_code == 200
+        assert "auth-failures" not in fields(owner.headers["RateLimit"])
+        assert (await server.http.get(ME)).status_code == 401  # no key is no attempt
+
+        clock.advance(60)
+        assert (await server.http.get(ME, headers=bearer("junk"))).status_code == 401
+
+
+async def test_forwarded_addresses_count_only_from_the_proxies_configured(
+    make_settings: Any,
+) -> None:
+    """uvicorn alone believes X-Forwarded-For from 127.0.0.1: a local client could then
+    pick a new address for each guess. evlink believes it from EVLINK_FORWARDED_ALLOW_IPS
+    only (none by default)."""
+
+    async def guesses(server: Server, forwarded_for: list[str]) -> list[int]:
+        return [
+            (
+                await server.http.get(ME, headers={**bearer("junk"), "X-Forwarded-For": a})
+            ).status_code
+            for a in forwarded_for
+        ]
+
+    spoofed = [f"203.0.113.{n}" for n in range(1, 5)]
+    async with limited(make_settings(auth_failures="3/minute")) as (server, _):
+        assert await guesses(server, spoofed) == [401, 401, 401, 429]
+    behind_a_proxy = make_settings(auth_failures="3/minute", forwarded_allow_ips="127.0.0.1")
+    async with limited(behind_a_proxy) as (server, _):
+        # The proxy's header names the client: each address has its own count.
+        assert await guesses(server, spoofed) == [401, 401, 401, 401]
+        assert await guesses(server, ["198.51.100.7"] * 4) == [401, 401, 401, 429]
+
+
+async def test_a_bad_key_on_a_websocket_counts_as_a_failure(make_settings: Any) -> None:
+    async with limited(make_settings(auth_failures="1/minute")) as (server, _):
+        _, key = await server.user()
+        for expected in ("UNAUTHENTICATED", "RATE_LIMITED"):
+            async with websockets.connect(
+                server.ws_url, subprotocols=[websockets.Subprotocol("graphql-ws")]
+            ) as ws:
+                await ws.send(
+                    '{"type": "connection_init", "payload": {"Authorization": "Bearer x"}}'
+                )
+                answer = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+            assert answer["type"] == "connection_error"
+            assert answer["payload"]["code"] == expected
+        async with server.gql_client(key, PROTOCOLS[0]) as session:
+            assert (await session.execute(GraphQLRequest("{ viewer { id } }")))["viewer"]
+
+
+async def test_the_graphql_answer_cache_answers_only_an_authenticated_key_once_checked(
+    make_settings: Any,
+) -> None:
+    """On the answer cache's path (a JSON POST, the cache on) each request is
+    authenticated before the cache is asked, and once: the owner's key gets the answer
+    from memory, a revoked key of the same user does not, and a refused key counts one
+    failure, not one there and one in Strawberry."""
+    query = json.dumps({"query": "{ vehicles { id name } }"}).encode()
+    async with limited(make_settings(auth_failures="3/minute")) as (server, _):
+        server.services.cache.clock = lambda: 1000.0  # nothing expires during the test
+        user, key = await server.user()
+        vehicle = await server.vehicle(user, "plugged")
+        revoked = await issue_key(user)
+        await revoke_key(revoked.record.prefix)  # as the CLI does: the server is not told
+        headers = {"Content-Type": "application/json"}
+
+        async def post(key: str) -> Any:
+            answer = await server.http.post(
+                "/graphql", content=query, headers={**headers, **bearer(key)}
+            )
+            return answer
+
+        for _ in range(2):  # the first read refreshes from the provider: not stored
+            stored = (await post(key)).json()
+        await Vehicle.filter(id=vehicle.id).update(name="renamed, unseen by the cache")
+        assert (
+            (await post(key)).json()
+            == stored
+            == {"data": {"vehicles": [{"id": str(vehicle.id), "name": vehicle.name}]}}
+        )
+        refused = (await post(revoked.secret)).json()
+        assert refused["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+
+        wrong = key[:-1] + ("A" if key[-1] != "A" else "B")
+        answers = [await post(wrong) for _ in range(3)]  # the revoked key was the first
+        codes = [a.json()["errors"][0]["extensions"]["code"] for a in answers]
+        assert codes == ["UNAUTHENTICATED"] * 2 + ["RATE_LIMITED"]
+        assert [a.status_code for a in answers] == [200, 200, 429]
+        assert fields(answers[2].headers["RateLimit"])["auth-failures"] == {"r": 0, "t": 60}
