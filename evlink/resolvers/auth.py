@@ -35,6 +35,7 @@ __all__ = [
     "IssuedKey",
     "authenticate",
     "authenticate_request",
+    "cached_user",
     "check_key_format",
     "hash_key",
     "issue_key",
@@ -151,7 +152,7 @@ def key_from_authorization(authorization: str | None) -> str | None:
     return credentials.strip() or None
 
 
-def _cached_user(cache: ReadCache, digest: str) -> User | None:
+def cached_user(cache: ReadCache, digest: str) -> User | None:
     """The user of the key with this :func:`hash_key` if it was accepted a moment ago
     (``cache``), without a lookup."""
     if not cache.enabled:
@@ -173,7 +174,7 @@ async def authenticate(
         raise Unauthenticated()
     digest = digest or hash_key(key)
     # Only a well-formed key was ever stored: a hit needs no format check.
-    user = _cached_user(cache, digest) if cache is not None else None
+    user = cached_user(cache, digest) if cache is not None else None
     if user is not None:
         return user
     if not check_key_format(key):
