@@ -29,7 +29,8 @@ from evlink.models import ChargingCommand, CommandState, Tier, User, Vehicle
 from evlink.models.database import open_database
 from evlink.providers.simulator import ManualClock, Simulator
 from evlink.resolvers import accounts
-from evlink.resolvers.charging import CommandWatcher, wait_for_command
+from evlink.resolvers.charging import CommandWatcher
+from evlink.resolvers.follow import wait_for_command
 from evlink.settings import Settings
 from tests.conftest import (
     PROTOCOLS,

@@ -17,7 +17,7 @@ from evlink.errors import BadRequest, UnsupportedMediaType
 from evlink.headers import media_type
 from evlink.models import User
 from evlink.ratelimit import admit_request
-from evlink.resolvers import charging, vehicles
+from evlink.resolvers import charging, follow, vehicles
 from evlink.services import Services
 
 __all__ = ["routes"]
@@ -119,17 +119,17 @@ async def set_charging(request: Request) -> JSONResponse:
     wait = _wait_seconds(request)
     action = await _action(request)
     services = _services(request)
-    command = await charging.set_charging(
+    requested = await charging.set_charging(
         services,
         user,
         request.path_params["vehicle_id"],
         action,
         request.headers.get("idempotency-key"),
     )
+    command = requested.command
     if wait:
-        command = await charging.wait_for_command(services, command, wait)
-    vehicle = await vehicles.get_vehicle(user, command.vehicle_id)  # type: ignore[attr-defined]
-    return JSONResponse(charging_body(vehicle, command, with_state=wait is not None))
+        command = await follow.wait_for_command(services, command, wait)
+    return JSONResponse(charging_body(requested.vehicle, command, with_state=wait is not None))
 
 
 routes: list[BaseRoute] = [

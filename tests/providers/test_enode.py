@@ -11,7 +11,7 @@ from evlink.domain import ChargingAction
 from evlink.errors import ProviderUnavailable
 from evlink.models import ChargingCommand, CommandState, Vehicle
 from evlink.providers.enode import EnodeProvider
-from evlink.resolvers.charging import wait_for_command
+from evlink.resolvers.follow import wait_for_command
 from evlink.settings import Settings
 from tests.conftest import TIMEOUT, EnodeWorld, run_enode_world
 from tests.fakes.enode import FakeEnode
