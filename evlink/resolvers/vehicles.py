@@ -19,9 +19,11 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 from tortoise.exceptions import IntegrityError
+from tortoise.queryset import QuerySet
 
 from evlink.cache import user_tag, vehicle_tag
 from evlink.domain import ChargeStateData, VehicleData
@@ -44,8 +46,12 @@ __all__ = [
     "ensure_synced",
     "fresh_for",
     "get_vehicle",
+    "ingest_reported_vehicle",
+    "ingest_vehicle_update",
     "list_vehicles",
+    "provider_account_unreachable",
     "provider_link_missing",
+    "provider_vehicle_deleted",
     "read_status",
     "record_vehicle_data",
     "upsert_provider_vehicle",
@@ -368,6 +374,49 @@ async def ingest_vehicle_update(services: Services, data: VehicleData) -> None:
     )
     for vehicle in vehicles:
         await record_vehicle_data(services, vehicle, data)
+
+
+async def ingest_reported_vehicle(
+    services: Services, provider_user_id: str, data: VehicleData
+) -> None:
+    """A vehicle the provider reports for one of its users (Enode's ``discovered`` and
+    ``updated`` webhooks): recorded on its vehicle, or added (:func:`upsert_provider_vehicle`)
+    to the evlink user linked to ``provider_user_id`` (the report's own when empty)."""
+    provider = services.provider.name
+    vehicle = await Vehicle.get_or_none(provider=provider, provider_vehicle_id=data.id)
+    if vehicle is not None and vehicle.deleted_at is None:
+        await record_vehicle_data(services, vehicle, data)
+        return
+    owner = await User.get_or_none(enode_user_id=provider_user_id or data.user_id)
+    if owner is None:
+        logger.warning("vehicle %s %s belongs to no linked evlink user", provider, data.id)
+        return
+    await upsert_provider_vehicle(services, owner, data)
+
+
+async def provider_vehicle_deleted(services: Services, provider_vehicle_id: str) -> None:
+    """The provider deleted a vehicle from its user's account: deleted here too
+    (``deleted_at``; a later report of it adds it back)."""
+    deleted = Vehicle.filter(
+        provider=services.provider.name, provider_vehicle_id=provider_vehicle_id, deleted_at=None
+    )
+    await _updating(services, deleted, deleted_at=_now())
+
+
+async def provider_account_unreachable(services: Services, provider_user_id: str) -> None:
+    """The provider lost its user's credentials: every vehicle of that account is
+    unreachable until a report says otherwise."""
+    unreachable = Vehicle.filter(provider=services.provider.name, provider_user_id=provider_user_id)
+    await _updating(services, unreachable, is_reachable=False)
+
+
+async def _updating(services: Services, vehicles: QuerySet[Vehicle], **values: Any) -> None:
+    """Update ``vehicles`` and invalidate them (and their owners' lists) in the read cache."""
+    touched = await vehicles.values_list("id", "user_id")
+    await vehicles.update(**values)
+    tags = {vehicle_tag(vehicle_id) for vehicle_id, _ in touched}
+    tags |= {user_tag(owner_id) for _, owner_id in touched}
+    await services.cache.invalidate(*sorted(tags))
 
 
 def _now() -> datetime:
