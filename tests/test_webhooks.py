@@ -121,6 +121,9 @@ async def test_deleted_vehicle_disappears_and_credentials_invalidated_marks_unre
     kept = await enode.vehicle(user, isPluggedIn=True)
     gone = await enode.vehicle(user, isPluggedIn=False)
     deleted = enode.fake.vehicle_event(gone.provider_vehicle_id or "", "user:vehicle:deleted")
+    for _ in range(3):  # the first read refreshes (not kept); later ones are in the read cache
+        cached = await enode.server.http.get(f"/api/status/{gone.id}", headers=auth(key))
+        assert cached.status_code == 200
 
     await enode.deliver([deleted, enode.fake.credentials_invalidated_event("user-1")])
 
