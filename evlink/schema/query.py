@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
+from typing import TypeVar
 
 import strawberry
 
+from evlink.domain import ChargeStateData
 from evlink.events import shared
 from evlink.resolvers import accounts, charging, follow, vehicles
 from evlink.schema.context import Info
@@ -19,6 +21,9 @@ from evlink.schema.types import (
 )
 
 __all__ = ["Mutation", "Query", "Subscription"]
+
+T = TypeVar("T")
+P = TypeVar("P")
 
 
 @strawberry.type
@@ -95,9 +100,8 @@ class Subscription:
         command = await charging.get_command(await info.context.user(), str(id))
         # Ended with an error once the user no longer owns the car (evlink.revocation).
         changes = follow.follow_command(services, command, watching=info.context.watching)
-        async with services.metrics.subscription("chargingCommand"), aclosing(changes):
-            async for changed in changes:
-                yield ChargingCommand.from_model(changed)
+        async for payload in _relayed(info, "chargingCommand", changes, ChargingCommand.from_model):
+            yield payload
 
     @strawberry.subscription(description="The vehicle's charge state now, then each change.")
     async def charge_state(
@@ -107,7 +111,20 @@ class Subscription:
         vehicle = await vehicles.get_vehicle(await info.context.user(), str(vehicle_id))
         # Ended with an error once the user no longer owns the car (evlink.revocation).
         states = follow.follow_charge_state(services, vehicle, watching=info.context.watching)
-        async with services.metrics.subscription("chargeState"), aclosing(states):
-            async for state in states:
-                # One payload per state for all its subscribers (schema.fanout).
-                yield shared(state, ChargeState.from_data)
+        # One payload per state for all its subscribers (schema.fanout).
+        async for payload in _relayed(info, "chargeState", states, _shared_payload):
+            yield payload
+
+
+def _shared_payload(state: ChargeStateData) -> ChargeState:
+    return shared(state, ChargeState.from_data)
+
+
+async def _relayed(
+    info: Info, name: str, followed: AsyncGenerator[T, None], shape: Callable[[T], P]
+) -> AsyncGenerator[P, None]:
+    """``shape`` of each item a use case follows, counted as the subscription ``name``;
+    the follow is closed (its event subscription ended) with the subscription."""
+    async with info.context.services.metrics.subscription(name), aclosing(followed):
+        async for item in followed:
+            yield shape(item)
