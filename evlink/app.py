@@ -19,7 +19,7 @@ from tortoise import Tortoise
 from tortoise.context import get_current_context
 from tortoise.contrib.starlette import RegisterTortoise
 
-from evlink import compat_rest
+from evlink import compat_rest, webhooks
 from evlink.cache import ReadCache, follow_invalidations
 from evlink.compat_rest.errors import exception_handlers
 from evlink.connections import ConnectionLimits
@@ -40,7 +40,6 @@ from evlink.schema.view import GraphQLView
 from evlink.server import OpenSockets, tune_gc
 from evlink.services import Services
 from evlink.settings import Settings, connection_name
-from evlink.webhooks import enode_webhook, resume_deliveries
 
 __all__ = ["create_app"]
 
@@ -160,7 +159,9 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
 
             await services.provider.start(sink)
             await services.watcher.start()
-            resuming = asyncio.create_task(resume_deliveries(services), name="resume-deliveries")
+            resuming = asyncio.create_task(
+                webhooks.resume_deliveries(services), name="resume-deliveries"
+            )
             listening = asyncio.Event()
             following = asyncio.create_task(
                 follow_invalidations(cache, events, listening), name="cache-invalidations"
@@ -196,7 +197,7 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
-            Route("/api/webhooks/enode", enode_webhook, methods=["POST"]),
+            Route(webhooks.PATH, webhooks.enode_webhook, methods=["POST"]),
             WebSocketRoute("/graphql", graphql),
             Mount(playground.STATIC_PATH, playground.static_files, name="playground"),
         ],
@@ -206,7 +207,7 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
             Middleware(
                 BodyLimit,
                 limit=settings.max_body,
-                overrides={"/api/webhooks/enode": settings.webhook_max_body},
+                overrides=webhooks.body_limits(settings),
             ),
         ],
         exception_handlers=exception_handlers,

@@ -5,10 +5,22 @@ the same query again and again; without a cache each of those requests is three
 database queries (the key, the vehicle, its charge state) or a whole GraphQL
 execution. The cache keeps, per process:
 
-- authenticated keys: the key's hash -> its user and key id;
-- vehicle statuses: a vehicle id -> the vehicle with its charge state (REST);
-- GraphQL results: the caller, the document and its variables -> the answer's
-  bytes (:mod:`evlink.schema.results`).
+- accepted keys: ``("key", the key's SHA-256)`` -> its :class:`~evlink.models.User`,
+  tagged ``user:<id>``; a hit needs neither the key's format check nor a lookup;
+- vehicle statuses (REST ``/api/status``, ``/api/ha/status``): ``("status", the id as
+  asked)`` -> the :class:`~evlink.resolvers.vehicles.VehicleStatus` (the REST bodies
+  rendered from it are kept on it), tagged ``vehicle:<id>``, and only until the stored
+  state passes the max age (:func:`evlink.resolvers.vehicles.read_status`); it is
+  answered only to the vehicle's owner (403 otherwise) and never mutated (a refresh
+  reads the vehicle from the database);
+- GraphQL answers: ``("graphql", user id, SHA-256 of the body)`` -> the answer's
+  bytes, tagged ``user:<id>`` and ``vehicle:<id>`` of each vehicle shown; which
+  queries qualify and how a hit is charged is :mod:`evlink.schema.results`'.
+
+Writers that invalidate: recording a provider report (every refresh, webhook or
+simulator step: the vehicle; a car added or brought back: its owner too), the
+webhook's deletions and lost credentials (the vehicles and their owners), revoking a
+key, a tier change, adding a car and linking a vehicle account (the user).
 
 Coherence. Every entry carries *tags* (``vehicle:<id>``, ``user:<id>``) with the
 version each tag had when the entry's data was read. A write that changes what a

@@ -29,6 +29,7 @@ __all__ = [
     "VehicleData",
     "format_timestamp",
     "parse_timestamp",
+    "vehicle_name",
 ]
 
 
@@ -78,6 +79,18 @@ def format_timestamp(value: datetime | None) -> str | None:
         return None
     utc = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def vehicle_name(name: str | None, information: Mapping[str, Any] | None) -> str | None:
+    """A vehicle's name as shown: the one given in evlink, else the provider's
+    ``displayName``, else its brand and model."""
+    if name:
+        return name
+    info = information or {}
+    if info.get("displayName"):
+        return str(info["displayName"])
+    brand_model = " ".join(str(info[k]) for k in ("brand", "model") if info.get(k))
+    return brand_model or None
 
 
 @dataclass(frozen=True, slots=True)

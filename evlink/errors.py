@@ -51,6 +51,7 @@ __all__ = [
     "StreamInterrupted",
     "Unauthenticated",
     "UnsupportedMediaType",
+    "code_for_status",
 ]
 
 
@@ -201,3 +202,18 @@ class ProviderUnavailable(EvlinkError):
     ) -> None:
         super().__init__(message, retry_after=retry_after)
         self.status = status
+
+
+# The codes of answers given before any of evlink's code runs (Starlette's no route and
+# wrong method, Strawberry's refusals, a body over its limit); any other status is a
+# client's malformed request.
+_STATUS_CODES = {
+    404: NotFound.code,
+    405: "METHOD_NOT_ALLOWED",
+    413: PayloadTooLarge.code,
+}
+
+
+def code_for_status(status: int) -> str:
+    """The table's code for an HTTP error answered by Starlette or Strawberry itself."""
+    return _STATUS_CODES.get(status, BadRequest.code)

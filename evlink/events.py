@@ -21,9 +21,9 @@ import json
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Hashable
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
 import redis.asyncio
@@ -40,6 +40,7 @@ __all__ = [
     "command_topic",
     "command_wake_topic",
     "delivery_topic",
+    "shared",
 ]
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,29 @@ def delivery_topic(delivery_id: str) -> str:
 def command_wake_topic(command_id: UUID | str) -> str:
     """Tells the watcher following a command to look again (provider action changed)."""
     return f"command:{command_id}:wake"
+
+
+T = TypeVar("T")
+_SHARED = 128  # recent (object, make) pairs with what was made of them
+# id(object), make -> (the object, what was made of it); the object is kept alive with it.
+_made: dict[tuple[int, Hashable], tuple[object, object]] = {}
+
+
+def shared(obj: object, make: Callable[[Any], T]) -> T:
+    """``make(obj)``, made once for every subscriber handed the same ``obj``: the bus
+    gives each local subscriber of a message the same message object, and whatever is
+    made of it once is shared in turn (a subscription's payload: evlink.schema.fanout)."""
+    key = (id(obj), make)
+    known = _made.get(key)
+    if known is not None and known[0] is obj:
+        made: T = known[1]  # type: ignore[assignment]
+        return made
+    made = make(obj)
+    if len(_made) >= _SHARED:
+        del _made[next(iter(_made))]
+    # The object is kept alive with what was made of it, so its id is not reused meanwhile.
+    _made[key] = (obj, made)
+    return made
 
 
 class Subscription(Protocol):

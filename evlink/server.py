@@ -115,7 +115,7 @@ class OpenSockets:
         self._empty = asyncio.Event()
         self._empty.set()
         # Set when the server starts shutting down: REST ``?wait`` answers at once
-        # (evlink.resolvers.charging.wait_for_command), before uvicorn's graceful timeout.
+        # (evlink.resolvers.follow.wait_for_command), before uvicorn's graceful timeout.
         self.stopping = asyncio.Event()
         self._per_user: dict[int, set[OpenSocket]] = {}
         self._pending: dict[str, int] = {}

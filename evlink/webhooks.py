@@ -2,7 +2,8 @@
 
 The signature (``x-enode-signature: sha1=<hex>``, an HMAC-SHA1 of the raw body
 with ``EVLINK_ENODE_WEBHOOK_SECRET``) is checked in constant time before the
-body is parsed; an oversized body is refused while it is read. An accepted
+body is parsed; a body over ``EVLINK_WEBHOOK_MAX_BODY`` is refused while it is
+read (:func:`body_limits`, applied by :class:`evlink.guards.BodyLimit`). An accepted
 delivery is written to the database first, answered at once, and worked off
 after the answer. A delivery id already seen (Enode retrying), or a body already
 seen under another id (a replay: the signature covers the body, not the id), is
@@ -25,24 +26,28 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from tortoise.exceptions import IntegrityError
-from tortoise.queryset import QuerySet
 
 from evlink import jsonbody
-from evlink.cache import user_tag, vehicle_tag
 from evlink.domain import ChargeAction, VehicleData
-from evlink.errors import BadRequest, NotFound, PayloadTooLarge, Unauthenticated
+from evlink.errors import BadRequest, NotFound, Unauthenticated
 from evlink.events import delivery_topic
-from evlink.models import User, Vehicle, WebhookDelivery
-from evlink.resolvers.accounts import upsert_provider_vehicle
+from evlink.models import WebhookDelivery
+from evlink.resolvers import accounts, vehicles
 from evlink.resolvers.charging import ingest_provider_update
-from evlink.resolvers.vehicles import record_vehicle_data
 from evlink.services import Services
+from evlink.settings import Settings
 
-__all__ = ["enode_webhook", "resume_deliveries", "signature_for"]
+__all__ = ["PATH", "body_limits", "enode_webhook", "resume_deliveries", "signature_for"]
 
 logger = logging.getLogger(__name__)
 
 PROVIDER = "enode"
+PATH = "/api/webhooks/enode"
+
+
+def body_limits(settings: Settings) -> dict[str, int]:
+    """The webhook's own body limit by path, for :class:`evlink.guards.BodyLimit`."""
+    return {PATH: settings.webhook_max_body}
 
 
 def signature_for(secret: str, body: bytes) -> str:
@@ -50,26 +55,12 @@ def signature_for(secret: str, body: bytes) -> str:
     return "sha1=" + hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdecimal() and int(declared) > limit:
-        raise PayloadTooLarge()
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge()
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def enode_webhook(request: Request) -> JSONResponse:
     services: Services = request.app.state.services
     secret = services.settings.enode_webhook_secret
     if services.provider.name != PROVIDER or not secret:
         raise NotFound("Webhooks are not configured")
-    body = await _read_body(request, services.settings.webhook_max_body)
+    body = await request.body()  # at most EVLINK_WEBHOOK_MAX_BODY: body_limits
     given = request.headers.get("x-enode-signature", "")
     if not hmac.compare_digest(signature_for(secret, body).encode(), given.encode()):
         logger.info("webhook: refused a delivery with a bad signature")
@@ -126,39 +117,16 @@ async def handle_event(services: Services, event: dict[str, Any]) -> None:
     name = event.get("event")
     user_id = str((event.get("user") or {}).get("id") or "")
     if name in ("user:vehicle:discovered", "user:vehicle:updated"):
-        await _vehicle_seen(services, user_id, VehicleData.from_enode(event["vehicle"]))
+        data = VehicleData.from_enode(event["vehicle"])
+        await accounts.ingest_reported_vehicle(services, user_id, data)
     elif name == "user:vehicle:deleted":
         vehicle_id = str((event.get("vehicle") or {}).get("id") or "")
-        deleted = Vehicle.filter(provider=PROVIDER, provider_vehicle_id=vehicle_id, deleted_at=None)
-        await _updating(services, deleted, deleted_at=datetime.now(UTC))
+        await vehicles.provider_vehicle_deleted(services, vehicle_id)
     elif name == "user:vendor-action:updated":
         await ingest_provider_update(services, ChargeAction.from_enode(event["vendorAction"]))
     elif name == "user:credentials:invalidated":
-        unreachable = Vehicle.filter(provider=PROVIDER, provider_user_id=user_id)
-        await _updating(services, unreachable, is_reachable=False)
+        await vehicles.provider_account_unreachable(services, user_id)
     elif name in ("system:heartbeat", "enode:webhook:test"):
         return
     else:
         logger.info("webhook: event %r ignored", name)
-
-
-async def _updating(services: Services, vehicles: QuerySet[Vehicle], **values: Any) -> None:
-    """Update ``vehicles`` and invalidate them (and their owners' lists) in the read cache."""
-    touched = await vehicles.values_list("id", "user_id")
-    await vehicles.update(**values)
-    tags = {vehicle_tag(vehicle_id) for vehicle_id, _ in touched}
-    tags |= {user_tag(owner_id) for _, owner_id in touched}
-    await services.cache.invalidate(*sorted(tags))
-
-
-async def _vehicle_seen(services: Services, enode_user_id: str, data: VehicleData) -> None:
-    """Record a vehicle Enode reports, adding it to the linked evlink user on first sight."""
-    vehicle = await Vehicle.get_or_none(provider=PROVIDER, provider_vehicle_id=data.id)
-    if vehicle is not None and vehicle.deleted_at is None:
-        await record_vehicle_data(services, vehicle, data)
-        return
-    owner = await User.get_or_none(enode_user_id=enode_user_id or data.user_id)
-    if owner is None:
-        logger.warning("webhook: vehicle %s belongs to no linked evlink user", data.id)
-        return
-    await upsert_provider_vehicle(services, owner, data)

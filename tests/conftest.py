@@ -289,15 +289,18 @@ class ServerLog:
                 seen = len(self.lines)
                 if self.ended:
                     raise AssertionError(f"the server ended before it logged {markers!r}")
-                self._grew.clear()
-                await self._grew.wait()
+                await self.changed()
+
+    async def changed(self) -> None:
+        """Return once another line is written or the process closed its stderr."""
+        self._grew.clear()
+        await self._grew.wait()
 
     async def until_ended(self) -> None:
         """Return once the process has closed its stderr (within TIMEOUT)."""
         async with asyncio.timeout(TIMEOUT):
             while not self.ended:
-                self._grew.clear()
-                await self._grew.wait()
+                await self.changed()
 
 
 @contextlib.asynccontextmanager
@@ -307,17 +310,20 @@ async def serve_process(
     *,
     args: Sequence[str] = (),
     log: ServerLog | None = None,
+    graceful: bool = False,
     **env: str,
 ) -> AsyncIterator[str]:
     """``evlink serve`` (with ``args``) in a process of its own (its event loop is not the
     test's), on a free port of 127.0.0.1 with the simulator; ``env`` adds ``EVLINK_*``
     variables and ``preexec`` runs in the child before it starts; ``log`` gets what it
-    writes. Yields the base URL once it listens; killed with its workers when the block
-    ends."""
+    writes. Yields the base URL once it listens. When the block ends it is killed with
+    its workers (SIGKILL: no goodbye), or with ``graceful`` first told to stop (SIGTERM)
+    and given TIMEOUT to do so."""
     port = free_port()
     environ = {
         **os.environ,
         "EVLINK_DATABASE_URL": database_url,
+        "EVLINK_HOST": "127.0.0.1",
         "EVLINK_PORT": str(port),
         "EVLINK_LOG_LEVEL": "INFO",
         **env,
@@ -341,19 +347,14 @@ async def serve_process(
         await log.line_with(b"Uvicorn running on")
         yield f"http://127.0.0.1:{port}"
     finally:
+        if graceful and process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), TIMEOUT)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         await asyncio.wait_for(process.wait(), TIMEOUT)
-        drain.cancel()
-
-
-async def _started(process: asyncio.subprocess.Process) -> None:
-    """Return once the server process listens (uvicorn says so after the startup)."""
-    assert process.stderr is not None
-    async for line in process.stderr:
-        if b"Uvicorn running on" in line:
-            return
-    raise AssertionError("the server process ended before it started")
+        await asyncio.wait_for(drain, TIMEOUT)  # every line written is in the log
 
 
 async def _drain(process: asyncio.subprocess.Process, log: ServerLog) -> None:

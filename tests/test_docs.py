@@ -429,3 +429,42 @@ def test_architecture_stands_alone_and_lists_every_migration() -> None:
     for name in migrations:
         assert name.split("_", 1)[0] in architecture, name
         assert f"`{name}`" in changelog, name
+
+
+def layout_paths(architecture: str) -> set[str]:
+    """The paths ARCHITECTURE.md's layout names: each entry under the folders above it by
+    indentation (two spaces a level; a description stands further right). An entry may
+    name several files ("a.py, b.py") or a path below its folder ("x/test_y.py")."""
+    block = architecture.split("## Layout", 1)[1].split("```", 2)[1]
+    folders: list[tuple[int, str]] = []
+    named: set[str] = set()
+    for line in block.splitlines():
+        entry = re.match(r"^( {0,12})(\S+(?:, \S+)*)", line)
+        if entry is None:
+            continue
+        indent = len(entry[1])
+        while folders and folders[-1][0] >= indent:
+            folders.pop()
+        where = "".join(folder for _, folder in folders)
+        for name in entry[2].split(", "):
+            named.add(where + name)
+        if entry[2].endswith("/"):
+            folders.append((indent, entry[2]))
+    return named
+
+
+def test_the_layout_lists_every_module() -> None:
+    """Every evlink/**/*.py is in ARCHITECTURE.md's layout (a folder listed without its
+    files, such as migrations/, stands for what is in it)."""
+    named = layout_paths((ROOT / "ARCHITECTURE.md").read_text())
+    modules = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "evlink").rglob("*.py"))
+
+    # Folders listed without any of their files (migrations/, static/).
+    whole = {n for n in named if n.endswith("/") and not any(m.startswith(n) for m in named - {n})}
+    missing = [
+        module
+        for module in modules
+        if module not in named and not any(module.startswith(folder) for folder in whole)
+    ]
+    assert len(modules) > 60
+    assert missing == []

@@ -9,10 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import shutil
-import signal
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -29,19 +26,20 @@ from evlink.models import ChargingCommand, CommandState, Tier, User, Vehicle
 from evlink.models.database import open_database
 from evlink.providers.simulator import ManualClock, Simulator
 from evlink.resolvers import accounts
-from evlink.resolvers.charging import CommandWatcher, wait_for_command
+from evlink.resolvers.charging import CommandWatcher
+from evlink.resolvers.follow import wait_for_command
 from evlink.settings import Settings
 from tests.conftest import (
     PROTOCOLS,
     TIMEOUT,
     WEBHOOK_SECRET,
-    _started,
     _truncate,
     enode_settings,
     free_port,
     next_result,
     run_enode_world,
     run_server,
+    serve_process,
     shared_settings,
     subscription,
 )
@@ -149,35 +147,20 @@ async def test_killed_instance_command_is_taken_over_without_a_duplicate_action(
             user, isPluggedIn=True, powerDeliveryState="PLUGGED_IN:STOPPED"
         )
         # Instance A: a real `evlink serve` process on the same database, Redis and Enode.
-        port = free_port()
         a_settings = enode_settings(shared, fake.base_url or "")
-        env = {
-            **os.environ,
-            "EVLINK_DATABASE_URL": a_settings.database_url,
-            "EVLINK_REDIS_URL": a_settings.redis_url,
-            "EVLINK_PROVIDER": "enode",
-            "EVLINK_ENODE_CLIENT_ID": a_settings.enode_client_id,
-            "EVLINK_ENODE_CLIENT_SECRET": a_settings.enode_client_secret,
-            "EVLINK_ENODE_API_URL": a_settings.enode_api_url,
-            "EVLINK_ENODE_OAUTH_URL": a_settings.enode_oauth_url,
-            "EVLINK_ENODE_WEBHOOK_SECRET": WEBHOOK_SECRET,
-            "EVLINK_COMMAND_LEASE": "0.9",
-            "EVLINK_CHARGING_POLL_INTERVAL": "60",
-            "EVLINK_PORT": str(port),
-            "EVLINK_LOG_LEVEL": "INFO",
-        }
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "evlink.cli",
-            "serve",
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            await asyncio.wait_for(_started(process), TIMEOUT)
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as a:
+        async with serve_process(
+            a_settings.database_url,
+            EVLINK_REDIS_URL=a_settings.redis_url,
+            EVLINK_PROVIDER="enode",
+            EVLINK_ENODE_CLIENT_ID=a_settings.enode_client_id,
+            EVLINK_ENODE_CLIENT_SECRET=a_settings.enode_client_secret,
+            EVLINK_ENODE_API_URL=a_settings.enode_api_url,
+            EVLINK_ENODE_OAUTH_URL=a_settings.enode_oauth_url,
+            EVLINK_ENODE_WEBHOOK_SECRET=WEBHOOK_SECRET,
+            EVLINK_COMMAND_LEASE="0.9",
+            EVLINK_CHARGING_POLL_INTERVAL="60",
+        ) as a_url:
+            async with httpx.AsyncClient(base_url=a_url) as a:
                 answer = await a.post(
                     f"/api/charging/{vehicle.id}",
                     json={"action": "START"},
@@ -188,9 +171,7 @@ async def test_killed_instance_command_is_taken_over_without_a_duplicate_action(
             taken = await ChargingCommand.get(id=command_id)
             assert taken.lease_owner is not None
             assert taken.lease_owner != b.services.watcher.owner  # type: ignore[union-attr]
-        finally:
-            process.send_signal(signal.SIGKILL)  # no goodbye: the lease stays behind
-            await asyncio.wait_for(process.wait(), TIMEOUT)
+        # serve_process ends A with SIGKILL: no goodbye, the lease stays behind.
 
         # The car starts; Enode tells B (its webhook). B takes the command over once
         # A's lease lapses, and confirms it from what it has recorded, without a resend.

@@ -6,7 +6,7 @@ import copy
 from datetime import UTC, datetime
 
 from evlink.models import ChargingCommand, CommandState, Vehicle, WebhookDelivery
-from evlink.resolvers.charging import wait_for_command
+from evlink.resolvers.follow import wait_for_command
 from evlink.settings import Settings
 from evlink.webhooks import signature_for
 from tests.conftest import TIMEOUT, WEBHOOK_SECRET, EnodeWorld, run_enode_world
@@ -91,6 +91,20 @@ async def test_oversize_body_is_413(enode: EnodeWorld) -> None:
     assert await WebhookDelivery.all().count() == 0
 
 
+async def test_a_body_up_to_the_webhook_limit_is_taken_though_past_the_api_limit(
+    enode: EnodeWorld,
+) -> None:
+    """The webhook's own limit (EVLINK_WEBHOOK_MAX_BODY), not the API's, holds on its path."""
+    limit = enode.server.settings.webhook_max_body
+    assert limit > enode.server.settings.max_body
+    body = b"[" + b" " * (limit - 2) + b"]"
+    response = await post_raw(
+        enode, body, **{"x-enode-signature": signature_for(WEBHOOK_SECRET, body)}
+    )
+    assert response.status_code == 200, response.text  # type: ignore[attr-defined]
+    assert response.json() == {"status": "accepted", "events": 0}  # type: ignore[attr-defined]
+
+
 async def test_malformed_json_is_400(enode: EnodeWorld) -> None:
     for body in (b"{not json", b'{"event": "not an array"}', b"[1, 2]"):
         response = await post_raw(
@@ -107,6 +121,9 @@ async def test_deleted_vehicle_disappears_and_credentials_invalidated_marks_unre
     kept = await enode.vehicle(user, isPluggedIn=True)
     gone = await enode.vehicle(user, isPluggedIn=False)
     deleted = enode.fake.vehicle_event(gone.provider_vehicle_id or "", "user:vehicle:deleted")
+    for _ in range(3):  # the first read refreshes (not kept); later ones are in the read cache
+        cached = await enode.server.http.get(f"/api/status/{gone.id}", headers=auth(key))
+        assert cached.status_code == 200
 
     await enode.deliver([deleted, enode.fake.credentials_invalidated_event("user-1")])
 

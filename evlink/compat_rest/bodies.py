@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from evlink.domain import ChargeStateData, format_timestamp
+from evlink.domain import ChargeStateData, format_timestamp, vehicle_name
 from evlink.models import ChargingCommand, User, Vehicle
 from evlink.resolvers.vehicles import VehicleStatus
 
@@ -14,18 +14,7 @@ __all__ = [
     "me_body",
     "status_body",
     "vehicle_body",
-    "vehicle_name",
 ]
-
-
-def vehicle_name(vehicle: Vehicle) -> str | None:
-    info = vehicle.information or {}
-    if vehicle.name:
-        return vehicle.name
-    if info.get("displayName"):
-        return str(info["displayName"])
-    brand_model = " ".join(str(info[k]) for k in ("brand", "model") if info.get(k))
-    return brand_model or None
 
 
 def charge_state_body(state: ChargeStateData) -> dict[str, Any]:
@@ -55,7 +44,7 @@ def status_body(status: VehicleStatus) -> dict[str, Any]:
         "isCharging": state.is_charging,
         "isPluggedIn": state.is_plugged_in,
         "chargingState": state.power_delivery_state,
-        "vehicleName": vehicle_name(vehicle),
+        "vehicleName": vehicle_name(vehicle.name, vehicle.information),
         "lastSeen": format_timestamp(vehicle.last_seen),
         "isReachable": vehicle.is_reachable,
         "chargeState": charge_state_body(state),
@@ -73,7 +62,7 @@ def vehicle_body(vehicle: Vehicle, state: ChargeStateData | None) -> dict[str, A
         "id": str(vehicle.id),
         "enode_vehicle_id": vehicle.provider_vehicle_id,
         "provider": vehicle.provider,
-        "name": vehicle_name(vehicle),
+        "name": vehicle_name(vehicle.name, vehicle.information),
         "vendor": vehicle.vendor,
         "lastSeen": format_timestamp(vehicle.last_seen),
         "isReachable": vehicle.is_reachable,

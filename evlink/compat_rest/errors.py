@@ -10,14 +10,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ExceptionHandler, Scope
 
-from evlink.errors import EvlinkError, InternalError
+from evlink.errors import EvlinkError, InternalError, code_for_status
 from evlink.requestid import current_request_id
 
 __all__ = ["error_answer", "error_response", "exception_handlers"]
 
 logger = logging.getLogger(__name__)
-
-_HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}
 
 
 def error_response(error: EvlinkError) -> JSONResponse:
@@ -56,7 +54,7 @@ async def _evlink_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    code = _HTTP_CODES.get(exc.status_code, "BAD_REQUEST")
+    code = code_for_status(exc.status_code)
     return JSONResponse(
         {"detail": exc.detail, "code": code}, status_code=exc.status_code, headers=exc.headers
     )

@@ -16,7 +16,7 @@ from evlink.domain import ChargingAction
 from evlink.errors import BadRequest, UnsupportedMediaType
 from evlink.models import User
 from evlink.requestheaders import client_address, header, media_type
-from evlink.resolvers import auth, charging, vehicles
+from evlink.resolvers import auth, charging, follow, vehicles
 from evlink.services import Services
 
 __all__ = ["routes"]
@@ -126,17 +126,17 @@ async def set_charging(request: Request) -> JSONResponse:
     wait = _wait_seconds(request)
     action = await _action(request)
     services = _services(request)
-    command = await charging.set_charging(
+    requested = await charging.set_charging(
         services,
         user,
         request.path_params["vehicle_id"],
         action,
         request.headers.get("idempotency-key"),
     )
+    command = requested.command
     if wait:
-        command = await charging.wait_for_command(services, command, wait)
-    vehicle = await vehicles.get_vehicle(user, command.vehicle_id)  # type: ignore[attr-defined]
-    return JSONResponse(charging_body(vehicle, command, with_state=wait is not None))
+        command = await follow.wait_for_command(services, command, wait)
+    return JSONResponse(charging_body(requested.vehicle, command, with_state=wait is not None))
 
 
 routes: list[BaseRoute] = [

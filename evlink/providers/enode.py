@@ -21,10 +21,11 @@ expires and once on a 401; concurrent requests share one token fetch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -285,7 +286,7 @@ class EnodeProvider:
         json: dict[str, Any] | None,
         params: dict[str, str | int] | None,
     ) -> httpx.Response:
-        try:
+        with _transport_failures(f"{method} {path}"):
             return await self._client.request(
                 method,
                 self._api_url + path,
@@ -293,12 +294,6 @@ class EnodeProvider:
                 params=params,
                 headers={"Authorization": f"Bearer {token}"},
             )
-        except httpx.TimeoutException:
-            logger.warning("enode: %s %s timed out", method, path)
-            raise ProviderUnavailable("The vehicle provider timed out", status=504) from None
-        except httpx.TransportError as exc:
-            logger.warning("enode: %s %s failed: %s", method, path, type(exc).__name__)
-            raise ProviderUnavailable(status=502) from None
 
     async def _access_token(self) -> str:
         if self._token is not None and self._clock() < self._token_expires:
@@ -308,17 +303,12 @@ class EnodeProvider:
             if self._token is not None and self._clock() < self._token_expires:
                 return self._token
             # Failures here count once against the breaker, where _request catches them.
-            try:
+            with _transport_failures("token request"):
                 response = await self._client.post(
                     self._token_url,
                     data={"grant_type": "client_credentials"},
                     auth=(self._client_id, self._client_secret),
                 )
-            except httpx.TimeoutException:
-                raise ProviderUnavailable("The vehicle provider timed out", status=504) from None
-            except httpx.TransportError as exc:
-                logger.warning("enode: token request failed: %s", type(exc).__name__)
-                raise ProviderUnavailable(status=502) from None
             if not response.is_success:
                 logger.error(
                     "enode: token request answered %s: %s",
@@ -358,6 +348,21 @@ class EnodeProvider:
 
     def _backoff(self, attempt: int) -> float:
         return float(self._retry_backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
+
+
+@contextlib.contextmanager
+def _transport_failures(what: str) -> Iterator[None]:
+    """httpx's transport failures within the block as the table's error, logged once with
+    ``what``: a timeout (connect, read, write, pool) is 504, any other (refused, reset,
+    protocol) 502. Answers, whatever their status, pass through (``_translate``)."""
+    try:
+        yield
+    except httpx.TimeoutException:
+        logger.warning("enode: %s timed out", what)
+        raise ProviderUnavailable("The vehicle provider timed out", status=504) from None
+    except httpx.TransportError as exc:
+        logger.warning("enode: %s failed: %s", what, type(exc).__name__)
+        raise ProviderUnavailable(status=502) from None
 
 
 class _Conflict(EvlinkError):

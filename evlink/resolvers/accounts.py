@@ -46,6 +46,7 @@ __all__ = [
     "enode_user_id",
     "ensure_demo",
     "find_user",
+    "ingest_reported_vehicle",
     "link_vehicle_account",
     "parse_tier",
     "register_vehicle",
@@ -329,6 +330,24 @@ async def upsert_provider_vehicle(
     await services.cache.invalidate(user_tag(owner.id))  # its vehicles may have changed
     await vehicles.record_vehicle_data(services, vehicle, data)
     return vehicle
+
+
+async def ingest_reported_vehicle(
+    services: Services, provider_user_id: str, data: VehicleData
+) -> None:
+    """A vehicle the provider reports for one of its users (Enode's ``discovered`` and
+    ``updated`` webhooks): recorded on its vehicle, or added (:func:`upsert_provider_vehicle`)
+    to the evlink user linked to ``provider_user_id`` (the report's own when empty)."""
+    provider = services.provider.name
+    vehicle = await Vehicle.get_or_none(provider=provider, provider_vehicle_id=data.id)
+    if vehicle is not None and vehicle.deleted_at is None:
+        await vehicles.record_vehicle_data(services, vehicle, data)
+        return
+    owner = await User.get_or_none(enode_user_id=provider_user_id or data.user_id)
+    if owner is None:
+        logger.warning("vehicle %s %s belongs to no linked evlink user", provider, data.id)
+        return
+    await upsert_provider_vehicle(services, owner, data)
 
 
 async def sync_vehicles(services: Services, user: User) -> list[Vehicle]:

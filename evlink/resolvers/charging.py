@@ -33,7 +33,7 @@ import os
 import random
 import socket
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
@@ -56,13 +56,14 @@ from evlink.errors import (
     ProviderLinkMissing,
     StreamInterrupted,
 )
-from evlink.events import Subscription, charge_state_topic, command_topic, command_wake_topic
+from evlink.events import charge_state_topic, command_topic, command_wake_topic
 from evlink.models import ChargingCommand, CommandState, User, Vehicle
 from evlink.resolvers import rules, vehicles
 from evlink.resolvers.rules import PROVIDER_REFUSALS, Decision
 from evlink.services import Services
 
 __all__ = [
+    "ChargingRequested",
     "CommandWatcher",
     "cancel_vehicle_commands",
     "get_command",
@@ -70,7 +71,6 @@ __all__ = [
     "list_commands",
     "parse_action",
     "set_charging",
-    "wait_for_command",
 ]
 
 logger = logging.getLogger(__name__)
@@ -90,14 +90,23 @@ def _now() -> datetime:
 # -- the use case ---------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class ChargingRequested:
+    """What :func:`set_charging` answers: the command and the vehicle it is for."""
+
+    command: ChargingCommand
+    vehicle: Vehicle
+
+
 async def set_charging(
     services: Services,
     user: User,
     vehicle_id: str | UUID,
     action: ChargingAction,
     idempotency_key: str | None = None,
-) -> ChargingCommand:
-    """Ask a vehicle to start or stop charging; returns the PENDING (or replayed) command."""
+) -> ChargingRequested:
+    """Ask a vehicle to start or stop charging: the PENDING (or replayed) command, with
+    the vehicle it is for."""
     vehicle = await vehicles.get_vehicle(user, vehicle_id)
     linked = vehicle.provider_vehicle_id is not None
     refusal = rules.check_caller(user.tier, linked=linked, idempotency_key=idempotency_key)
@@ -119,7 +128,7 @@ async def set_charging(
             logger.info("command %s (%s) sent to vehicle %s", command.id, action.value, vehicle.id)
         if created and services.watcher is not None:
             services.watcher.follow(command.id)
-        return command
+        return ChargingRequested(command, vehicle)
     raise InternalError("Concurrent charging requests did not settle")
 
 
@@ -308,49 +317,6 @@ async def get_command(user: User, command_id: str | UUID) -> ChargingCommand:
 async def list_commands(vehicle: Vehicle, last: int = 10) -> list[ChargingCommand]:
     last = max(0, min(last, 100))
     return await ChargingCommand.filter(vehicle=vehicle).order_by("-created_at").limit(last)
-
-
-# Seconds between two reads of a waited-for command while other instances' events
-# cannot arrive (the Redis link is down).
-WAIT_POLL_WITHOUT_EVENTS = 1.0
-
-
-async def wait_for_command(
-    services: Services, command: ChargingCommand, timeout: float
-) -> ChargingCommand:
-    """The command once it reaches an end state, or as it stands after ``timeout`` seconds
-    or once the server starts shutting down (the answer goes out within uvicorn's
-    graceful period, not cut off by it).
-
-    Woken by the command's events; while the event bus is down (another instance's
-    confirmation cannot arrive) it reads the database every second instead.
-    """
-    loop = asyncio.get_running_loop()
-    until = loop.time() + timeout
-    stopping = services.open_sockets.stopping
-    async with services.events.subscribe(command_topic(command.id)) as messages:
-        while True:
-            await command.refresh_from_db()
-            remaining = until - loop.time()
-            if command.state.is_final or remaining <= 0 or stopping.is_set():
-                return command
-            if not services.events.live:
-                remaining = min(remaining, WAIT_POLL_WITHOUT_EVENTS)
-            with contextlib.suppress(StreamInterrupted):  # read the database again
-                await _woken(messages, stopping, remaining)
-
-
-async def _woken(messages: Subscription, stopping: asyncio.Event, timeout: float) -> None:
-    """Return on the next message, once ``stopping`` is set or after ``timeout`` seconds."""
-    reading = asyncio.ensure_future(messages.get(timeout=timeout))
-    stopped = asyncio.ensure_future(stopping.wait())
-    try:
-        await asyncio.wait((reading, stopped), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopped.cancel()
-        reading.cancel()
-    if reading.done() and not reading.cancelled():
-        reading.result()  # raises StreamInterrupted
 
 
 # -- provider updates -------------------------------------------------------------

@@ -19,11 +19,13 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 from tortoise.exceptions import IntegrityError
+from tortoise.queryset import QuerySet
 
-from evlink.cache import vehicle_tag
+from evlink.cache import user_tag, vehicle_tag
 from evlink.domain import ChargeStateData, VehicleData
 from evlink.errors import (
     EvlinkError,
@@ -43,8 +45,11 @@ __all__ = [
     "ensure_synced",
     "fresh_for",
     "get_vehicle",
+    "ingest_vehicle_update",
     "list_vehicles",
+    "provider_account_unreachable",
     "provider_link_missing",
+    "provider_vehicle_deleted",
     "read_status",
     "record_vehicle_data",
     "vehicle_status",
@@ -322,6 +327,31 @@ async def ingest_vehicle_update(services: Services, data: VehicleData) -> None:
     )
     for vehicle in vehicles:
         await record_vehicle_data(services, vehicle, data)
+
+
+async def provider_vehicle_deleted(services: Services, provider_vehicle_id: str) -> None:
+    """The provider deleted a vehicle from its user's account: deleted here too
+    (``deleted_at``; a later report of it adds it back)."""
+    deleted = Vehicle.filter(
+        provider=services.provider.name, provider_vehicle_id=provider_vehicle_id, deleted_at=None
+    )
+    await _updating(services, deleted, deleted_at=_now())
+
+
+async def provider_account_unreachable(services: Services, provider_user_id: str) -> None:
+    """The provider lost its user's credentials: every vehicle of that account is
+    unreachable until a report says otherwise."""
+    unreachable = Vehicle.filter(provider=services.provider.name, provider_user_id=provider_user_id)
+    await _updating(services, unreachable, is_reachable=False)
+
+
+async def _updating(services: Services, vehicles: QuerySet[Vehicle], **values: Any) -> None:
+    """Update ``vehicles`` and invalidate them (and their owners' lists) in the read cache."""
+    touched = await vehicles.values_list("id", "user_id")
+    await vehicles.update(**values)
+    tags = {vehicle_tag(vehicle_id) for vehicle_id, _ in touched}
+    tags |= {user_tag(owner_id) for _, owner_id in touched}
+    await services.cache.invalidate(*sorted(tags))
 
 
 def _now() -> datetime:

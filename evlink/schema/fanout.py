@@ -5,10 +5,11 @@ gets the same event, and graphql-core executes the subscriber's selection set on
 it: with 1,000 subscribers that is 1,000 identical executions, most of the time
 from the change to the last subscriber (bench/README.md).
 
-:func:`shared_event` gives every subscriber of one message the same payload
-object; :class:`SharedEventExecutor` then executes a document with its variables
-once per such payload and hands the same result to the others that sent the same
-document with the same variables. Only payloads of :data:`SHAREABLE` types are
+:func:`evlink.resolvers.follow.follow_charge_state` hands every subscriber of one
+message the same state, and the subscription makes its payload once per state with
+:func:`evlink.events.shared`; :class:`SharedEventExecutor` then executes a document
+with its variables once per such payload and hands the same result to the others that
+sent the same document with the same variables. Only payloads of :data:`SHAREABLE` types are
 shared: plain data whose fields read neither the context nor the caller, so the
 answer cannot depend on who asks. Results with errors are never shared.
 """
@@ -16,44 +17,23 @@ answer cannot depend on who asks. Results with errors are never shared.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from graphql import ExecutionResult
 from graphql.language import OperationDefinitionNode
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
-from evlink.events import Message
 from evlink.schema.types import ChargeState
 
-__all__ = ["SHAREABLE", "SharedEventExecutor", "shared_event"]
+__all__ = ["SHAREABLE", "SharedEventExecutor"]
 
 # Payload types whose fields are plain data: executing them cannot depend on the caller.
 SHAREABLE: tuple[type, ...] = (ChargeState,)
 _REMEMBERED = 1024  # (document, variables) pairs with their latest shared result
-_MESSAGES = 64  # recent messages with their payloads (changes of several cars interleave)
 
-T = TypeVar("T")
 _Key = tuple[int, str]
 # (document, variables) -> (the operation node, the payload, the result), the latest.
 _results: dict[_Key, tuple[OperationDefinitionNode, object, ExecutionResult]] = {}
-# Recent messages turned into payloads: id(message) -> (message, payload).
-_payloads: dict[int, tuple[Message, object]] = {}
-
-
-def shared_event(message: Message, make: Callable[[Message], T]) -> T:
-    """``make(message)``, the same object for every subscriber handed this message (the
-    event bus gives each local subscriber the same message object)."""
-    known = _payloads.get(id(message))
-    if known is not None and known[0] is message:
-        payload: T = known[1]  # type: ignore[assignment]
-        return payload
-    payload = make(message)
-    if len(_payloads) >= _MESSAGES:
-        del _payloads[next(iter(_payloads))]
-    # The message is kept alive with its payload, so its id is not reused meanwhile.
-    _payloads[id(message)] = (message, payload)
-    return payload
 
 
 class SharedEventExecutor(StrawberryGraphQLCoreExecutionContext):

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
+from typing import TypeVar
 
 import strawberry
 
 from evlink.domain import ChargeStateData
-from evlink.events import Subscription as Subscription_
-from evlink.events import charge_state_topic, command_topic
-from evlink.resolvers import accounts, charging, vehicles
+from evlink.events import shared
+from evlink.resolvers import accounts, charging, follow, vehicles
 from evlink.schema.context import Info
-from evlink.schema.fanout import shared_event
 from evlink.schema.types import (
     ChargeState,
     ChargingAction,
@@ -21,6 +21,9 @@ from evlink.schema.types import (
 )
 
 __all__ = ["Mutation", "Query", "Subscription"]
+
+T = TypeVar("T")
+P = TypeVar("P")
 
 
 @strawberry.type
@@ -69,10 +72,10 @@ class Mutation:
         idempotency_key: str | None = None,
     ) -> ChargingCommand:
         user = await info.context.user()
-        command = await charging.set_charging(
+        requested = await charging.set_charging(
             info.context.services, user, str(vehicle_id), action, idempotency_key
         )
-        return ChargingCommand.from_model(command)
+        return ChargingCommand.from_model(requested.command)
 
     @strawberry.mutation(
         description=(
@@ -95,21 +98,10 @@ class Subscription:
     ) -> AsyncGenerator[ChargingCommand, None]:
         services = info.context.services
         command = await charging.get_command(await info.context.user(), str(id))
-        async with (
-            services.metrics.subscription("chargingCommand"),
-            services.events.subscribe(command_topic(command.id)) as messages,
-            # Ended with an error once the user no longer owns the car (evlink.revocation).
-            info.context.watching(command.vehicle_id, messages),  # type: ignore[attr-defined]
-        ):
-            last = None
-            async for _ in _now_then(messages):
-                await command.refresh_from_db()
-                seen = (command.state, command.attempts, command.provider_action_id)
-                if seen != last:
-                    last = seen
-                    yield ChargingCommand.from_model(command)
-                if command.state.is_final:
-                    return
+        # Ended with an error once the user no longer owns the car (evlink.revocation).
+        changes = follow.follow_command(services, command, watching=info.context.watching)
+        async for payload in _relayed(info, "chargingCommand", changes, ChargingCommand.from_model):
+            yield payload
 
     @strawberry.subscription(description="The vehicle's charge state now, then each change.")
     async def charge_state(
@@ -117,39 +109,22 @@ class Subscription:
     ) -> AsyncGenerator[ChargeState, None]:
         services = info.context.services
         vehicle = await vehicles.get_vehicle(await info.context.user(), str(vehicle_id))
-        async with (
-            services.metrics.subscription("chargeState"),
-            services.events.subscribe(charge_state_topic(vehicle.id)) as messages,
-            # Ended with an error once the user no longer owns the car (evlink.revocation).
-            info.context.watching(vehicle.id, messages),
-        ):
-            last = (await vehicles.vehicle_status(services, vehicle)).charge_state
-            yield ChargeState.from_data(last)
-            async for message in messages:
-                # One payload per message for all its subscribers (schema.fanout).
-                state, payload = shared_event(message, _charge_state_event)
-                # The read above may have published what it found, and an event published
-                # before it may arrive after it: neither is sent again, nor anything older.
-                if state != last and not _older(state, last):
-                    last = state
-                    yield payload
+        # Ended with an error once the user no longer owns the car (evlink.revocation).
+        states = follow.follow_charge_state(services, vehicle, watching=info.context.watching)
+        # One payload per state for all its subscribers (schema.fanout).
+        async for payload in _relayed(info, "chargeState", states, _shared_payload):
+            yield payload
 
 
-def _older(state: ChargeStateData, than: ChargeStateData) -> bool:
-    return (
-        state.last_updated is not None
-        and than.last_updated is not None
-        and state.last_updated < than.last_updated
-    )
+def _shared_payload(state: ChargeStateData) -> ChargeState:
+    return shared(state, ChargeState.from_data)
 
 
-def _charge_state_event(message: dict[str, object]) -> tuple[ChargeStateData, ChargeState]:
-    state = ChargeStateData.from_enode(message)
-    return state, ChargeState.from_data(state)
-
-
-async def _now_then(messages: Subscription_) -> AsyncGenerator[None, None]:
-    """Once at once, then once per message."""
-    yield None
-    async for _ in messages:
-        yield None
+async def _relayed(
+    info: Info, name: str, followed: AsyncGenerator[T, None], shape: Callable[[T], P]
+) -> AsyncGenerator[P, None]:
+    """``shape`` of each item a use case follows, counted as the subscription ``name``;
+    the follow is closed (its event subscription ended) with the subscription."""
+    async with info.context.services.metrics.subscription(name), aclosing(followed):
+        async for item in followed:
+            yield shape(item)

@@ -8,8 +8,7 @@ from typing import Any, cast
 import strawberry
 from strawberry.scalars import JSON
 
-from evlink.compat_rest.bodies import vehicle_name
-from evlink.domain import ChargeStateData, parse_timestamp
+from evlink.domain import ChargeStateData, parse_timestamp, vehicle_name
 from evlink.domain import ChargingAction as ChargingActionModel
 from evlink.models import ChargingCommand as ChargingCommandModel
 from evlink.models import Tier as TierModel
@@ -220,7 +219,7 @@ class Vehicle:
     def from_model(cls, vehicle: VehicleModel) -> Vehicle:
         return cls(
             id=strawberry.ID(str(vehicle.id)),
-            name=vehicle_name(vehicle),
+            name=vehicle_name(vehicle.name, vehicle.information),
             vendor=vehicle.vendor,
             provider=vehicle.provider,
             provider_vehicle_id=vehicle.provider_vehicle_id,

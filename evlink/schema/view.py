@@ -37,7 +37,7 @@ from strawberry.types.unset import UnsetType
 
 from evlink import jsonbody
 from evlink.compat_rest.errors import error_response
-from evlink.errors import DatabaseUnavailable, EvlinkError, RateLimited
+from evlink.errors import DatabaseUnavailable, EvlinkError, RateLimited, code_for_status
 from evlink.metrics import Metrics
 from evlink.playground.page import playground_response
 from evlink.requestheaders import client_address, header
@@ -346,7 +346,7 @@ def request_error(
     """``{"errors": [{"message", "extensions": {"code"}}]}`` for a request GraphQL refused
     before any operation ran, or that failed on the database (GraphQL over HTTP: a
     request error has no ``data``)."""
-    code = code or _REQUEST_ERROR_CODES.get(status, "BAD_REQUEST")
+    code = code or code_for_status(status)
     return JSONResponse(
         {"errors": [{"message": message, "extensions": {"code": code}}]},
         status_code=status,
@@ -372,7 +372,6 @@ _REASONS = {
         "(or the query in the URL of a GET)"
     ),
 }
-_REQUEST_ERROR_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}
 _SOCKET = "evlink.open_socket"
 _PENDING = "evlink.pending_result"
 _AUTHENTICATED = "evlink.authenticated"

@@ -9,73 +9,69 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-from tests.conftest import TIMEOUT, free_port
+from tests.conftest import TIMEOUT, ServerLog, serve_process
 
 __all__ = ["EvlinkProcess"]
 
 
+class _JsonLog(ServerLog):
+    """A server's log that also reads each line as a JSON record."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[dict[str, Any]] = []
+
+    def add(self, line: bytes) -> None:
+        text = line.decode(errors="replace").rstrip()
+        try:
+            record = json.loads(text)
+        except ValueError:
+            record = {"level": "RAW", "message": text}
+        self.records.append(record)
+        super().add(line)
+
+
 class EvlinkProcess:
-    """`evlink serve` in a process of its own, logging JSON lines that the test reads.
+    """`evlink serve` in a process of its own (tests.conftest.serve_process), logging
+    JSON lines that the test reads, and told to stop (SIGTERM) when the block ends.
 
     ``records`` holds every log line as a dict (``level``, ``logger``, ``message``,
     ``exception``); a line that is not JSON (a raw traceback) is kept as
-    ``{"level": "RAW", "message": line}``.
+    ``{"level": "RAW", "message": line}``. ``environment`` holds the ``EVLINK_*``
+    variables, ``EVLINK_DATABASE_URL`` among them.
     """
 
     def __init__(self, **environment: str) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.ws_url = f"ws://127.0.0.1:{self.port}/graphql"
         self.environment = environment
-        self.records: list[dict[str, Any]] = []
-        self._process: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._new_record = asyncio.Condition()
-        self._log_ended = False  # the process closed its stderr (it ended)
+        self.base_url = ""
+        self.ws_url = ""
+        self._log = _JsonLog()
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return self._log.records
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[EvlinkProcess]:
-        env = {
-            **os.environ,
-            "EVLINK_HOST": "127.0.0.1",
-            "EVLINK_PORT": str(self.port),
-            "EVLINK_LOG_FORMAT": "json",
-            "EVLINK_LOG_LEVEL": "INFO",
-            **self.environment,
-        }
-        self._process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "evlink.cli",
-            "serve",
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        self._reader = asyncio.create_task(self._read_log())
-        try:
-            await self.wait_for("Application startup complete")
+        env = {"EVLINK_LOG_FORMAT": "json", **self.environment}
+        database_url = env.pop("EVLINK_DATABASE_URL")
+        async with serve_process(database_url, log=self._log, graceful=True, **env) as url:
+            self.base_url = url
+            self.ws_url = url.replace("http://", "ws://", 1) + "/graphql"
             yield self
-        finally:
-            await self._stop()
 
     async def wait_for(self, text: str, since: int = 0) -> dict[str, Any]:
         """The first log record from index ``since`` whose message holds ``text``."""
-
-        def found() -> dict[str, Any] | None:
-            return next((r for r in self.records[since:] if text in r["message"]), None)
-
-        async with asyncio.timeout(TIMEOUT), self._new_record:
-            await self._new_record.wait_for(lambda: found() is not None or self._log_ended)
-        record = found()
-        assert record is not None, f"the server ended before logging {text!r}: {self.records}"
-        return record
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                record = next((r for r in self.records[since:] if text in r["message"]), None)
+                if record is not None:
+                    return record
+                assert not self._log.ended, f"the server ended before logging {text!r}"
+                await self._log.changed()
 
     def count(self, text: str, *, level: str, since: int = 0) -> int:
         return sum(1 for r in self.records[since:] if r["level"] == level and text in r["message"])
@@ -87,31 +83,3 @@ class EvlinkProcess:
             for r in self.records[since:]
             if r["level"] in ("ERROR", "CRITICAL", "RAW") or r.get("exception")
         ]
-
-    async def _read_log(self) -> None:
-        assert self._process is not None
-        assert self._process.stderr is not None
-        async for raw in self._process.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            try:
-                record = json.loads(line)
-            except ValueError:
-                record = {"level": "RAW", "message": line}
-            async with self._new_record:
-                self.records.append(record)
-                self._new_record.notify_all()
-        async with self._new_record:
-            self._log_ended = True
-            self._new_record.notify_all()
-
-    async def _stop(self) -> None:
-        process = self._process
-        if process is not None and process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), TIMEOUT)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-        if self._reader is not None:
-            await asyncio.wait_for(self._reader, TIMEOUT)

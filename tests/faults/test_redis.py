@@ -29,7 +29,7 @@ from evlink.errors import StreamInterrupted
 from evlink.events import SILENCE_LIMIT, RedisEventBus
 from evlink.models import ChargingCommand, CommandState
 from evlink.providers.simulator import ManualClock, Simulator, SystemClock
-from evlink.resolvers.charging import wait_for_command
+from evlink.resolvers.follow import wait_for_command
 from evlink.settings import Settings
 from tests.conftest import (
     PROTOCOLS,

@@ -32,7 +32,7 @@ from evlink.providers.simulator import (
 )
 from evlink.providers.simulator_db import DatabaseCars
 from evlink.resolvers import accounts
-from evlink.resolvers.charging import wait_for_command
+from evlink.resolvers.follow import wait_for_command
 from evlink.settings import Settings
 from tests.conftest import TIMEOUT, Server, _truncate, run_server, serve_process, user_with_car
 

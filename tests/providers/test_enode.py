@@ -11,9 +11,9 @@ from evlink.domain import ChargingAction
 from evlink.errors import ProviderUnavailable
 from evlink.models import ChargingCommand, CommandState, Vehicle
 from evlink.providers.enode import EnodeProvider
-from evlink.resolvers.charging import wait_for_command
+from evlink.resolvers.follow import wait_for_command
 from evlink.settings import Settings
-from tests.conftest import TIMEOUT, EnodeWorld, run_enode_world
+from tests.conftest import TIMEOUT, EnodeWorld, free_port, run_enode_world
 from tests.fakes.enode import FakeEnode
 
 
@@ -295,3 +295,16 @@ async def test_unknown_enum_values_pass_through(fake_url: Any) -> None:
         await provider.aclose()
     assert vehicle.vendor == "NEWCARCO"
     assert vehicle.charge_state.power_delivery_state == "PLUGGED_IN:V2G_EXPORT"
+
+
+async def test_an_enode_that_refuses_connections_is_502_provider_unavailable() -> None:
+    """A refused connection (nothing listens) is the table's 502, for the token request
+    and the API call alike; no httpx error escapes the provider."""
+    provider = client(f"http://127.0.0.1:{free_port()}", retries=1)  # nobody listens
+    try:
+        with pytest.raises(ProviderUnavailable) as refused:
+            await provider.get_vehicle("any")
+    finally:
+        await provider.aclose()
+    assert refused.value.status == 502
+    assert refused.value.code == "PROVIDER_UNAVAILABLE"

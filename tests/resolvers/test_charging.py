@@ -55,7 +55,7 @@ async def gql_charge(
 
 async def settled(server: Server, command_id: str, timeout: float = TIMEOUT) -> ChargingCommand:
     """The command at its end state, awaited on the command's own events."""
-    from evlink.resolvers.charging import wait_for_command
+    from evlink.resolvers.follow import wait_for_command
 
     command = await ChargingCommand.get(id=command_id)
     command = await asyncio.wait_for(

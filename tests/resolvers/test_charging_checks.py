@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from evlink.models import ChargingCommand, CommandState, Vehicle
-from evlink.resolvers.charging import wait_for_command
+from evlink.resolvers.follow import wait_for_command
 from evlink.settings import Settings
 from tests.conftest import TIMEOUT, EnodeWorld, run_enode_world
 

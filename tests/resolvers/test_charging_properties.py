@@ -38,7 +38,7 @@ from evlink.domain import CHARGING, ChargingAction
 from evlink.errors import ProviderUnavailable
 from evlink.models import ChargingCommand, CommandState, Vehicle
 from evlink.providers.simulator import SimulatorFault
-from evlink.resolvers.charging import wait_for_command
+from evlink.resolvers.follow import wait_for_command
 from evlink.settings import Settings
 from tests.conftest import Server, _truncate, run_server
 

@@ -14,7 +14,7 @@ from gql import Client
 from gql.transport.exceptions import TransportQueryError
 from gql.transport.websockets import WebsocketsTransport
 
-from evlink.events import charge_state_topic
+from evlink.events import charge_state_topic, command_topic
 from evlink.models import ChargeState, Tier
 from evlink.models.vehicles import charge_state_data
 from evlink.settings import Settings
@@ -78,6 +78,30 @@ async def test_start_is_pending_then_confirmed_and_status_says_charging(
     assert body["isCharging"] is True
     assert body["chargingState"] == "PLUGGED_IN:CHARGING"
     assert body["chargeState"]["isCharging"] is True
+
+
+async def test_a_command_event_that_changes_nothing_sends_nothing(server: Server) -> None:
+    """An event on the command's topic is a prompt to read it again, not a change: the
+    subscriber gets the command only when it changed (state, attempts, action)."""
+    user, key = await server.user()
+    vehicle = await server.vehicle(user, "plugged")
+    created = await server.graphql(
+        SET_CHARGING, {"id": str(vehicle.id), "action": "START"}, key=key
+    )
+    command_id = created["data"]["setCharging"]["id"]
+
+    async with (
+        server.gql_client(key, PROTOCOLS[0]) as session,
+        subscription(session, COMMAND, id=command_id) as stream,
+    ):
+        first = await next_result(stream)
+        for _ in range(2):  # as a re-published or another instance's message would be
+            await server.services.events.publish(command_topic(command_id), {"id": command_id})
+        await server.clock.advance(2)
+        second = await next_result(stream)
+
+    assert first["chargingCommand"]["state"] == "PENDING"
+    assert second["chargingCommand"]["state"] == "CONFIRMED"
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

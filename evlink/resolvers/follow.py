@@ -1,0 +1,177 @@
+"""Following a command or a vehicle's charge state as it changes: the one loop behind
+the GraphQL subscriptions (``chargingCommand``, ``chargeState``) and REST's ``?wait``.
+
+Each follow subscribes to its topic *before* it reads, then reads again after each
+event (:mod:`evlink.events`), so nothing published in between is lost:
+
+- :func:`follow_command` yields the command now, then each time its state, attempts
+  or provider action changed, and ends once the command is final;
+- :func:`follow_charge_state` yields the vehicle's charge state now (refreshed when
+  older than the max age), then each state an event brings that differs from the
+  last one yielded and is not older than it;
+- :func:`wait_for_command` follows a command until it is final, the time is up or
+  the server stops, and answers it as it then stands.
+
+A broken event stream (Redis lost: :class:`~evlink.errors.StreamInterrupted`) ends
+the two follows with that error, so that a subscriber learns it is no longer
+followed; ``wait_for_command`` reads the database again instead, and every
+:data:`WAIT_POLL_WITHOUT_EVENTS` seconds while other instances' events cannot
+arrive. ``watching`` is the caller's hook around the follow's event subscription
+(a websocket's: the subscription is interrupted with an error once the user no
+longer owns the vehicle, :mod:`evlink.revocation`).
+
+Followers of one message share what is made of it: :func:`follow_charge_state`
+hands every follower of a message the same :class:`~evlink.domain.ChargeStateData`
+object (:func:`evlink.events.shared`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from uuid import UUID
+
+from evlink.domain import ChargeStateData
+from evlink.errors import StreamInterrupted
+from evlink.events import Message, Subscription, charge_state_topic, command_topic, shared
+from evlink.models import ChargingCommand, Vehicle
+from evlink.resolvers import vehicles
+from evlink.services import Services
+
+__all__ = [
+    "WAIT_POLL_WITHOUT_EVENTS",
+    "Watching",
+    "follow_charge_state",
+    "follow_command",
+    "wait_for_command",
+]
+
+# The caller's hook around a follow's event subscription: (vehicle id, subscription).
+Watching = Callable[[UUID, Subscription], AbstractAsyncContextManager[None]]
+
+# What waits for a followed command's next event; False: stop following.
+_Wake = Callable[[Services, Subscription], Awaitable[bool]]
+
+# Seconds between two reads of a waited-for command while other instances' events
+# cannot arrive (the Redis link is down).
+WAIT_POLL_WITHOUT_EVENTS = 1.0
+
+
+@contextlib.asynccontextmanager
+async def _unwatched(vehicle_id: UUID, subscription: Subscription) -> AsyncIterator[None]:
+    yield
+
+
+def follow_command(
+    services: Services, command: ChargingCommand, *, watching: Watching = _unwatched
+) -> AsyncGenerator[ChargingCommand, None]:
+    """``command`` now, then each time its state, attempts or provider action changed,
+    until it is final (the same object, read again in place)."""
+    return _follow_command(services, command, watching, _next_message)
+
+
+async def wait_for_command(
+    services: Services, command: ChargingCommand, timeout: float
+) -> ChargingCommand:
+    """The command once it reaches an end state, or as it stands after ``timeout`` seconds
+    or once the server starts shutting down (the answer goes out within uvicorn's
+    graceful period, not cut off by it).
+
+    Woken by the command's events; while the event bus is down (another instance's
+    confirmation cannot arrive) it reads the database every second instead.
+    """
+    wait = _Wait(services, asyncio.get_running_loop().time() + timeout)
+    async with contextlib.aclosing(_follow_command(services, command, _unwatched, wait)) as seen:
+        async for _ in seen:  # each look reads ``command`` again in place
+            pass
+    return command
+
+
+async def follow_charge_state(
+    services: Services, vehicle: Vehicle, *, watching: Watching = _unwatched
+) -> AsyncGenerator[ChargeStateData, None]:
+    """The vehicle's charge state now, then each newer one its events bring."""
+    topic = charge_state_topic(vehicle.id)
+    async with services.events.subscribe(topic) as messages, watching(vehicle.id, messages):
+        last = (await vehicles.vehicle_status(services, vehicle)).charge_state
+        yield last
+        async for message in messages:
+            state = shared(message, _charge_state)
+            # The read above may have published what it found, and an event published
+            # before it may arrive after it: neither is yielded again, nor anything older.
+            if state != last and not _older(state, last):
+                last = state
+                yield state
+
+
+async def _follow_command(
+    services: Services,
+    command: ChargingCommand,
+    watching: Watching,
+    wake: _Wake,
+) -> AsyncGenerator[ChargingCommand, None]:
+    topic = command_topic(command.id)
+    vehicle_id: UUID = command.vehicle_id  # type: ignore[attr-defined]
+    async with services.events.subscribe(topic) as messages, watching(vehicle_id, messages):
+        last = None
+        while True:
+            await command.refresh_from_db()
+            seen = (command.state, command.attempts, command.provider_action_id)
+            if seen != last:
+                last = seen
+                yield command
+            if command.state.is_final or not await wake(services, messages):
+                return
+
+
+async def _next_message(services: Services, messages: Subscription) -> bool:
+    """The next event (a broken stream raises StreamInterrupted)."""
+    await messages.get()
+    return True
+
+
+class _Wait:
+    """Waking a ``?wait``: by an event, or after at most the time left (a second while
+    events from other instances cannot arrive), and never past the deadline or the
+    server's shutdown; a broken stream only means reading the database again."""
+
+    def __init__(self, services: Services, until: float) -> None:
+        self.until = until
+        self.stopping = services.open_sockets.stopping
+
+    async def __call__(self, services: Services, messages: Subscription) -> bool:
+        remaining = self.until - asyncio.get_running_loop().time()
+        if remaining <= 0 or self.stopping.is_set():
+            return False
+        if not services.events.live:
+            remaining = min(remaining, WAIT_POLL_WITHOUT_EVENTS)
+        with contextlib.suppress(StreamInterrupted):  # read the database again
+            await _woken(messages, self.stopping, remaining)
+        return True
+
+
+async def _woken(messages: Subscription, stopping: asyncio.Event, timeout: float) -> None:
+    """Return on the next message, once ``stopping`` is set or after ``timeout`` seconds."""
+    reading = asyncio.ensure_future(messages.get(timeout=timeout))
+    stopped = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait((reading, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        reading.cancel()
+    if reading.done() and not reading.cancelled():
+        reading.result()  # raises StreamInterrupted
+
+
+def _charge_state(message: Message) -> ChargeStateData:
+    return ChargeStateData.from_enode(message)
+
+
+def _older(state: ChargeStateData, than: ChargeStateData) -> bool:
+    return (
+        state.last_updated is not None
+        and than.last_updated is not None
+        and state.last_updated < than.last_updated
+    )
