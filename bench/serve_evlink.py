@@ -24,7 +24,13 @@ exist only in this process, under ``/bench/``:
 - ``POST /bench/gc``: CPython's full garbage collections since the last call (count,
   longest pause in ms);
 - ``POST /bench/profile/start`` / ``POST /bench/profile/stop?out=PATH``: pyinstrument
-  over the whole server process, its text report written to ``PATH``.
+  over the whole server process, its text report written to ``PATH``;
+- ``GET /bench/churn``: how many cars the fleet's churn has changed (``{"changes"}``).
+
+``--cache-ttl 0`` serves with the read cache off (``EVLINK_CACHE_TTL``): every read
+is a miss. ``--fleet N --fleet-file PATH`` also makes the fleet of :mod:`bench.fleet`
+(``N`` users with a key and a car each, written to ``PATH``) and changes
+``--churn`` of its cars every second.
 
 ``--before`` puts back evlink's code as it was before the benchmark's fixes
 (:mod:`bench.before`), so the "before" column is measured in the same run.
@@ -53,6 +59,7 @@ from starlette.routing import Route
 
 from bench import before
 from bench.common import announce_ready, listening_socket, raise_nofile_limit
+from bench.fleet import Churn, ChurnCars, seed_fleet
 from bench.serve_baseline import uvicorn_config
 from evlink.app import create_app
 from evlink.domain import VehicleData
@@ -143,7 +150,9 @@ class FullCollections:
         return {"count": len(pauses), "max_ms": max(pauses, default=0.0)}
 
 
-def bench_routes(app: Any, simulator: Simulator, clock: ManualClock) -> list[Route]:
+def bench_routes(
+    app: Any, simulator: Simulator, clock: ManualClock, churn: Churn | None = None
+) -> list[Route]:
     """The ``/bench/`` controls (see the module docstring)."""
     profiler: dict[str, Any] = {}
     collections = FullCollections()
@@ -183,6 +192,9 @@ def bench_routes(app: Any, simulator: Simulator, clock: ManualClock) -> list[Rou
         await asyncio.to_thread(Path(request.query_params["out"]).write_text, text)
         return JSONResponse({"profiling": False})
 
+    async def churned(request: Request) -> JSONResponse:
+        return JSONResponse({"changes": churn.changes if churn is not None else 0})
+
     async def full_gcs(request: Request) -> JSONResponse:
         return JSONResponse(collections.take())
 
@@ -196,6 +208,7 @@ def bench_routes(app: Any, simulator: Simulator, clock: ManualClock) -> list[Rou
 
     return [
         Route("/bench/calls", calls, methods=["GET"]),
+        Route("/bench/churn", churned, methods=["GET"]),
         Route("/bench/gc", full_gcs, methods=["POST"]),
         Route("/bench/max-age", max_age, methods=["POST"]),
         Route("/bench/plug/{provider_id}", plug, methods=["POST"]),
@@ -208,13 +221,32 @@ def bench_routes(app: Any, simulator: Simulator, clock: ManualClock) -> list[Rou
 class _AnnouncingEvlinkServer(EvlinkServer):
     """evlink's server that prints the ready line once it accepts connections."""
 
-    def __init__(self, config: uvicorn.Config, app: Any, info: dict[str, Any]) -> None:
+    def __init__(
+        self, config: uvicorn.Config, app: Any, info: dict[str, Any], churn: Churn | None
+    ) -> None:
         super().__init__(config, app.state.open_sockets)
         self.info = info
+        self.churn = churn
+        self._churning: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        if self.churn is not None:
+            self._churning = asyncio.create_task(self.churn.run(), name="bench-churn")
         announce_ready(self.info)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._churning is not None:
+            self._churning.cancel()
+        await super().shutdown(sockets)
+
+
+async def seed_fleet_database(
+    database_url: str, count: int, path: Path, max_age: float
+) -> list[str]:
+    """:func:`bench.fleet.seed_fleet` on the migrated database."""
+    async with open_database(database_url):
+        return await seed_fleet(count, path, max_age)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -226,6 +258,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--ws-pending-per-address", type=int, default=None, help="EVLINK_WS_PENDING_PER_ADDRESS"
     )
+    parser.add_argument("--cache-ttl", type=float, default=None, help="EVLINK_CACHE_TTL")
+    parser.add_argument("--fleet", type=int, default=0, help="users with a key and a car each")
+    parser.add_argument("--fleet-file", type=Path, help="where the fleet's keys are written")
+    parser.add_argument("--churn", type=int, default=0, help="fleet cars changed per second")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.WARNING)
@@ -242,16 +278,29 @@ def main(argv: list[str] | None = None) -> None:
             if args.ws_pending_per_address
             else {}
         ),
+        **({"cache_ttl": args.cache_ttl} if args.cache_ttl is not None else {}),
     )
     seeded = asyncio.run(seed(settings.database_url, args.vehicles))
     clock = ManualClock(datetime.now(UTC))
-    simulator = TimedSimulator(clock, action_delay=settings.simulator_action_delay)
+    simulator = TimedSimulator(
+        clock,
+        action_delay=settings.simulator_action_delay,
+        store=ChurnCars() if args.fleet else None,
+    )
+    churn: Churn | None = None
+    if args.fleet:
+        provider_ids = asyncio.run(
+            seed_fleet_database(
+                settings.database_url, args.fleet, args.fleet_file, settings.status_max_age
+            )
+        )
+        churn = Churn(simulator, clock, provider_ids, args.churn)
     app = create_app(settings, provider=simulator)
-    app.router.routes.extend(bench_routes(app, simulator, clock))
+    app.router.routes.extend(bench_routes(app, simulator, clock, churn))
     sock = listening_socket()
     info = {"port": sock.getsockname()[1], "pid": os.getpid(), "before": args.before, **seeded}
     config = uvicorn_config(app, **server_options(settings))
-    _AnnouncingEvlinkServer(config, app, info).run(sockets=[sock])
+    _AnnouncingEvlinkServer(config, app, info, churn).run(sockets=[sock])
 
 
 if __name__ == "__main__":
