@@ -107,6 +107,8 @@ UNLIMITED = {
     "burst": "1000000000/minute",
     "vehicle_limits": "free=unlimited;basic=unlimited;pro=unlimited",
     "ws_max_connections_per_key": 1_000_000,
+    # The subscribers all connect from 127.0.0.1, many at once.
+    "ws_pending_per_address": 1_000_000,
 }
 
 
