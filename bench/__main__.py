@@ -308,17 +308,20 @@ async def profile(
     return out
 
 
-async def subscribe(server: ServerProcess, args: argparse.Namespace) -> SubscriptionResult | str:
+async def subscribe(
+    server: ServerProcess, args: argparse.Namespace, tmp: Path
+) -> SubscriptionResult | str:
     """The subscription benchmark on ``server``; its error text when it could not run."""
     log(f"{args.subscribers} chargeState subscribers on {server.name}…")
     try:
         result = await run_subscriptions(
             server.info,
             server.base_url,
-            server.ws_url,
             subscribers=args.subscribers,
             rounds=args.rounds,
             compression=None if args.ws_compression == "none" else "deflate",
+            processes=args.subscriber_processes,
+            log=tmp / f"subscribers-{server.name}.log",
         )
     except (RuntimeError, OSError, TimeoutError) as exc:
         log(f"subscriptions on {server.name} failed: {exc!r}")
@@ -360,9 +363,9 @@ async def main_phase(run: Run, args: argparse.Namespace, wrk: str | None, tmp: P
         await baseline.stop()
         await sqlite.miss.stop()
 
-        run.subscriptions = await subscribe(sqlite.now, args)
+        run.subscriptions = await subscribe(sqlite.now, args, tmp)
         if sqlite.before is not None:
-            run.subscriptions_before = await subscribe(sqlite.before, args)
+            run.subscriptions_before = await subscribe(sqlite.before, args, tmp)
             await sqlite.before.stop()
         log("charging commands…")
         run.commands = await run_commands(
@@ -822,6 +825,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved load rounds")
     parser.add_argument("--subscribers", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=10, help="subscription rounds")
+    parser.add_argument(
+        "--subscriber-processes", type=int, default=4, help="processes holding the subscribers"
+    )
     parser.add_argument("--commands", type=int, default=20, help="command rounds")
     parser.add_argument("--ws-compression", choices=("deflate", "none"), default="deflate")
     parser.add_argument("--no-postgres", action="store_true")

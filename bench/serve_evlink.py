@@ -25,6 +25,11 @@ exist only in this process, under ``/bench/``:
   longest pause in ms);
 - ``POST /bench/profile/start`` / ``POST /bench/profile/stop?out=PATH``: pyinstrument
   over the whole server process, its text report written to ``PATH``;
+- ``POST /bench/memory``: a full garbage collection, then the process's RSS (KiB) and
+  how many objects the collector tracks;
+- ``POST /bench/tracemalloc/start?frames=F`` / ``POST /bench/tracemalloc/diff?out=PATH&per=N``:
+  what was allocated in between and is still held (after a full collection), by file
+  and by line, in bytes per ``N``, written to ``PATH``;
 - ``GET /bench/churn``: how many cars the fleet's churn has changed (``{"changes"}``).
 
 ``--cache-ttl 0`` serves with the read cache off (``EVLINK_CACHE_TTL``): every read
@@ -45,6 +50,7 @@ import logging
 import os
 import socket
 import time
+import tracemalloc
 import uuid
 from collections import Counter
 from dataclasses import fields, replace
@@ -58,7 +64,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bench import before
-from bench.common import announce_ready, listening_socket, raise_nofile_limit
+from bench.common import announce_ready, listening_socket, raise_nofile_limit, rss_kib
 from bench.fleet import Churn, ChurnCars, seed_fleet
 from bench.serve_baseline import uvicorn_config
 from evlink.app import create_app
@@ -157,6 +163,7 @@ def bench_routes(
 ) -> list[Route]:
     """The ``/bench/`` controls (see the module docstring)."""
     profiler: dict[str, Any] = {}
+    traced: dict[str, tracemalloc.Snapshot] = {}
     collections = FullCollections()
 
     async def calls(request: Request) -> JSONResponse:
@@ -200,6 +207,25 @@ def bench_routes(
     async def full_gcs(request: Request) -> JSONResponse:
         return JSONResponse(collections.take())
 
+    async def memory(request: Request) -> JSONResponse:
+        gc.collect()
+        return JSONResponse({"rss_kib": rss_kib(os.getpid()), "objects": len(gc.get_objects())})
+
+    async def trace_start(request: Request) -> JSONResponse:
+        gc.collect()
+        tracemalloc.start(int(request.query_params.get("frames", "1")))
+        traced["before"] = tracemalloc.take_snapshot()
+        return JSONResponse({"tracing": True})
+
+    async def trace_diff(request: Request) -> JSONResponse:
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        per = int(request.query_params.get("per", "1"))
+        text = memory_report(traced.pop("before"), after, per)
+        await asyncio.to_thread(Path(request.query_params["out"]).write_text, text)
+        return JSONResponse({"tracing": False})
+
     async def max_age(request: Request) -> JSONResponse:
         services = app.state.services
         seconds = float(request.query_params["seconds"])
@@ -213,11 +239,32 @@ def bench_routes(
         Route("/bench/churn", churned, methods=["GET"]),
         Route("/bench/gc", full_gcs, methods=["POST"]),
         Route("/bench/max-age", max_age, methods=["POST"]),
+        Route("/bench/memory", memory, methods=["POST"]),
+        Route("/bench/tracemalloc/start", trace_start, methods=["POST"]),
+        Route("/bench/tracemalloc/diff", trace_diff, methods=["POST"]),
         Route("/bench/plug/{provider_id}", plug, methods=["POST"]),
         Route("/bench/advance", advance, methods=["POST"]),
         Route("/bench/profile/start", profile_start, methods=["POST"]),
         Route("/bench/profile/stop", profile_stop, methods=["POST"]),
     ]
+
+
+def memory_report(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, per: int) -> str:
+    """What was allocated between two snapshots and is still held, by file and by line,
+    in bytes per ``per`` (the subscriptions opened in between)."""
+    lines = []
+    for key in ("filename", "lineno"):
+        stats = after.compare_to(before, key)
+        total = sum(stat.size_diff for stat in stats)
+        lines.append(f"## by {key}: {total / per:.0f} bytes per subscription in all")
+        for stat in stats[:40]:
+            where = stat.traceback[0]
+            lines.append(
+                f"{stat.size_diff / per:9.0f} B {stat.count_diff / per:7.1f} blocks  "
+                f"{where.filename}:{where.lineno if key == 'lineno' else ''}"
+            )
+        lines.append("")
+    return "\n".join(lines)
 
 
 class _AnnouncingEvlinkServer(EvlinkServer):
@@ -260,6 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--ws-pending-per-address", type=int, default=None, help="EVLINK_WS_PENDING_PER_ADDRESS"
     )
+    parser.add_argument("--port", type=int, default=0, help="0: a free port")
     parser.add_argument("--cache-ttl", type=float, default=None, help="EVLINK_CACHE_TTL")
     parser.add_argument("--fleet", type=int, default=0, help="users with a key and a car each")
     parser.add_argument("--fleet-file", type=Path, help="where the fleet's keys are written")
@@ -299,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
         churn = Churn(simulator, clock, provider_ids, args.churn)
     app = create_app(settings, provider=simulator)
     app.router.routes.extend(bench_routes(app, simulator, clock, churn))
-    sock = listening_socket()
+    sock = listening_socket(port=args.port)
     info = {"port": sock.getsockname()[1], "pid": os.getpid(), "before": args.before, **seeded}
     config = uvicorn_config(app, **server_options(settings))
     _AnnouncingEvlinkServer(config, app, info, churn).run(sockets=[sock])
