@@ -26,7 +26,8 @@ exist only in this process, under ``/bench/``:
 - ``POST /bench/profile/start`` / ``POST /bench/profile/stop?out=PATH``: pyinstrument
   over the whole server process, its text report written to ``PATH``;
 - ``POST /bench/memory``: a full garbage collection, then the process's RSS (KiB) and
-  how many objects the collector tracks;
+  how many objects the collector tracks (``?trim=1``: also the RSS once glibc has given
+  back the free memory it holds, ``malloc_trim``);
 - ``POST /bench/tracemalloc/start?frames=F`` / ``POST /bench/tracemalloc/diff?out=PATH&per=N``:
   what was allocated in between and is still held (after a full collection), by file
   and by line, in bytes per ``N``, written to ``PATH``;
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import gc
 import logging
 import os
@@ -209,7 +211,12 @@ def bench_routes(
 
     async def memory(request: Request) -> JSONResponse:
         gc.collect()
-        return JSONResponse({"rss_kib": rss_kib(os.getpid()), "objects": len(gc.get_objects())})
+        rss = rss_kib(os.getpid())
+        found = {"rss_kib": rss, "objects": len(gc.get_objects())}
+        if request.query_params.get("trim") == "1":  # what glibc holds free, given back
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            found["rss_after_malloc_trim_kib"] = rss_kib(os.getpid())
+        return JSONResponse(found)
 
     async def trace_start(request: Request) -> JSONResponse:
         gc.collect()
@@ -308,6 +315,7 @@ def main(argv: list[str] | None = None) -> None:
         "--ws-pending-per-address", type=int, default=None, help="EVLINK_WS_PENDING_PER_ADDRESS"
     )
     parser.add_argument("--port", type=int, default=0, help="0: a free port")
+    parser.add_argument("--ws-compression", action="store_true", help="EVLINK_WS_COMPRESSION=true")
     parser.add_argument("--cache-ttl", type=float, default=None, help="EVLINK_CACHE_TTL")
     parser.add_argument("--fleet", type=int, default=0, help="users with a key and a car each")
     parser.add_argument("--fleet-file", type=Path, help="where the fleet's keys are written")
@@ -329,6 +337,7 @@ def main(argv: list[str] | None = None) -> None:
             else {}
         ),
         **({"cache_ttl": args.cache_ttl} if args.cache_ttl is not None else {}),
+        **({"ws_compression": True} if args.ws_compression else {}),
     )
     seeded = asyncio.run(seed(settings.database_url, args.vehicles))
     clock = ManualClock(datetime.now(UTC))

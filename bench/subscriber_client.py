@@ -14,6 +14,9 @@ orchestrator writes on stdin, one a line:
 - ``quit``: close every socket, print ``BYE {json}`` (CPU seconds in all), exit.
 
 Once all are open (or one failed) it prints ``READY {json}`` (or ``FAILED {json}``).
+A subscription refused with ``DATABASE_UNAVAILABLE`` while thousands are opened at
+once (each reads the car and its state) is asked again after its ``retryAfter``, at
+most :data:`RETRIES` times; the retries are counted in ``READY``.
 
 It is kept light so that 10,000 subscribers measure the server, not the client:
 plain asyncio protocols over raw sockets (no websocket library, no task per
@@ -46,8 +49,9 @@ QUERY = (
     "subscription Watch($id: ID!) { chargeState(vehicleId: $id) "
     "{ isPluggedIn powerDeliveryState batteryLevel lastUpdated } }"
 )
-OPEN_CONCURRENCY = 12  # handshakes in flight at once, per process (4 processes: 48)
-OPEN_TIMEOUT = 60.0  # seconds one socket may take to be subscribed
+OPEN_CONCURRENCY = 8  # subscriptions being opened at once, per process (4 processes: 32)
+OPEN_TIMEOUT = 120.0  # seconds one socket may take to be subscribed (retries included)
+RETRIES = 5  # subscriptions refused with DATABASE_UNAVAILABLE asked again, per socket
 _TAIL = b"\x00\x00\xff\xff"  # what permessage-deflate strips from each message
 
 
@@ -89,6 +93,7 @@ class Subscriber(asyncio.Protocol):
         self.fresh_inflater = False  # server_no_context_takeover
         self.subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.acknowledged = False
+        self.operation = 0  # the id of this socket's subscription (again after a retry)
         self.round: Round | None = None
 
     # -- asyncio.Protocol
@@ -185,17 +190,19 @@ class Subscriber(asyncio.Protocol):
 
     def _message(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
+        current = str(self.operation)
         if kind == "connection_ack" and not self.acknowledged:
             self.acknowledged = True
-            self.send({"id": "1", "type": "subscribe", "payload": self.owner.subscribe})
+            self._subscribe()
         elif kind == "ping":
             self.send({"type": "pong"})
-        elif kind == "pong":
-            pass
-        elif kind == "next" and message.get("id") == "1":
+        elif kind == "pong" or (kind == "complete" and not self.subscribed.done()):
+            pass  # the end of a subscription refused (it is asked again)
+        elif kind == "next" and message.get("id") == current:
             payload = message["payload"]
             if payload.get("errors"):
-                raise RuntimeError(f"errors: {payload['errors']}")
+                self._refused(payload["errors"])
+                return
             state = payload["data"]["chargeState"]
             if not self.subscribed.done():
                 self.subscribed.set_result(None)
@@ -203,6 +210,22 @@ class Subscriber(asyncio.Protocol):
                 self._arrived(state["isPluggedIn"])
         else:
             raise RuntimeError(f"unexpected message: {str(message)[:200]}")
+
+    def _subscribe(self) -> None:
+        self.operation += 1
+        subscribe = {"id": str(self.operation), "type": "subscribe"}
+        self.send({**subscribe, "payload": self.owner.subscribe})
+
+    def _refused(self, errors: list[dict[str, Any]]) -> None:
+        """A subscription refused while the database is busy (the server reads the car
+        and its state for each new one) is asked again after its ``retryAfter``, as a
+        client would, a few times; any other error fails the run."""
+        code = (errors[0].get("extensions") or {}).get("code")
+        if self.subscribed.done() or code != "DATABASE_UNAVAILABLE" or self.operation > RETRIES:
+            raise RuntimeError(f"errors: {errors}")
+        self.owner.retries += 1
+        retry_after = float(errors[0]["extensions"].get("retryAfter", 1))
+        asyncio.get_running_loop().call_later(retry_after, self._subscribe)
 
     def _arrived(self, plugged: bool) -> None:
         current = self.round
@@ -235,6 +258,7 @@ class Fleet:
         self.offer_deflate: bool = args.offer_deflate
         self.count: int = args.count
         self.deflate_accepted = False
+        self.retries = 0
         self.quitting = False
         self.sockets: list[Subscriber] = []
         self.current: Round | None = None
@@ -320,6 +344,7 @@ async def run(args: argparse.Namespace) -> None:
             "seconds": time.monotonic() - started,
             "cpu": cpu_seconds() - cpu,
             "deflate": fleet.deflate_accepted,
+            "retries": fleet.retries,
         },
     )
     try:

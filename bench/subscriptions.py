@@ -69,6 +69,7 @@ class SubscriptionResult:
     server_cpu: list[float] = field(default_factory=list)  # per round
     client_cpu: list[float] = field(default_factory=list)  # per round, the busiest process
     client_connect_cpu: float = 0.0  # the busiest process, while connecting
+    retries: int = 0  # subscriptions refused with DATABASE_UNAVAILABLE and asked again
 
     @property
     def kib_per_subscription(self) -> float:
@@ -155,7 +156,9 @@ async def _start_all(
     server: dict[str, Any], subscribers: int, processes: int, offer_deflate: bool, log: Path
 ) -> list[ClientProcess]:
     shares = [subscribers // processes + (n < subscribers % processes) for n in range(processes)]
-    return [await ClientProcess.start(server, share, offer_deflate, log) for share in shares if share]
+    return [
+        await ClientProcess.start(server, share, offer_deflate, log) for share in shares if share
+    ]
 
 
 async def _stop_all(clients: list[ClientProcess]) -> list[dict[str, Any]]:
@@ -243,6 +246,7 @@ async def run_subscriptions(
                 rss_after,
                 deflate_accepted=any(data["deflate"] for data in ready),
                 client_connect_cpu=max(float(data["cpu"]) for data in ready),
+                retries=sum(int(data["retries"]) for data in ready),
             )
             (await http.post("/bench/gc")).raise_for_status()  # forget the connecting phase's
             for number in range(rounds):
@@ -273,6 +277,8 @@ def summary(result: SubscriptionResult) -> dict[str, Any]:
         "server_cpu_s": [round(s, 2) for s in result.server_cpu],
         "busiest_client_cpu_s": [round(s, 2) for s in result.client_cpu],
         "full_gcs": [result.full_gcs, round(result.longest_gc_ms)],
+        "retries": result.retries,
+        "busiest_client_connect_cpu_s": round(result.client_connect_cpu, 1),
     }
 
 
