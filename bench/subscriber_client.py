@@ -15,8 +15,9 @@ orchestrator writes on stdin, one a line:
 
 Once all are open (or one failed) it prints ``READY {json}`` (or ``FAILED {json}``).
 A subscription refused with ``DATABASE_UNAVAILABLE`` while thousands are opened at
-once (each reads the car and its state) is asked again after its ``retryAfter``, at
-most :data:`RETRIES` times; the retries are counted in ``READY``.
+once (each reads the car and its state) is asked again after its ``retryAfter``, and
+a socket closed for it at ``connection_init`` connects again a second later, at most
+:data:`RETRIES` times each; the retries are counted in ``READY``.
 
 It is kept light so that 10,000 subscribers measure the server, not the client:
 plain asyncio protocols over raw sockets (no websocket library, no task per
@@ -52,6 +53,7 @@ QUERY = (
 OPEN_CONCURRENCY = 8  # subscriptions being opened at once, per process (4 processes: 32)
 OPEN_TIMEOUT = 120.0  # seconds one socket may take to be subscribed (retries included)
 RETRIES = 5  # subscriptions refused with DATABASE_UNAVAILABLE asked again, per socket
+_BUSY = "The database is unavailable"  # evlink's message for DATABASE_UNAVAILABLE
 _TAIL = b"\x00\x00\xff\xff"  # what permessage-deflate strips from each message
 
 
@@ -237,9 +239,12 @@ class Subscriber(asyncio.Protocol):
                 self.owner.complete(current)
 
     def fail(self, reason: str) -> None:
-        if not self.subscribed.done():
-            self.subscribed.set_exception(RuntimeError(reason))
-        else:
+        """Before it is subscribed, its opening fails (and may be tried again); after,
+        the run fails."""
+        opening = self.subscribed
+        if not opening.done():
+            opening.set_exception(RuntimeError(reason))
+        elif not opening.cancelled() and opening.exception() is None:
             self.owner.failed(reason)
 
     def close(self) -> None:
@@ -270,11 +275,23 @@ class Fleet:
 
         async def one() -> None:
             async with gate:
-                _, subscriber = await loop.create_connection(
-                    lambda: Subscriber(self), "127.0.0.1", self.port
-                )
-                self.sockets.append(subscriber)
-                await asyncio.wait_for(subscriber.subscribed, OPEN_TIMEOUT)
+                for attempt in range(RETRIES + 1):
+                    _, subscriber = await loop.create_connection(
+                        lambda: Subscriber(self), "127.0.0.1", self.port
+                    )
+                    try:
+                        await asyncio.wait_for(subscriber.subscribed, OPEN_TIMEOUT)
+                    except RuntimeError as exc:
+                        # Closed at connection_init while the database was busy (1011):
+                        # a client connects again, a little later.
+                        if _BUSY not in str(exc) or attempt == RETRIES:
+                            raise
+                        subscriber.close()
+                        self.retries += 1
+                        await asyncio.sleep(1.0)
+                        continue
+                    self.sockets.append(subscriber)
+                    return
 
         await asyncio.gather(*(one() for _ in range(self.count)))
 

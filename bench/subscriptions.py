@@ -223,6 +223,7 @@ async def run_subscriptions(
     compression: str | None,
     processes: int = PROCESSES,
     log: Path,
+    profile: Path | None = None,
 ) -> SubscriptionResult:
     """Connect ``subscribers`` over ``processes``, measure memory, then time ``rounds``
     plug changes."""
@@ -249,8 +250,13 @@ async def run_subscriptions(
                 retries=sum(int(data["retries"]) for data in ready),
             )
             (await http.post("/bench/gc")).raise_for_status()  # forget the connecting phase's
+            if profile is not None:
+                (await http.post("/bench/profile/start")).raise_for_status()
             for number in range(rounds):
                 await _round(http, clients, server, number, result)
+            if profile is not None:
+                stop = await http.post("/bench/profile/stop", params={"out": str(profile)})
+                stop.raise_for_status()
             collections = (await http.post("/bench/gc")).json()
             result.full_gcs = int(collections["count"])
             result.longest_gc_ms = float(collections["max_ms"])
@@ -304,6 +310,7 @@ async def _standalone(args: Any) -> dict[str, Any]:
                 compression=args.compression,
                 processes=args.processes,
                 log=Path(tmp) / "subscribers.log",
+                profile=args.profile,
             )
             return summary(result)
 
@@ -322,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compression", choices=("deflate",), default=None)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--server-args", nargs="*", default=[])
+    parser.add_argument("--profile", type=Path, help="pyinstrument over the rounds, to PATH")
     args = parser.parse_args(argv)
     raise_nofile_limit()
     print(json.dumps(asyncio.run(_standalone(args))))
