@@ -600,6 +600,12 @@ def subscription_rows(run: Run, subscribers: int) -> list[Row]:
             f"{result.rss_after_kib / 1024:.0f} MiB)"
         )
 
+    def client_share(result: SubscriptionResult) -> str:
+        server = max(result.server_cpu, default=0.0)
+        client = max(result.client_cpu, default=0.0)
+        retries = f", {result.retries} retries" if result.retries else ""
+        return f"{server:.2f} / {client:.2f}{retries}"
+
     def collections(result: SubscriptionResult) -> str:
         return f"{result.full_gcs} (longest {result.longest_gc_ms:.0f} ms)"
 
@@ -622,6 +628,11 @@ def subscription_rows(run: Run, subscribers: int) -> list[Row]:
         Row(
             f"{label}: time to connect and subscribe all, s",
             **both(lambda result: f"{result.connect_seconds:.1f}"),
+        ),
+        Row(
+            f"{label}: CPU s per round, server / busiest of the "
+            f"{subs.processes} subscriber processes (max)",
+            **both(client_share),
         ),
     ]
 
