@@ -46,8 +46,9 @@ class ServerError(RuntimeError):
     """A bench server did not start (its stderr tail is in the message)."""
 
 
-def raise_nofile_limit(wanted: int = 8192) -> int:
-    """Raise this process's open-files soft limit (1,000 websockets need 1,000 fds)."""
+def raise_nofile_limit(wanted: int = 65536) -> int:
+    """Raise this process's open-files soft limit towards ``wanted`` (each websocket is a
+    file descriptor; 10,000 subscribers need 10,000)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if soft < target:
@@ -56,14 +57,14 @@ def raise_nofile_limit(wanted: int = 8192) -> int:
     return soft
 
 
-def listening_socket(backlog: int = 2048) -> socket.socket:
-    """A TCP socket listening on a free port of 127.0.0.1.
+def listening_socket(backlog: int = 2048, port: int = 0) -> socket.socket:
+    """A TCP socket listening on ``port`` (0: a free one) of 127.0.0.1.
 
     ``IPPROTO_TCP`` makes asyncio turn Nagle off on accepted connections.
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     sock.listen(backlog)
     return sock
 

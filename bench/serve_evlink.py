@@ -24,7 +24,19 @@ exist only in this process, under ``/bench/``:
 - ``POST /bench/gc``: CPython's full garbage collections since the last call (count,
   longest pause in ms);
 - ``POST /bench/profile/start`` / ``POST /bench/profile/stop?out=PATH``: pyinstrument
-  over the whole server process, its text report written to ``PATH``.
+  over the whole server process, its text report written to ``PATH``;
+- ``POST /bench/memory``: a full garbage collection, then the process's RSS (KiB) and
+  how many objects the collector tracks (``?trim=1``: also the RSS once glibc has given
+  back the free memory it holds, ``malloc_trim``);
+- ``POST /bench/tracemalloc/start?frames=F`` / ``POST /bench/tracemalloc/diff?out=PATH&per=N``:
+  what was allocated in between and is still held (after a full collection), by file
+  and by line, in bytes per ``N``, written to ``PATH``;
+- ``GET /bench/churn``: how many cars the fleet's churn has changed (``{"changes"}``).
+
+``--cache-ttl 0`` serves with the read cache off (``EVLINK_CACHE_TTL``): every read
+is a miss. ``--fleet N --fleet-file PATH`` also makes the fleet of :mod:`bench.fleet`
+(``N`` users with a key and a car each, written to ``PATH``) and changes
+``--churn`` of its cars every second.
 
 ``--before`` puts back evlink's code as it was before the benchmark's fixes
 (:mod:`bench.before`), so the "before" column is measured in the same run.
@@ -34,11 +46,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import gc
 import logging
 import os
 import socket
 import time
+import tracemalloc
 import uuid
 from collections import Counter
 from dataclasses import fields, replace
@@ -52,7 +66,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bench import before
-from bench.common import announce_ready, listening_socket, raise_nofile_limit
+from bench.common import announce_ready, listening_socket, raise_nofile_limit, rss_kib
+from bench.fleet import Churn, ChurnCars, seed_fleet
 from bench.serve_baseline import uvicorn_config
 from evlink.app import create_app
 from evlink.domain import VehicleData
@@ -100,6 +115,8 @@ UNLIMITED = {
     "burst": "1000000000/minute",
     "vehicle_limits": "free=unlimited;basic=unlimited;pro=unlimited",
     "ws_max_connections_per_user": 1_000_000,
+    # The subscribers all connect from 127.0.0.1, many at once.
+    "ws_pending_per_address": 1_000_000,
 }
 
 
@@ -143,9 +160,12 @@ class FullCollections:
         return {"count": len(pauses), "max_ms": max(pauses, default=0.0)}
 
 
-def bench_routes(app: Any, simulator: Simulator, clock: ManualClock) -> list[Route]:
+def bench_routes(
+    app: Any, simulator: Simulator, clock: ManualClock, churn: Churn | None = None
+) -> list[Route]:
     """The ``/bench/`` controls (see the module docstring)."""
     profiler: dict[str, Any] = {}
+    traced: dict[str, tracemalloc.Snapshot] = {}
     collections = FullCollections()
 
     async def calls(request: Request) -> JSONResponse:
@@ -183,8 +203,35 @@ def bench_routes(app: Any, simulator: Simulator, clock: ManualClock) -> list[Rou
         await asyncio.to_thread(Path(request.query_params["out"]).write_text, text)
         return JSONResponse({"profiling": False})
 
+    async def churned(request: Request) -> JSONResponse:
+        return JSONResponse({"changes": churn.changes if churn is not None else 0})
+
     async def full_gcs(request: Request) -> JSONResponse:
         return JSONResponse(collections.take())
+
+    async def memory(request: Request) -> JSONResponse:
+        gc.collect()
+        rss = rss_kib(os.getpid())
+        found = {"rss_kib": rss, "objects": len(gc.get_objects())}
+        if request.query_params.get("trim") == "1":  # what glibc holds free, given back
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            found["rss_after_malloc_trim_kib"] = rss_kib(os.getpid())
+        return JSONResponse(found)
+
+    async def trace_start(request: Request) -> JSONResponse:
+        gc.collect()
+        tracemalloc.start(int(request.query_params.get("frames", "1")))
+        traced["before"] = tracemalloc.take_snapshot()
+        return JSONResponse({"tracing": True})
+
+    async def trace_diff(request: Request) -> JSONResponse:
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        per = int(request.query_params.get("per", "1"))
+        text = memory_report(traced.pop("before"), after, per)
+        await asyncio.to_thread(Path(request.query_params["out"]).write_text, text)
+        return JSONResponse({"tracing": False})
 
     async def max_age(request: Request) -> JSONResponse:
         services = app.state.services
@@ -196,8 +243,12 @@ def bench_routes(app: Any, simulator: Simulator, clock: ManualClock) -> list[Rou
 
     return [
         Route("/bench/calls", calls, methods=["GET"]),
+        Route("/bench/churn", churned, methods=["GET"]),
         Route("/bench/gc", full_gcs, methods=["POST"]),
         Route("/bench/max-age", max_age, methods=["POST"]),
+        Route("/bench/memory", memory, methods=["POST"]),
+        Route("/bench/tracemalloc/start", trace_start, methods=["POST"]),
+        Route("/bench/tracemalloc/diff", trace_diff, methods=["POST"]),
         Route("/bench/plug/{provider_id}", plug, methods=["POST"]),
         Route("/bench/advance", advance, methods=["POST"]),
         Route("/bench/profile/start", profile_start, methods=["POST"]),
@@ -205,16 +256,53 @@ def bench_routes(app: Any, simulator: Simulator, clock: ManualClock) -> list[Rou
     ]
 
 
+def memory_report(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, per: int) -> str:
+    """What was allocated between two snapshots and is still held, by file and by line,
+    in bytes per ``per`` (the subscriptions opened in between)."""
+    lines = []
+    for key in ("filename", "lineno"):
+        stats = after.compare_to(before, key)
+        total = sum(stat.size_diff for stat in stats)
+        lines.append(f"## by {key}: {total / per:.0f} bytes per subscription in all")
+        for stat in stats[:40]:
+            where = stat.traceback[0]
+            lines.append(
+                f"{stat.size_diff / per:9.0f} B {stat.count_diff / per:7.1f} blocks  "
+                f"{where.filename}:{where.lineno if key == 'lineno' else ''}"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
 class _AnnouncingEvlinkServer(EvlinkServer):
     """evlink's server that prints the ready line once it accepts connections."""
 
-    def __init__(self, config: uvicorn.Config, app: Any, info: dict[str, Any]) -> None:
+    def __init__(
+        self, config: uvicorn.Config, app: Any, info: dict[str, Any], churn: Churn | None
+    ) -> None:
         super().__init__(config, app.state.open_sockets)
         self.info = info
+        self.churn = churn
+        self._churning: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        if self.churn is not None:
+            self._churning = asyncio.create_task(self.churn.run(), name="bench-churn")
         announce_ready(self.info)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._churning is not None:
+            self._churning.cancel()
+        await super().shutdown(sockets)
+
+
+async def seed_fleet_database(
+    database_url: str, count: int, path: Path, max_age: float
+) -> list[str]:
+    """:func:`bench.fleet.seed_fleet` on the migrated database."""
+    async with open_database(database_url):
+        return await seed_fleet(count, path, max_age)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -226,6 +314,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--ws-pending-per-address", type=int, default=None, help="EVLINK_WS_PENDING_PER_ADDRESS"
     )
+    parser.add_argument("--port", type=int, default=0, help="0: a free port")
+    parser.add_argument("--ws-compression", action="store_true", help="EVLINK_WS_COMPRESSION=true")
+    parser.add_argument("--cache-ttl", type=float, default=None, help="EVLINK_CACHE_TTL")
+    parser.add_argument("--fleet", type=int, default=0, help="users with a key and a car each")
+    parser.add_argument("--fleet-file", type=Path, help="where the fleet's keys are written")
+    parser.add_argument("--churn", type=int, default=0, help="fleet cars changed per second")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.WARNING)
@@ -242,16 +336,30 @@ def main(argv: list[str] | None = None) -> None:
             if args.ws_pending_per_address
             else {}
         ),
+        **({"cache_ttl": args.cache_ttl} if args.cache_ttl is not None else {}),
+        **({"ws_compression": True} if args.ws_compression else {}),
     )
     seeded = asyncio.run(seed(settings.database_url, args.vehicles))
     clock = ManualClock(datetime.now(UTC))
-    simulator = TimedSimulator(clock, action_delay=settings.simulator_action_delay)
+    simulator = TimedSimulator(
+        clock,
+        action_delay=settings.simulator_action_delay,
+        store=ChurnCars() if args.fleet else None,
+    )
+    churn: Churn | None = None
+    if args.fleet:
+        provider_ids = asyncio.run(
+            seed_fleet_database(
+                settings.database_url, args.fleet, args.fleet_file, settings.status_max_age
+            )
+        )
+        churn = Churn(simulator, clock, provider_ids, args.churn)
     app = create_app(settings, provider=simulator)
-    app.router.routes.extend(bench_routes(app, simulator, clock))
-    sock = listening_socket()
+    app.router.routes.extend(bench_routes(app, simulator, clock, churn))
+    sock = listening_socket(port=args.port)
     info = {"port": sock.getsockname()[1], "pid": os.getpid(), "before": args.before, **seeded}
     config = uvicorn_config(app, **server_options(settings))
-    _AnnouncingEvlinkServer(config, app, info).run(sockets=[sock])
+    _AnnouncingEvlinkServer(config, app, info, churn).run(sockets=[sock])
 
 
 if __name__ == "__main__":

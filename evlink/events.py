@@ -127,10 +127,21 @@ class EventBus(Protocol):
 
 
 class _MemorySubscription:
+    """A subscription's mailbox: the messages not read yet, and the reader's waiter.
+
+    Not an ``asyncio.Queue``: an idle subscription (the usual state of thousands of
+    them) holds an empty list and, while its reader waits, one future; a queue holds
+    three deques and a future of its own (bench/README.md, memory per subscription).
+    """
+
+    __slots__ = ("_bus", "_max_queue", "_messages", "_topics", "_waiter")
+
     def __init__(self, bus: MemoryEventBus, topics: tuple[str, ...], max_queue: int) -> None:
         self._bus = bus
         self._topics = topics
-        self.queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=max_queue)
+        self._max_queue = max_queue
+        self._messages: list[Message] = []
+        self._waiter: asyncio.Future[None] | None = None
 
     async def __aenter__(self) -> _MemorySubscription:
         for topic in self._topics:
@@ -151,25 +162,42 @@ class _MemorySubscription:
                     del self._bus.subscribers[topic]
 
     def deliver(self, message: Message) -> None:
-        if self.queue.full():
+        messages = self._messages
+        if len(messages) >= self._max_queue:
             # A slow reader loses the oldest message, never the newest state.
-            with contextlib.suppress(asyncio.QueueEmpty):
-                self.queue.get_nowait()
+            del messages[0]
             logger.warning("events: slow subscriber on %s dropped a message", self._topics)
-        self.queue.put_nowait(message)
+        messages.append(message)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def interrupt(self, reason: str, error: Exception | None = None) -> None:
         """Tell the reader its stream ended: the next read raises ``error``, by default
         :class:`StreamInterrupted` (the stream broke). Never leaves the process."""
         self.deliver({_INTERRUPTED: reason, _ERROR: error})
 
+    async def _next(self) -> Message:
+        """The oldest message not read yet, waiting for one. A message stays in the
+        mailbox until its reader takes it: a read cancelled meanwhile loses nothing."""
+        while not self._messages:
+            waiter = self._waiter
+            if waiter is None or waiter.done():
+                waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                if self._waiter is waiter:
+                    self._waiter = None
+        return self._messages.pop(0)
+
     async def __aiter__(self) -> AsyncIterator[Message]:
         while True:
-            yield _checked(await self.queue.get())
+            yield _checked(await self._next())
 
     async def get(self, timeout: float | None = None) -> Message | None:
         try:
-            return _checked(await asyncio.wait_for(self.queue.get(), timeout))
+            return _checked(await asyncio.wait_for(self._next(), timeout))
         except TimeoutError:
             return None
 

@@ -13,7 +13,7 @@ import contextlib
 import gc
 import logging
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 from uuid import UUID
@@ -69,13 +69,27 @@ class OpenSocket:
     and how it must close.
 
     ``pending`` until its ``connection_init`` arrives; then, once the key is accepted,
-    :meth:`OpenSockets.admit` records its :class:`Admission`.
+    :meth:`OpenSockets.admit` records its :class:`Admission`. Slotted, and without an
+    event or a task of its own: an idle socket holds only what it needs (bench/README.md,
+    memory per subscription).
     """
+
+    __slots__ = (
+        "_wake",
+        "address",
+        "admission",
+        "close_code",
+        "close_reason",
+        "must_close",
+        "pending",
+        "watching",
+    )
 
     def __init__(self, address: str | None) -> None:
         self.address = address
         self.pending = True
-        self.closing = asyncio.Event()
+        self.must_close = False
+        self._wake: Callable[[], None] | None = None  # set by serve_until_closed
         self.close_code = GOING_AWAY
         self.close_reason = "server going away"
         self.admission: Admission | None = None
@@ -85,19 +99,39 @@ class OpenSocket:
     def close(self, code: int, reason: str) -> None:
         """Ask for the socket to close with ``code``."""
         self.close_code, self.close_reason = code, reason
-        self.closing.set()
+        self._must_close()
 
-    @contextlib.contextmanager
-    def watch(self, vehicle_id: UUID, watcher: Watcher) -> Iterator[None]:
-        """While the block runs, ``watcher`` is told if the user loses ``vehicle_id``."""
-        watchers = self.watching.setdefault(vehicle_id, set())
-        watchers.add(watcher)
-        try:
-            yield
-        finally:
-            watchers.discard(watcher)
+    def _must_close(self) -> None:
+        self.must_close = True
+        if self._wake is not None:
+            self._wake()
+
+    def watch(self, vehicle_id: UUID, watcher: Watcher) -> _Watching:
+        """While the ``with`` block runs, ``watcher`` is told if the user loses
+        ``vehicle_id``."""
+        return _Watching(self.watching, vehicle_id, watcher)
+
+
+class _Watching:
+    """:meth:`OpenSocket.watch`'s context manager (a class: a generator-based one holds a
+    suspended frame for each subscription's life)."""
+
+    __slots__ = ("_vehicle_id", "_watcher", "_watching")
+
+    def __init__(
+        self, watching: dict[UUID, set[Watcher]], vehicle_id: UUID, watcher: Watcher
+    ) -> None:
+        self._watching, self._vehicle_id, self._watcher = watching, vehicle_id, watcher
+
+    def __enter__(self) -> None:
+        self._watching.setdefault(self._vehicle_id, set()).add(self._watcher)
+
+    def __exit__(self, *exc: object) -> None:
+        watchers = self._watching.get(self._vehicle_id)
+        if watchers is not None:
+            watchers.discard(self._watcher)
             if not watchers:
-                self.watching.pop(vehicle_id, None)
+                del self._watching[self._vehicle_id]
 
 
 class Watcher(Protocol):
@@ -169,7 +203,7 @@ class OpenSockets:
     async def track(self, ws: OpenSocket) -> AsyncIterator[OpenSocket]:
         """Hold ``ws`` open (it closes with 1001 on shutdown) until the block ends."""
         if self.shutting_down:
-            ws.closing.set()
+            ws._must_close()
         self._open.add(ws)
         self._empty.clear()
         try:
@@ -200,12 +234,23 @@ class OpenSockets:
 
 async def serve_until_closed(handler: asyncio.Future[None], ws: OpenSocket, send: Send) -> None:
     """Run a websocket handler until it ends or ``ws`` must close; then close it
-    with the code asked for (1001 on shutdown)."""
-    closer: asyncio.Future[Any] = asyncio.ensure_future(ws.closing.wait())
-    waiting: set[asyncio.Future[Any]] = {handler, closer}
-    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-    if handler in done:
-        closer.cancel()
+    with the code asked for (1001 on shutdown). Waits on one future, woken by either."""
+    woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def wake(_: object = None) -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    handler.add_done_callback(wake)
+    ws._wake = wake
+    if ws.must_close:
+        wake()
+    try:
+        await woken
+    finally:
+        ws._wake = None
+        handler.remove_done_callback(wake)
+    if handler.done():
         handler.result()
         return
     handler.cancel()

@@ -1,39 +1,52 @@
-"""The in-process event bus: a subscriber that reads too slowly loses its oldest
-messages, never the newest state nor the news that its stream ended."""
+"""The in-process event bus's delivery: a subscription's mailbox (evlink.events)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 import pytest
 
 from evlink.errors import StreamInterrupted
 from evlink.events import MemoryEventBus
-from tests.conftest import TIMEOUT
 
 
-async def test_a_full_queue_drops_the_oldest_message_and_says_so(
+async def test_a_slow_reader_loses_the_oldest_messages_never_the_newest(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     bus = MemoryEventBus(max_queue=3)
-    async with bus.subscribe("topic") as messages:
-        with caplog.at_level(logging.WARNING, logger="evlink.events"):
-            for n in range(1, 6):
-                await bus.publish("topic", {"n": n})
-        received = [await messages.get(timeout=TIMEOUT) for _ in range(3)]
-        assert received == [{"n": 3}, {"n": 4}, {"n": 5}]
-        assert messages.queue.empty()
-    dropped = [r for r in caplog.records if "dropped a message" in r.getMessage()]
-    assert len(dropped) == 2
-    assert all(r.levelno == logging.WARNING for r in dropped)
-
-
-async def test_an_interruption_reaches_a_reader_whose_queue_is_full() -> None:
-    bus = MemoryEventBus(max_queue=2)
-    async with bus.subscribe("topic") as messages:
-        for n in range(1, 4):
+    async with bus.subscribe("topic") as subscription:
+        for n in range(5):
             await bus.publish("topic", {"n": n})
-        messages.interrupt("link lost")
-        assert await messages.get(timeout=TIMEOUT) == {"n": 3}
+        read = [await subscription.get(timeout=1) for _ in range(3)]
+        assert read == [{"n": 2}, {"n": 3}, {"n": 4}]
+        assert await subscription.get(timeout=0.01) is None
+    assert "slow subscriber" in caplog.text
+    assert [r.levelno for r in caplog.records].count(logging.WARNING) == 2
+
+
+async def test_a_read_cancelled_after_its_message_arrived_loses_nothing() -> None:
+    bus = MemoryEventBus()
+    async with bus.subscribe("topic") as subscription:
+        reader = asyncio.ensure_future(subscription.get())
+        await asyncio.sleep(0)  # one turn of the loop: the reader now waits
+        await bus.publish("topic", {"n": 1})
+        reader.cancel()  # before the reader has run again
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        assert await subscription.get(timeout=1) == {"n": 1}
+
+
+async def test_messages_are_read_in_order_and_an_interruption_raises_in_its_turn() -> None:
+    bus = MemoryEventBus()
+    async with bus.subscribe("a", "b") as subscription:
+        stream = aiter(subscription)
+        await bus.publish("a", {"n": 1})
+        await bus.publish("b", {"n": 2})
+        subscription.interrupt("stop")
+        assert await anext(stream) == {"n": 1}
+        assert await anext(stream) == {"n": 2}
         with pytest.raises(StreamInterrupted):
-            await messages.get(timeout=TIMEOUT)
+            await anext(stream)
+    assert bus.subscribers == {}
