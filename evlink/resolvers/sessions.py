@@ -304,7 +304,8 @@ async def _grow(
     if not changed:
         return False
     await _add_sample(session, sample)
-    await session.refresh_from_db()
+    for name, value in values.items():  # the row as written, without reading it back
+        setattr(session, name, value)
     await _publish(services, session)
     return True
 
