@@ -13,8 +13,9 @@ import pytest
 from evlink.domain import ChargeStateData, VehicleData, format_timestamp
 from evlink.models import ChargingCommand, User, Vehicle
 from evlink.models.sessions import ChargingSample, ChargingSession
+from evlink.providers.simulator import ManualClock, Simulator
 from evlink.resolvers import vehicles
-from tests.conftest import PROTOCOLS, Server, next_result, subscription
+from tests.conftest import PROTOCOLS, Server, _truncate, next_result, run_server, subscription
 
 T0 = datetime(2025, 5, 20, 16, 0, tzinfo=UTC)  # the ManualClock's start
 
@@ -203,7 +204,12 @@ async def test_a_car_that_starts_by_itself_and_reaches_its_limit(server: Server)
     assert session["batteryEnd"] == 82
     # Above 80 % the power tapers: the peak is the full rate, the average below it.
     assert session["peakPower"] == 11.0
-    assert session["averagePower"] < 11.0
+    rates = [
+        s.charge_rate
+        for s in await ChargingSample.filter(session_id=session["id"])
+        if s.charge_rate is not None
+    ]
+    assert min(rates) < 11.0 * (1 - 0.7 * 1 / 20)  # past 81 %: tapered by 3.5 % or more
     assert session["energyFromBattery"] == pytest.approx(session["energyKwh"], rel=0.05)
 
 
@@ -477,3 +483,27 @@ async def test_the_subscription_pushes_the_session_as_it_grows_and_when_it_ends(
     assert first["chargingSession"] == {"active": True, "sampleCount": 1, "endReason": None}
     assert grown["chargingSession"]["sampleCount"] == 2
     assert ended["chargingSession"] == {"active": False, "sampleCount": 3, "endReason": "STOPPED"}
+
+
+async def test_at_simulator_speed_60_a_minute_is_an_hour_of_charge(settings: Any) -> None:
+    """EVLINK_SIMULATOR_SPEED: the car's own time runs 60 times the clock's, so a minute of
+    the clock makes a session that reads (and charges) as an hour."""
+    clock = ManualClock()
+    fast = Simulator(clock, action_delay=1.0, speed=60.0)
+    await _truncate(settings.database_url)
+    async with run_server(settings, clock=clock, simulator=fast) as server:
+        user, key = await server.user()
+        vehicle = await server.vehicle(
+            user, "plugged", battery_level=30.0, charge_rate=11.0, battery_capacity=75.0
+        )
+        await _command(server, key, vehicle, "START")
+        await server.clock.advance(1)
+        for _ in range(60):
+            await server.clock.advance(1)  # a simulated minute each
+        await _command(server, key, vehicle, "STOP")
+        await server.clock.advance(1)
+        (session,) = await _graphql_sessions(server, key, vehicle)
+    assert session["endReason"] == "STOPPED"
+    assert session["durationSeconds"] == pytest.approx(3660, abs=61)
+    assert session["energyFromBattery"] == pytest.approx(session["energyKwh"], rel=0.05)
+    assert session["energyKwh"] == pytest.approx(11.0 * session["durationSeconds"] / 3600, rel=0.03)
