@@ -36,6 +36,7 @@ from bench.economy import EconomyResult, run_economy
 from bench.fleet import P99_LIMIT_MS, PERIOD, SENSORS, FleetResult, StepUp, run_fleet, step_up
 from bench.load import CONNECTIONS, LoadResult, Request, Target, ensure_wrk, run_load
 from bench.report import Row, fmt_ms, fmt_pair, fmt_rps, latency_ratio, render_table
+from bench.sessions import main as sessions_main
 from bench.subscriptions import SubscriptionResult, run_subscriptions
 
 RESULTS = REPO / "bench" / "results"
@@ -852,7 +853,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--fleet-quick", action="store_true", help="a small fleet and a short step-up"
     )
+    parser.add_argument("--sessions-only", action="store_true", help="only bench/sessions.py")
     args = parser.parse_args(argv)
+    if args.sessions_only:
+        return sessions_main([])
     raise_nofile_limit()
     started = time.monotonic()
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
@@ -863,7 +867,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n(written to {(RESULTS / 'latest.md').relative_to(REPO)})")
     for failure in measured.failures:
         print(f"FAILED: {failure}", file=sys.stderr)
-    return 1 if measured.failures else 0
+    sessions_failed = sessions_main([])  # issue #19: what session ingestion costs a refresh
+    return 1 if measured.failures or sessions_failed else 0
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from evlink.models.database import apply_migrations, open_database
 from evlink.providers import build_provider
 from evlink.providers.enode import EnodeProvider
 from evlink.ratelimit import Limiter, describe
-from evlink.resolvers import accounts, vehicles
+from evlink.resolvers import accounts, sessions, vehicles
 from evlink.resolvers.auth import issue_key, key_id, revoke_key
 from evlink.services import Services
 from evlink.settings import (
@@ -37,6 +37,7 @@ from evlink.settings import (
     renamed_names,
     unknown_names,
 )
+from evlink.tariffs import parse_period
 
 __all__ = ["main"]
 
@@ -246,6 +247,18 @@ async def _user_list(settings: Settings, _: argparse.Namespace) -> None:
     async with open_database(settings.database_url):
         for user in await User.all().order_by("id"):
             _print(f"{user.id}\t{user.email}\t{user.tier.value}")
+
+
+async def _tariff_set(settings: Settings, args: argparse.Namespace) -> None:
+    periods = [parse_period(text) for text in args.period or []]
+    async with open_database(settings.database_url):
+        user = await accounts.find_user(args.user)
+        tariff = await sessions.set_tariff(user, args.price, args.currency, periods, args.timezone)
+    shown = " ".join(f"{p.text}={p.price:g}" for p in tariff.periods)
+    _print(
+        f"tariff of {user.email}: {tariff.price_per_kwh:g} {tariff.currency}/kWh"
+        f"{' ' + shown if shown else ''} ({tariff.time_zone})"
+    )
 
 
 async def _key_create(settings: Settings, args: argparse.Namespace) -> None:
@@ -459,6 +472,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     vehicle_remove.add_argument("vehicle", help="evlink's vehicle id (as `vehicle list` shows)")
 
+    tariff = commands.add_parser("tariff", help="users' electricity tariffs").add_subparsers(
+        dest="action", required=True
+    )
+    tariff_set = tariff.add_parser(
+        "set", help="set a user's tariff; sessions opened from then on are priced by it"
+    )
+    tariff_set.add_argument("--user", required=True, help="the user's email")
+    tariff_set.add_argument("--price", required=True, type=float, help="price per kWh")
+    tariff_set.add_argument("--currency", required=True, help="ISO 4217 code, e.g. EUR")
+    tariff_set.add_argument(
+        "--period", action="append", help="HH:MM-HH:MM=PRICE, local time (repeatable)"
+    )
+    tariff_set.add_argument("--timezone", help="IANA zone of the periods (default UTC)")
+
     usage = commands.add_parser("usage", help="what a user has spent of each quota")
     usage.add_argument("--user", required=True, help="the user's email")
 
@@ -493,6 +520,7 @@ _ASYNC_COMMANDS: dict[
     ("vehicle", "add"): _vehicle_add,
     ("vehicle", "list"): _vehicle_list,
     ("vehicle", "remove"): _vehicle_remove,
+    ("tariff", "set"): _tariff_set,
     ("usage", None): _usage,
     ("enode", "link"): _enode_link,
     ("enode", "sync"): _enode_sync,

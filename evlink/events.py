@@ -37,6 +37,7 @@ __all__ = [
     "Subscription",
     "build_event_bus",
     "charge_state_topic",
+    "charging_session_topic",
     "command_topic",
     "command_wake_topic",
     "delivery_topic",
@@ -50,6 +51,11 @@ Message = dict[str, Any]
 
 def charge_state_topic(vehicle_id: UUID | str) -> str:
     return f"vehicle:{vehicle_id}:charge-state"
+
+
+def charging_session_topic(vehicle_id: UUID | str) -> str:
+    """A car's charging session opened, grew or ended (evlink.resolvers.sessions)."""
+    return f"vehicle:{vehicle_id}:charging-session"
 
 
 def command_topic(command_id: UUID | str) -> str:

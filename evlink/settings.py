@@ -144,6 +144,10 @@ class Settings:
     # Seconds an entry of the read cache (keys, statuses, GraphQL results) lives at most;
     # also how long a key revoked from another process without Redis may still work. 0: off.
     cache_ttl: float = 5.0
+    # Seconds without a state after which an open charging session ends UNREACHABLE.
+    session_stale_after: float = 1800.0
+    # Days a closed charging session keeps its samples (the session itself is kept).
+    session_samples_keep_days: int = 90
 
     @classmethod
     def from_env(

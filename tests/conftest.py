@@ -43,6 +43,9 @@ from evlink.settings import Settings, connection_name
 from tests.fakes.enode import FakeEnode
 
 TABLES = (
+    "charging_samples",
+    "charging_sessions",
+    "tariffs",
     "simulator_actions",
     "simulator_cars",
     "webhook_deliveries",

@@ -426,3 +426,37 @@ def test_a_reader_that_goes_away_gets_no_traceback(cli: Cli) -> None:
     assert process.returncode == 0
     assert b"Traceback" not in errors
     assert b"BrokenPipeError" not in errors
+
+
+def test_tariff_set_stores_a_checked_tariff_and_refuses_bad_ones_in_one_line(cli: Cli) -> None:
+    cli.ok("user", "create", "--email", "tariff@b.c")
+    out = cli.ok(
+        "tariff",
+        "set",
+        "--user",
+        "tariff@b.c",
+        "--price",
+        "0.30",
+        "--currency",
+        "eur",
+        "--period",
+        "22:00-06:00=0.12",
+        "--timezone",
+        "Europe/Oslo",
+    )
+    assert out.strip() == "tariff of tariff@b.c: 0.3 EUR/kWh 22:00-06:00=0.12 (Europe/Oslo)"
+    for bad, message in (
+        (["--price", "-1"], "pricePerKwh must be a number of 0 or more"),
+        (["--price", "1", "--period", "22-06=1"], "must be HH:MM-HH:MM=PRICE"),
+        (["--price", "1", "--timezone", "Nowhere/City"], "is not an IANA time zone"),
+        (
+            ["--price", "1", "--period", "22:00-06:00=1", "--period", "05:00-07:00=1"],
+            "overlaps",
+        ),
+    ):
+        refused = cli("tariff", "set", "--user", "tariff@b.c", "--currency", "EUR", *bad)
+        assert refused.returncode == 1, bad
+        assert refused.stderr.count("\n") == 1, refused.stderr
+        assert message in refused.stderr, refused.stderr
+    unknown = cli("tariff", "set", "--user", "nobody@b.c", "--price", "1", "--currency", "EUR")
+    assert unknown.returncode == 1

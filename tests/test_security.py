@@ -661,8 +661,15 @@ async def test_graphql_takes_no_input_that_sets_tier_owner_state_or_a_webhook_ur
     assert arguments == {
         "setCharging": {"vehicleId", "action", "idempotencyKey"},
         "linkVehicleAccount": {"redirectUri"},
+        # The caller's own tariff: prices, a currency code, an IANA zone; no URL, no owner.
+        "setTariff": {"pricePerKwh", "currency", "periods", "timeZone"},
     }
-    assert [name for name, kind in types.items() if kind["kind"] == "INPUT_OBJECT"] == []
+    inputs = {
+        name: {field["name"] for field in kind["inputFields"]}
+        for name, kind in types.items()
+        if kind["kind"] == "INPUT_OBJECT"
+    }
+    assert inputs == {"TariffPeriodInput": {"start", "end", "price"}}
 
     before = list(server.simulator.calls)
     forged = await server.graphql(
@@ -819,6 +826,8 @@ KEYED_ROUTES = {
     ("/api/ha/me", "GET"),
     ("/api/ha/vehicles", "GET"),
     ("/api/ha/status/{vehicle_id}", "GET"),
+    ("/api/ha/sessions/{vehicle_id}", "GET"),
+    ("/api/ha/sessions/{vehicle_id}/current", "GET"),
     ("/api/charging/{vehicle_id}", "POST"),
     ("/api/ha/charging/{vehicle_id}", "POST"),
 }

@@ -463,6 +463,123 @@ def _charging(alias: str) -> Schema:
 NO_KEY: list[Schema] = []  # an operation's security: anyone may call it
 
 
+_NUMBER_OR_NULL: Schema = {"type": ["number", "null"]}
+_SESSION_SCHEMAS: dict[str, Schema] = {
+    "ChargingSession": _object(
+        {
+            "id": {"type": "string", "format": "uuid"},
+            "vehicleId": {"type": "string", "format": "uuid"},
+            "active": {"type": "boolean", "description": "Open: the car is charging."},
+            "startedAt": TIMESTAMP,
+            "endedAt": _nullable(TIMESTAMP),
+            "endReason": {
+                "type": ["string", "null"],
+                "enum": ["STOPPED", "COMPLETE", "UNPLUGGED", "UNREACHABLE", None],
+            },
+            "startedBy": {"type": "string", "enum": ["EVLINK", "OTHER"]},
+            "commandId": {"type": ["string", "null"], "format": "uuid"},
+            "batteryStart": {"type": ["integer", "null"]},
+            "batteryEnd": {"type": ["integer", "null"], "description": "Latest while open."},
+            "rangeStart": _NUMBER_OR_NULL,
+            "rangeEnd": _NUMBER_OR_NULL,
+            "batteryCapacity": _NUMBER_OR_NULL,
+            "energyKwh": {**_NUMBER_OR_NULL, "description": "By energyMethod."},
+            "energyMethod": {"type": "string", "enum": ["POWER", "BATTERY"]},
+            "energyFromPower": {"type": "number"},
+            "energyFromBattery": _NUMBER_OR_NULL,
+            "sampleCount": {"type": "integer"},
+            "peakPower": _NUMBER_OR_NULL,
+            "averagePower": _NUMBER_OR_NULL,
+            "durationSeconds": {"type": "number"},
+            "cost": {**_NUMBER_OR_NULL, "description": "Null without a tariff."},
+            "currency": {"type": ["string", "null"]},
+        },
+        additionalProperties=False,
+    ),
+    "ChargingSessions": _object(
+        {
+            "vehicleId": {"type": "string", "format": "uuid"},
+            "sessions": {"type": "array", "items": _ref("ChargingSession")},
+            "total": _object(
+                {
+                    "count": {"type": "integer"},
+                    "energyKwh": {"type": "number"},
+                    "cost": {**_NUMBER_OR_NULL, "description": "Null when currencies differ."},
+                    "currency": {"type": ["string", "null"]},
+                    "durationSeconds": {"type": "number"},
+                },
+                additionalProperties=False,
+            ),
+        },
+        additionalProperties=False,
+    ),
+    "NoChargingSession": _object({"active": {"const": False}}, additionalProperties=False),
+}
+SCHEMAS.update(_SESSION_SCHEMAS)
+_SESSION_ERRORS = (*_READ_ERRORS, errors.ForbiddenOwner, errors.NotFound)
+
+
+def _session_paths() -> Schema:
+    query = [
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+        },
+        {
+            "name": "since",
+            "in": "query",
+            "required": False,
+            "description": "Only sessions started at or after this time (ISO 8601).",
+            "schema": {"type": "string", "format": "date-time"},
+        },
+        {
+            "name": "format",
+            "in": "query",
+            "required": False,
+            "description": "csv: the same as `Accept: text/csv`.",
+            "schema": {"type": "string", "enum": ["json", "csv"]},
+        },
+    ]
+    listed = _ok("Newest first, with their totals.", _ref("ChargingSessions"))
+    listed["content"]["text/csv"] = {
+        "schema": {
+            "type": "string",
+            "description": "A header row (the JSON keys), one row per session.",
+        }
+    }
+    return {
+        "/api/ha/sessions/{vehicle_id}": {
+            "get": {
+                "operationId": "haSessions",
+                "tags": ["Home Assistant"],
+                "summary": "The vehicle's charging sessions (JSON or CSV)",
+                "parameters": [VEHICLE_ID, *query],
+                "responses": {
+                    "200": listed,
+                    **_error_responses(errors.BadRequest, *_SESSION_ERRORS),
+                },
+            }
+        },
+        "/api/ha/sessions/{vehicle_id}/current": {
+            "get": {
+                "operationId": "haCurrentSession",
+                "tags": ["Home Assistant"],
+                "summary": 'The session in progress, or `{"active": false}`',
+                "parameters": [VEHICLE_ID],
+                "responses": {
+                    "200": _ok(
+                        "The open session, or none.",
+                        {"oneOf": [_ref("ChargingSession"), _ref("NoChargingSession")]},
+                    ),
+                    **_error_responses(*_SESSION_ERRORS),
+                },
+            }
+        },
+    }
+
+
 def _paths() -> Schema:
     return {
         "/api/status/{vehicle_id}": {
@@ -520,6 +637,7 @@ def _paths() -> Schema:
                 },
             }
         },
+        **_session_paths(),
         "/api/charging/{vehicle_id}": _charging("setCharging"),
         "/api/ha/charging/{vehicle_id}": _charging("haSetCharging"),
         "/api/webhooks/enode": {

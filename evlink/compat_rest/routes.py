@@ -19,19 +19,19 @@ from evlink.requestheaders import client_address, header, media_type
 from evlink.resolvers import auth, charging, follow, vehicles
 from evlink.services import Services
 
-__all__ = ["routes"]
+__all__ = ["authenticated", "routes", "services_of"]
 
 
-def _services(request: Request) -> Services:
+def services_of(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
 
-async def _user(request: Request, *, reads: bool = True) -> User:
+async def authenticated(request: Request, *, reads: bool = True) -> User:
     """The caller (:func:`~evlink.resolvers.auth.authenticate_request`), charged to its
     rate limits (429 past them, :mod:`evlink.ratelimit`); ``reads=False`` for a charging
     command, which the use case charges to the ``commands`` quota once it is sent."""
-    services = _services(request)
+    services = services_of(request)
     caller = await auth.authenticate_request(
         services, header(request.scope, b"authorization"), client_address(request)
     )
@@ -56,21 +56,23 @@ def _vehicle_status_body(result: vehicles.VehicleStatus) -> dict[str, Any]:
 
 async def status(request: Request) -> Response:
     """GET /api/status/{vehicle_id}: the documented status body."""
-    user = await _user(request)
-    result = await vehicles.read_status(_services(request), user, request.path_params["vehicle_id"])
+    user = await authenticated(request)
+    result = await vehicles.read_status(
+        services_of(request), user, request.path_params["vehicle_id"]
+    )
     return _status_response(result, status_body)
 
 
 async def ha_me(request: Request) -> JSONResponse:
-    user = await _user(request)
+    user = await authenticated(request)
     owned = await vehicles.list_vehicles(user)
     return JSONResponse(me_body(user, len(owned)))
 
 
 async def ha_vehicles(request: Request) -> JSONResponse:
     """The user's vehicles with their stored charge state (a provider call only on first sight)."""
-    user = await _user(request)
-    owned = await vehicles.ensure_synced(_services(request), await vehicles.list_vehicles(user))
+    user = await authenticated(request)
+    owned = await vehicles.ensure_synced(services_of(request), await vehicles.list_vehicles(user))
     states = [await vehicles.stored_charge_state(vehicle) for vehicle in owned]
     return JSONResponse(
         [vehicle_body(vehicle, state) for vehicle, state in zip(owned, states, strict=True)]
@@ -79,8 +81,10 @@ async def ha_vehicles(request: Request) -> JSONResponse:
 
 async def ha_status(request: Request) -> Response:
     """GET /api/ha/status/{vehicle_id}: the whole vehicle, charge state fresh."""
-    user = await _user(request)
-    result = await vehicles.read_status(_services(request), user, request.path_params["vehicle_id"])
+    user = await authenticated(request)
+    result = await vehicles.read_status(
+        services_of(request), user, request.path_params["vehicle_id"]
+    )
     return _status_response(result, _vehicle_status_body)
 
 
@@ -122,10 +126,10 @@ async def _action(request: Request) -> ChargingAction:
 
 async def set_charging(request: Request) -> JSONResponse:
     """POST /api/charging/{vehicle_id}: start or stop; ``?wait=`` waits for the outcome."""
-    user = await _user(request, reads=False)  # the command quota is charged when it is sent
+    user = await authenticated(request, reads=False)  # the command quota is charged when it is sent
     wait = _wait_seconds(request)
     action = await _action(request)
-    services = _services(request)
+    services = services_of(request)
     requested = await charging.set_charging(
         services,
         user,

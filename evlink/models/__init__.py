@@ -2,6 +2,7 @@
 
 from evlink.models.commands import ChargingCommand, CommandState
 from evlink.models.deliveries import WebhookDelivery
+from evlink.models.sessions import ChargingSample, ChargingSession, UserTariff
 from evlink.models.simulator import SimulatorAction, SimulatorCar
 from evlink.models.users import ApiKey, Tier, User
 from evlink.models.vehicles import ChargeState, Vehicle
@@ -10,11 +11,14 @@ __all__ = [
     "ApiKey",
     "ChargeState",
     "ChargingCommand",
+    "ChargingSample",
+    "ChargingSession",
     "CommandState",
     "SimulatorAction",
     "SimulatorCar",
     "Tier",
     "User",
+    "UserTariff",
     "Vehicle",
     "WebhookDelivery",
 ]

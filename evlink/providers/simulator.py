@@ -1,10 +1,12 @@
 """The built-in simulator: vehicles whose charge state follows simple physics.
 
-A plugged-in, charging car gains energy at ``chargeRate`` kW until it reaches
-its ``chargeLimit``, then reports ``PLUGGED_IN:COMPLETE``; range follows the
-battery. START/STOP actions take effect after ``action_delay`` simulated
-seconds, and scripted faults (:class:`SimulatorFault`) make them fail, lapse or
-hang, so that the command watcher can be tested against every path.
+A plugged-in, charging car gains energy at its ``chargeRate`` kW, tapering
+above 80 % (:meth:`SimulatedVehicle.power`), until it reaches its
+``chargeLimit``, then reports ``PLUGGED_IN:COMPLETE``; range follows the
+battery; the reported ``chargeRate`` is the power at that moment. START/STOP
+actions take effect after ``action_delay`` simulated seconds, and scripted
+faults (:class:`SimulatorFault`) make them fail, lapse or hang, so that the
+command watcher can be tested against every path.
 
 Time comes from an injectable clock. With the :class:`SystemClock` a background
 task steps the physics every ``tick`` seconds; with a :class:`ManualClock`
@@ -81,6 +83,10 @@ MAX_RESOLVED_ACTIONS = 20  # resolved actions a car keeps (get_action); older on
 MAX_CONFLICTS = 20  # times a call runs again on a car another instance changed meanwhile
 
 PROFILES = ("unplugged", "plugged", "charging")
+
+TAPER_FROM = 80.0  # battery percent above which the charging power tapers
+TAPER_FLOOR = 0.3  # the power at 100 %, as a share of the car's charge_rate
+PHYSICS_STEP = 30 / 3600  # hours: the power curve is followed in steps of 30 s at most
 
 
 class Clock(Protocol):
@@ -172,14 +178,25 @@ class SimulatedVehicle:
             return "PLUGGED_IN:COMPLETE"
         return "PLUGGED_IN:STOPPED"
 
+    def power(self) -> float:
+        """kW the car takes now: ``charge_rate`` up to 80 %, then tapering linearly to
+        30 % of it at 100 % (as lithium-ion cells do near full)."""
+        if self.battery_level <= TAPER_FROM:
+            return self.charge_rate
+        taper = (self.battery_level - TAPER_FROM) / (100 - TAPER_FROM)
+        return self.charge_rate * (1 - (1 - TAPER_FLOOR) * min(1.0, taper))
+
     def advance(self, hours: float) -> bool:
-        """Charge for ``hours``; True when anything a client sees changed."""
+        """Charge for ``hours`` along the power curve (:meth:`power`, in steps of at most
+        :data:`PHYSICS_STEP` hours); True when anything a client sees changed."""
         if not (self.is_charging and self.is_plugged_in) or hours <= 0:
             return False
-        energy = self.charge_rate * hours
-        self.battery_level = min(
-            float(self.charge_limit), self.battery_level + energy / self.battery_capacity * 100
-        )
+        left = hours
+        while left > 0 and self.battery_level < self.charge_limit:
+            step = min(left, PHYSICS_STEP)
+            gained = self.power() * step / self.battery_capacity * 100
+            self.battery_level = min(float(self.charge_limit), self.battery_level + gained)
+            left -= step
         if self.battery_level >= self.charge_limit:
             self.is_charging = False
         return True
@@ -202,7 +219,7 @@ class SimulatedVehicle:
         remaining = None
         if charging:
             missing_kwh = (self.charge_limit - self.battery_level) / 100 * self.battery_capacity
-            remaining = round(missing_kwh / self.charge_rate * 60)
+            remaining = round(missing_kwh / self.power() * 60)
         name = f"{self.brand} {self.model}"
         return VehicleData(
             id=self.id,
@@ -226,7 +243,7 @@ class SimulatedVehicle:
                 is_fully_charged=self.battery_level >= 100,
                 battery_capacity=self.battery_capacity,
                 charge_limit=self.charge_limit,
-                charge_rate=self.charge_rate if charging else None,
+                charge_rate=round(self.power(), 3) if charging else None,
                 charge_time_remaining=remaining,
                 max_current=self.max_current,
                 last_updated=self.last_updated,
@@ -321,6 +338,9 @@ class SimulatedCar:
     actions: list[_Action] = field(default_factory=list)
     changed: bool = False  # the vehicle changed since it was last pushed
     version: int = 0  # the stored version it was loaded at (compare-and-set)
+    # The car's own time: it runs ``speed`` times the clock's, so that the times it reports
+    # (lastUpdated) match the charge it made (the clock's time at speed 1).
+    sim_at: datetime | None = None
 
     @classmethod
     def from_id(cls, vehicle_id: str, now: datetime) -> SimulatedCar:
@@ -337,12 +357,13 @@ class SimulatedCar:
         """Run the car up to ``now``: actions due by then take effect, then physics."""
         elapsed = max(0.0, (now - self.stepped_at).total_seconds()) * speed
         sim_now = self.stepped_at + timedelta(seconds=elapsed)
+        self.sim_at = (self.sim_at or self.stepped_at) + timedelta(seconds=elapsed)
         self.stepped_at = max(self.stepped_at, now)
         for action in sorted(self.pending(), key=lambda a: a.due_at):
             if action.due_at <= sim_now:
                 self._resolve(action, now)
         if self.vehicle.is_reachable and self.vehicle.advance(elapsed / 3600):
-            self.vehicle.last_updated = now
+            self.vehicle.last_updated = self.car_time(now)
             self.changed = True
 
     def change(self, now: datetime, changes: dict[str, Any]) -> None:
@@ -356,7 +377,7 @@ class SimulatedCar:
             vehicle.is_charging = False
         if changes.get("fault") == SimulatorFault.UNREACHABLE:
             vehicle.is_reachable = False
-        vehicle.last_updated = now
+        vehicle.last_updated = self.car_time(now)
         self.changed = True
 
     def set_charging(self, kind: ChargingAction, now: datetime, delay: timedelta) -> ChargeAction:
@@ -400,6 +421,10 @@ class SimulatedCar:
     def pending(self) -> list[_Action]:
         return [a for a in self.actions if a.state == ActionState.PENDING]
 
+    def car_time(self, now: datetime) -> datetime:
+        """The car's time (:attr:`sim_at`), never behind what it reported last."""
+        return max(self.sim_at or now, self.vehicle.last_updated)
+
     def take_updates(self) -> list[ProviderUpdate]:
         """What changed since the last push (the vehicle, then its actions), now pushed."""
         updates: list[ProviderUpdate] = [self.vehicle.snapshot()] if self.changed else []
@@ -415,6 +440,7 @@ class SimulatedCar:
             "stepped_at": self.stepped_at.isoformat(),
             "actions": [action.to_json() for action in self.actions],
             "changed": self.changed,
+            "sim_at": _iso_or_none(self.sim_at),
         }
 
     @classmethod
@@ -425,6 +451,7 @@ class SimulatedCar:
             actions=[_Action.from_json(action) for action in raw["actions"]],
             changed=bool(raw["changed"]),
             version=version,
+            sim_at=datetime.fromisoformat(raw["sim_at"]) if raw.get("sim_at") else None,
         )
 
     def _resolve(self, action: _Action, now: datetime) -> None:
@@ -447,7 +474,7 @@ class SimulatedCar:
             vehicle.is_charging = True
         else:
             vehicle.is_charging = False
-        vehicle.last_updated = now
+        vehicle.last_updated = self.car_time(now)
         self.changed = True
         action.resolve(ActionState.CONFIRMED, now)
 

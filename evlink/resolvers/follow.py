@@ -1,5 +1,6 @@
 """Following a command or a vehicle's charge state as it changes: the one loop behind
-the GraphQL subscriptions (``chargingCommand``, ``chargeState``) and REST's ``?wait``.
+the GraphQL subscriptions (``chargingCommand``, ``chargeState``, ``chargingSession``)
+and REST's ``?wait``.
 
 Each follow subscribes to its topic *before* it reads, then reads again after each
 event (:mod:`evlink.events`), so nothing published in between is lost:
@@ -9,6 +10,8 @@ event (:mod:`evlink.events`), so nothing published in between is lost:
 - :func:`follow_charge_state` yields the vehicle's charge state now (refreshed when
   older than the max age), then each state an event brings that differs from the
   last one yielded and is not older than it;
+- :func:`follow_charging_session` yields the vehicle's open charging session now (if
+  any), then each time an event says it grew or ended;
 - :func:`wait_for_command` follows a command until it is final, the time is up or
   the server stops, and answers it as it then stands.
 
@@ -35,15 +38,24 @@ from uuid import UUID
 
 from evlink.domain import ChargeStateData
 from evlink.errors import StreamInterrupted
-from evlink.events import Message, Subscription, charge_state_topic, command_topic, shared
-from evlink.models import ChargingCommand, Vehicle
-from evlink.resolvers import vehicles
+from evlink.events import (
+    Message,
+    Subscription,
+    charge_state_topic,
+    charging_session_topic,
+    command_topic,
+    shared,
+)
+from evlink.models import ChargingCommand, User, Vehicle
+from evlink.models.sessions import ChargingSession
+from evlink.resolvers import sessions, vehicles
 from evlink.services import Services
 
 __all__ = [
     "WAIT_POLL_WITHOUT_EVENTS",
     "Watching",
     "follow_charge_state",
+    "follow_charging_session",
     "follow_command",
     "wait_for_command",
 ]
@@ -104,6 +116,29 @@ async def follow_charge_state(
             if state != last and not _older(state, last):
                 last = state
                 yield state
+
+
+async def follow_charging_session(
+    services: Services, user: User, vehicle: Vehicle, *, watching: Watching = _unwatched
+) -> AsyncGenerator[ChargingSession, None]:
+    """The vehicle's open session now (if any), then each change its events bring: as it
+    grows, and once when it ends (each read again, so none is yielded twice)."""
+    topic = charging_session_topic(vehicle.id)
+    async with services.events.subscribe(topic) as messages, watching(vehicle.id, messages):
+        last = None
+        current = await sessions.current_session(services, vehicle)
+        if current is not None:
+            last = _session_seen(current)
+            yield current
+        async for message in messages:
+            found = await sessions.get_session(services, user, str(message["id"]))
+            if _session_seen(found) != last:
+                last = _session_seen(found)
+                yield found
+
+
+def _session_seen(session: ChargingSession) -> tuple[object, ...]:
+    return (session.id, session.sample_count, session.ended_at)
 
 
 async def _follow_command(

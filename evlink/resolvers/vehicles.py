@@ -37,7 +37,7 @@ from evlink.errors import (
 from evlink.events import charge_state_topic
 from evlink.models import ChargeState, User, Vehicle
 from evlink.models.vehicles import CHARGE_STATE_FIELDS, charge_state_data
-from evlink.resolvers import rules
+from evlink.resolvers import rules, sessions
 from evlink.services import Refresh, Services
 
 __all__ = [
@@ -300,12 +300,14 @@ async def _record_charge_state(
         except IntegrityError:  # a concurrent writer created it first
             stored = await ChargeState.get(vehicle_id=vehicle.id)
         else:
+            await sessions.record_state(services, vehicle, None, incoming)
             await _publish(services, vehicle, incoming)
             return incoming
     current = charge_state_data(stored)
     if _is_older(incoming.last_updated, current.last_updated) or incoming == current:
         return current
     await ChargeState.filter(vehicle_id=vehicle.id).update(**values)
+    await sessions.record_state(services, vehicle, current, incoming)
     await _publish(services, vehicle, incoming)
     return incoming
 

@@ -11,6 +11,7 @@ import strawberry
 from evlink.domain import ChargeStateData
 from evlink.events import shared
 from evlink.resolvers import accounts, charging, follow, vehicles
+from evlink.schema import sessions as session_fields
 from evlink.schema.context import Info
 from evlink.schema.types import (
     ChargeState,
@@ -53,6 +54,11 @@ class Query:
         user = await info.context.user()
         return ChargingCommand.from_model(await charging.get_command(user, str(id)))
 
+    charging_session = strawberry.field(
+        resolver=session_fields.charging_session,
+        description="One of the caller's charging sessions.",
+    )
+
 
 @strawberry.type
 class Mutation:
@@ -87,9 +93,22 @@ class Mutation:
         user = await info.context.user()
         return await accounts.link_vehicle_account(info.context.services, user, redirect_uri)
 
+    set_tariff = strawberry.mutation(
+        resolver=session_fields.set_tariff,
+        description="Set the caller's tariff (price per kWh, currency, optional time-of-use "
+        "periods in timeZone, default UTC). Sessions opened from then on are priced by it; "
+        "earlier ones keep the tariff they opened with.",
+    )
+
 
 @strawberry.type
 class Subscription:
+    charging_session = strawberry.subscription(
+        resolver=session_fields.charging_session_events,
+        description="The vehicle's open charging session now (if any), then each change: "
+        "as it grows, and once more when it ends.",
+    )
+
     @strawberry.subscription(
         description="The command now, then each change; completes after an end state."
     )

@@ -16,6 +16,7 @@ from evlink.models import User
 from evlink.models import Vehicle as VehicleModel
 from evlink.models.commands import CommandState
 from evlink.resolvers import charging, vehicles
+from evlink.schema import sessions as session_fields
 from evlink.schema.context import Info
 from evlink.schema.quotas import Quota
 
@@ -58,6 +59,10 @@ class Viewer:
             return []
         keys = [context.key_id] if context.key_id else []
         return [Quota.from_state(s) for s in await context.services.limiter.usage(user, keys)]
+
+    tariff = strawberry.field(
+        resolver=session_fields.viewer_tariff, description="The caller's tariff, or null."
+    )
 
 
 @strawberry.type(description="A vehicle's charge state as last reported by the vehicle.")
@@ -251,6 +256,21 @@ class Vehicle:
     async def charging_commands(self, last: int = 10) -> list[ChargingCommand]:
         commands = await charging.list_commands(self.model, last)
         return [ChargingCommand.from_model(command) for command in commands]
+
+    charging_sessions = strawberry.field(
+        resolver=session_fields.charging_sessions,
+        description="Charging sessions, newest first, started before `before`; `last` "
+        "clamped to 0-100.",
+    )
+    current_charging_session = strawberry.field(
+        resolver=session_fields.current_charging_session,
+        description="The session in progress, or null.",
+    )
+    charging_statistics = strawberry.field(
+        resolver=session_fields.charging_statistics,
+        description="Energy, cost, count and duration of the sessions started in [from, "
+        "to), per day, week or month of the owner's tariff time zone (UTC without one).",
+    )
 
 
 @strawberry.type(description="A request to start or stop charging, followed until confirmed.")
