@@ -6,7 +6,8 @@ checks nothing (``FakeEnode.checks_rules = False``): every refusal the client
 gets is evlink's, and evlink must refuse before it stores a command, sends an
 action or spends a command quota. Then the other way round: evlink's view of the
 car passes its checks, the provider refuses, and the command ends FAILED (on the
-first send and on a re-send by the watcher).
+first send and on a re-send by the watcher). Last, a PENDING command reused by a
+request with an idempotency key keeps that key for the retries.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 from evlink.models import ChargingCommand, CommandState, Vehicle
 from evlink.resolvers.follow import wait_for_command
 from evlink.settings import Settings
-from tests.conftest import TIMEOUT, EnodeWorld, run_enode_world
+from tests.conftest import TIMEOUT, EnodeWorld, Server, run_enode_world
+from tests.resolvers.test_charging import advance_until_final, rest_charge
 
 PROVIDER_REFUSED = "The provider refused: the vehicle cannot do this now"
 
@@ -136,3 +138,23 @@ async def test_a_provider_refusal_of_a_resend_ends_the_command_failed(
     assert command.attempts == 2
     assert command.failure_reason == PROVIDER_REFUSED
     assert len(actions_sent(enode)) == 2
+
+
+async def test_a_key_sent_again_for_a_pending_command_finds_it_after_it_ended(
+    server: Server,
+) -> None:
+    """A PENDING command reused by a request with an idempotency key takes that key, so
+    a retry under the key after the command ended answers with it, not a new one."""
+    user, key = await server.user()
+    vehicle = await server.vehicle(user, "plugged")
+    first = await rest_charge(server, vehicle.id, key)  # no key
+    again = await rest_charge(server, vehicle.id, key, idempotency_key="retry-1")
+    command_id = first.json()["command_id"]
+    assert again.json()["command_id"] == command_id
+
+    ended = await advance_until_final(server, command_id)
+    assert ended.state == CommandState.CONFIRMED
+    retry = await rest_charge(server, vehicle.id, key, idempotency_key="retry-1")
+    assert retry.status_code == 200, retry.text
+    assert retry.json()["command_id"] == command_id
+    assert await ChargingCommand.filter(vehicle_id=vehicle.id).count() == 1
