@@ -112,28 +112,37 @@ async def test_each_command_is_claimed_by_exactly_one_instance(shared: Settings)
         user, _ = await server.user(tier=Tier.PRO)
         await User.filter(id=user.id).update(tier=Tier.PRO)
         deadline = datetime.now(UTC) + timedelta(minutes=5)
-        commands = []
-        for _ in range(20):  # one pending command per vehicle, as the database insists
-            vehicle = await Vehicle.create(
+        cars = [  # one pending command per vehicle, as the database insists
+            await Vehicle.create(
                 user=user, provider="simulator", provider_vehicle_id=f"sim-plugged-{uuid4().hex}"
             )
-            commands.append(
-                await ChargingCommand.create(
-                    vehicle=vehicle, user=user, action=ChargingAction.START, deadline_at=deadline
-                )
-            )
+            for _ in range(20)
+        ]
         watchers = [CommandWatcher(server.services, owner=f"instance-{i}") for i in range(4)]
+        await ChargingCommand.bulk_create(
+            ChargingCommand(
+                vehicle=car, user=user, action=ChargingAction.START, deadline_at=deadline
+            )
+            for car in cars
+        )
+        commands = await ChargingCommand.filter(vehicle_id__in=[car.id for car in cars])
 
         claims = await asyncio.gather(
             *(w.claim(c.id) for c in commands for w in watchers)  # 80 racing claims
         )
 
-        wins = [sum(claims[i * 4 : i * 4 + 4]) for i in range(len(commands))]
-        assert wins == [1] * len(commands)
-        owners = {
-            c.lease_owner for c in await ChargingCommand.filter(id__in=[c.id for c in commands])
+        # The server's own watcher may have scanned first (it claims lapsed and free
+        # leases every few seconds): then none of the four wins. Never two.
+        assert server.services.watcher is not None
+        held = {
+            c.id: c.lease_owner
+            for c in await ChargingCommand.filter(id__in=[c.id for c in commands])
         }
-        assert owners <= {w.owner for w in watchers}
+        for i, command in enumerate(commands):
+            won = [w.owner for w, ok in zip(watchers, claims[i * 4 : i * 4 + 4], strict=True) if ok]
+            assert len(won) <= 1
+            assert held[command.id] == (won[0] if won else server.services.watcher.owner)
+        assert any(claims)  # the race ran: the server's scan did not take them all first
         await ChargingCommand.filter(id__in=[c.id for c in commands]).delete()
 
 
