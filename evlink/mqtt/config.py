@@ -41,7 +41,7 @@ def parse_broker_url(raw: str) -> Broker:
     if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
         raise ValueError("expected mqtt://[USER:PASSWORD@]HOST[:PORT] or mqtts://")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError("an MQTT URL has no path or query")
+        raise ValueError("an mqtt:// URL has no path or query")
     return Broker(
         host=parts.hostname,
         port=port or DEFAULT_PORTS[parts.scheme],

@@ -59,7 +59,9 @@ class Mosquitto:
                     check=True,
                     capture_output=True,
                 )
-            lines += ["allow_anonymous false", f"password_file {passwords}"]
+            # Started as root, mosquitto drops to its own user, which cannot read pytest's
+            # private folders: it stays the user that started it.
+            lines += ["allow_anonymous false", f"password_file {passwords}", "user root"]
         config = self.directory / "mosquitto.conf"
         config.write_text("\n".join(lines) + "\n")
         return config

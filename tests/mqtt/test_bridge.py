@@ -284,3 +284,32 @@ async def test_turning_publishing_off_clears_the_cars_topics(
         await listener.wait(lambda h: h.latest(battery).payload == b"")
         await listener.wait(lambda h: h.latest(state).payload == b"")
         assert any(message.payload for message in listener.on(state))  # it had a state
+
+
+async def test_with_a_password_protected_broker_and_wrong_credentials_evlink_serves_on(
+    make_settings: Any, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.conftest import _truncate, run_server
+    from tests.mqtt.broker import mosquitto
+
+    async with mosquitto(tmp_path, users={"evlink": "right", "ha": "ha-secret"}) as locked:
+        await _truncate(make_settings().database_url)
+        with caplog.at_level(logging.INFO, logger="evlink.mqtt"):
+            wrong = make_settings(mqtt_url=locked.url("evlink:wrong-secret"))
+            async with run_server(wrong) as server:
+                user, key, vehicle, _ = await published_car(server)
+                response = await server.http.get(
+                    f"/api/status/{vehicle.id}", headers={"Authorization": f"Bearer {key}"}
+                )
+                assert response.status_code == 200
+                await asyncio.wait_for(server.app.state.mqtt.disconnected.wait(), TIMEOUT)
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1, warnings
+        assert "wrong-secret" not in warnings[0]
+
+        right = make_settings(mqtt_url=locked.url("evlink:right"))
+        async with (
+            run_server(right) as server,
+            heard(locked, username="ha", password="ha-secret") as listener,
+        ):
+            await wait_state(listener, (await accounts.enable(user)).topic_id, vehicle)
