@@ -38,6 +38,8 @@ class Mosquitto:
         self.process: asyncio.subprocess.Process | None = None
         self._drain: asyncio.Task[None] | None = None
         self.config = self._write_config()
+        self.log: list[str] = []  # what it said since it started, line by line
+        self._logged = asyncio.Condition()
 
     def url(self, credentials: str = "") -> str:
         return f"mqtt://{credentials + '@' if credentials else ''}127.0.0.1:{self.port}"
@@ -84,7 +86,19 @@ class Mosquitto:
             else:
                 raise AssertionError(f"mosquitto on port {self.port} did not start")
         # Keep reading its output: a full pipe would stall the broker.
-        self._drain = asyncio.create_task(_drain(self.process.stdout))
+        self._drain = asyncio.create_task(self._read_log(self.process.stdout))
+
+    async def _read_log(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            async with self._logged:
+                self.log.append(line.decode(errors="replace"))
+                self._logged.notify_all()
+
+    async def wait_log(self, text: str, count: int = 1) -> None:
+        """Until ``count`` lines of its log contain ``text`` (bounded by TIMEOUT)."""
+        async with asyncio.timeout(TIMEOUT), self._logged:
+            while sum(text in line for line in self.log) < count:
+                await self._logged.wait()
 
     async def stop(self) -> None:
         process = self.process
@@ -96,11 +110,6 @@ class Mosquitto:
         await asyncio.wait_for(process.wait(), TIMEOUT)
         if self._drain is not None:
             self._drain.cancel()
-
-
-async def _drain(stream: asyncio.StreamReader) -> None:
-    while await stream.readline():
-        pass
 
 
 @contextlib.asynccontextmanager
