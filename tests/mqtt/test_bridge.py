@@ -314,3 +314,32 @@ async def test_with_a_password_protected_broker_and_wrong_credentials_evlink_ser
             heard(locked, username="ha", password="ha-secret") as listener,
         ):
             await wait_state(listener, (await accounts.enable(user)).topic_id, vehicle)
+
+
+async def test_a_change_reaches_the_broker_within_200_ms_p99(
+    server: Server, broker: Mosquitto
+) -> None:
+    from evlink.events import charge_state_topic
+
+    _, _, vehicle, topic_id = await published_car(server)
+    provider_id = vehicle.provider_vehicle_id or ""
+    loop = asyncio.get_running_loop()
+    latencies = []
+    async with (
+        heard(broker, car_topic(topic_id, vehicle, "state")) as listener,
+        server.services.events.subscribe(charge_state_topic(vehicle.id)) as learnt,
+    ):
+        await wait_state(listener, topic_id, vehicle, isPluggedIn=True)
+        for round_ in range(20):
+            plugged = round_ % 2 == 1
+            server.simulator.update_vehicle(provider_id, is_plugged_in=plugged)
+            await server.clock.advance(1)
+            assert await learnt.get(timeout=TIMEOUT) is not None  # evlink has learnt it
+            at = loop.time()
+            state = await wait_state(listener, topic_id, vehicle, isPluggedIn=plugged)
+            arrived = listener.latest(car_topic(topic_id, vehicle, "state"))
+            assert arrived is not None
+            assert state["isPluggedIn"] is plugged
+            latencies.append(max(0.0, arrived.at - at))
+    latencies.sort()
+    assert latencies[-1] < 0.2, latencies  # p99 of 20 rounds is the slowest
