@@ -20,8 +20,10 @@ from evlink.mqtt.discovery import ENTITIES
 from tests.conftest import Server
 from tests.ha.home_assistant import HomeAssistant, home_assistant
 from tests.mqtt.broker import Mosquitto
+from tests.playground.chromium import CHROMIUM, launch
 
 HASS = os.environ.get("EVLINK_TEST_HASS", "")
+DOCS_PICTURE = Path(__file__).resolve().parents[2] / "docs" / "home-assistant-device.png"
 
 pytestmark = pytest.mark.skipif(
     not HASS, reason="EVLINK_TEST_HASS is not set: the Home Assistant test runs in make ha-test"
@@ -40,7 +42,7 @@ def entity(domain: str, key: str) -> str:
 
 
 async def test_home_assistant_shows_the_car_and_its_switch_follows_the_car(
-    server: Server, ha: HomeAssistant
+    server: Server, ha: HomeAssistant, tmp_path: Path
 ) -> None:
     user, _ = await server.user()
     vehicle = await server.vehicle(user, "plugged")
@@ -71,3 +73,49 @@ async def test_home_assistant_shows_the_car_and_its_switch_follows_the_car(
         entity("sensor", "battery"),
         lambda value: value.isdigit() and int(value) > int(battery["state"]),
     )
+    if CHROMIUM is not None:
+        await device_page_shows_the_entities(ha, tmp_path)
+
+
+# The text of the page, shadow roots included (HA's UI is web components).
+DEEP_TEXT = """(() => {
+  const texts = [document.body.innerText];
+  const walk = (node) => {
+    for (const element of node.querySelectorAll('*')) {
+      if (element.shadowRoot) {
+        texts.push(element.shadowRoot.textContent);
+        walk(element.shadowRoot);
+      }
+    }
+  };
+  walk(document);
+  return texts.join(' ');
+})()"""
+
+
+async def device_page_shows_the_entities(ha: HomeAssistant, tmp_path: Path) -> None:
+    """The car's device page in HA's UI lists its entities (EVLINK_UPDATE_SCREENSHOTS=1
+    keeps its picture as docs/home-assistant-device.png)."""
+    switch = entity("switch", "charging_switch")
+    device_id = await ha.template("{{ device_id('" + switch + "') }}")
+    async with launch(tmp_path / "chromium") as browser:
+        page = await browser.new_page()
+        await page.send(
+            "Emulation.setDeviceMetricsOverride",
+            width=1280,
+            height=1000,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
+        await page.goto(ha.base_url + "/auth/providers")  # any page of HA's origin
+        await page.evaluate(ha.ui_tokens_script())
+        await page.goto(f"{ha.base_url}/config/devices/device/{device_id}")
+        await page.wait_for(
+            f"{DEEP_TEXT}.includes('Charging command') && {DEEP_TEXT}.includes('Time to full')",
+            "the device page with its entities",
+            timeout=60,
+        )
+        picture = tmp_path / "device.png"
+        await page.screenshot(picture)
+    if os.environ.get("EVLINK_UPDATE_SCREENSHOTS") == "1":
+        DOCS_PICTURE.write_bytes(picture.read_bytes())
