@@ -417,8 +417,7 @@ class MqttBridge:
     async def _on_car_message(self, car: Car, message: dict[str, Any]) -> None:
         outcome = message.get(commands.OUTCOME)
         if outcome is None:
-            state = self._cars.get(car.vehicle_id, car)
-            await self._publish(self._state_topic(state), _json(state_payload(message)))
+            await self._publish(self._state_topic(car), _json(state_payload(message)))
         elif outcome == commands.REFUSED:
             payload = refusal_payload(
                 str(message.get("action")),
