@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The playground's GraphiQL bundles, fetched from npm at install time (never committed).
 PLAYGROUND := evlink/playground/static/vendor/.complete
 
-.PHONY: run test fuzz mutate lint bench install clean migrations playground screenshots
+.PHONY: run test fuzz mutate lint bench install clean migrations playground screenshots ha-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -72,10 +72,25 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# Home Assistant (tests/ha/requirements.txt) in its own virtualenv on Python 3.11, then
+# the end-to-end test: a real Home Assistant with its MQTT integration on the test's broker.
+HA_PYTHON ?= python3.11
+HA_VENV := .venv-ha
+HA_STAMP := $(HA_VENV)/.installed
+
+$(HA_STAMP): tests/ha/requirements.txt
+	$(HA_PYTHON) -m venv $(HA_VENV)
+	$(HA_VENV)/bin/pip install --quiet --upgrade pip
+	$(HA_VENV)/bin/pip install --quiet -r tests/ha/requirements.txt
+	touch $(HA_STAMP)
+
+ha-test: $(STAMP) $(HA_STAMP)
+	EVLINK_TEST_HASS=$(CURDIR)/$(HA_VENV)/bin/hass $(BIN)/python -m pytest tests/ha $(PYTEST_ARGS)
+
 # After a change to evlink/models: write the next migration (commit it).
 migrations: $(STAMP)
 	$(BIN)/tortoise makemigrations evlink
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis mutants
+	rm -rf $(VENV) $(HA_VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis mutants
 	rm -rf assets/playground/node_modules evlink/playground/static/vendor

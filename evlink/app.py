@@ -30,6 +30,7 @@ from evlink.guards import BodyLimit
 from evlink.metrics import CountedProvider, Metrics, metrics_endpoint
 from evlink.models.backends import database_answers
 from evlink.models.database import ensure_sqlite_directory
+from evlink.mqtt.bridge import build_bridge
 from evlink.playground import page as playground
 from evlink.providers import Provider, build_provider
 from evlink.ratelimit import Limiter
@@ -159,6 +160,11 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
 
             await services.provider.start(sink)
             await services.watcher.start()
+            # MQTT (EVLINK_MQTT_URL): connects in the background; a broker away stops nothing.
+            mqtt = build_bridge(services, settings, check_interval(settings))
+            app.state.mqtt = mqtt
+            if mqtt is not None:
+                await mqtt.start()
             resuming = asyncio.create_task(
                 webhooks.resume_deliveries(services), name="resume-deliveries"
             )
@@ -182,6 +188,8 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
                 resuming.cancel()
                 following.cancel()
                 rechecking.cancel()
+                if mqtt is not None:
+                    await mqtt.aclose()
                 for refresh in list(services.refreshes.values()):
                     refresh.task.cancel()  # reads served meanwhile; nobody waits on them
                 await services.provider.aclose()

@@ -1,4 +1,4 @@
-"""The evlink command: serve | migrate | demo | user | key | vehicle | usage | enode."""
+"""The evlink command: serve | migrate | demo | user | key | vehicle | usage | enode | mqtt."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from evlink.events import MemoryEventBus, build_event_bus
 from evlink.logs import configure_logging
 from evlink.models import ApiKey, User, Vehicle
 from evlink.models.database import apply_migrations, open_database
+from evlink.mqtt import cli as mqtt_cli
 from evlink.providers import build_provider
 from evlink.providers.enode import EnodeProvider
 from evlink.ratelimit import Limiter, describe
@@ -503,6 +504,7 @@ def _parser() -> argparse.ArgumentParser:
     webhook.add_argument(
         "--url", required=True, help="public URL of POST /api/webhooks/enode on this server"
     )
+    mqtt_cli.add_parser(commands)
     return parser
 
 
@@ -525,6 +527,7 @@ _ASYNC_COMMANDS: dict[
     ("enode", "link"): _enode_link,
     ("enode", "sync"): _enode_sync,
     ("enode", "webhook"): _enode_webhook,
+    **mqtt_cli.COMMANDS,
 }
 
 

@@ -17,6 +17,8 @@ from typing import Any, Literal, TypeVar, cast
 
 from tortoise.backends.base.config_generator import expand_db_url
 
+from evlink.mqtt.config import check_prefix, parse_broker_url
+
 __all__ = [
     "RENAMED",
     "Settings",
@@ -148,6 +150,11 @@ class Settings:
     session_stale_after: float = 1800.0
     # Days a closed charging session keeps its samples (the session itself is kept).
     session_samples_keep_days: int = 90
+    # MQTT with Home Assistant discovery (evlink.mqtt): mqtt://USER:PASSWORD@HOST:PORT or
+    # mqtts://; empty: off. Publishing is per user (`evlink mqtt enable --user EMAIL`).
+    mqtt_url: str = field(default="", repr=False)
+    mqtt_prefix: str = "evlink"  # evlink's topics: <prefix>/status, <prefix>/<user>/<car>/...
+    mqtt_discovery_prefix: str = "homeassistant"  # Home Assistant's discovery prefix
 
     @classmethod
     def from_env(
@@ -168,7 +175,9 @@ class Settings:
             try:
                 values[setting.name] = parse(str(raw))
             except ValueError as exc:
-                raise SettingsError(f"{name}: {exc} (got {raw!r})") from None
+                # A secret's value (a URL's password) is never repeated in the message.
+                got = f" (got {raw!r})" if setting.repr else ""
+                raise SettingsError(f"{name}: {exc}{got}") from None
         settings = cls(**values)
         settings.check()
         return settings
@@ -214,6 +223,7 @@ NOT_SETTINGS = frozenset(
     {
         "EVLINK_TEST_DATABASE_URL",
         "EVLINK_TEST_REDIS_URL",
+        "EVLINK_TEST_HASS",
         "EVLINK_UPDATE_SCREENSHOTS",
         "EVLINK_FUZZ_EXAMPLES",
         "EVLINK_PROPERTY_EXAMPLES",
@@ -434,6 +444,11 @@ def _redis_url(raw: str) -> str:
     return raw
 
 
+def _mqtt_url(raw: str) -> str:
+    parse_broker_url(raw)  # checked here; evlink.mqtt parses it again when it connects
+    return raw.strip()
+
+
 def _forwarded_ips(raw: str) -> str:
     """``*``, or addresses and networks in the form uvicorn compares (which takes anything
     else, a typo included, for a name that never matches)."""
@@ -486,6 +501,9 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "forwarded_allow_ips": _forwarded_ips,
     "enode_api_url": lambda raw: _http_url(raw),
     "enode_oauth_url": lambda raw: _http_url(raw),
+    "mqtt_url": lambda raw: _mqtt_url(raw),
+    "mqtt_prefix": lambda raw: check_prefix(raw),
+    "mqtt_discovery_prefix": lambda raw: check_prefix(raw),
 }
 
 

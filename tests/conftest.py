@@ -49,6 +49,8 @@ TABLES = (
     "simulator_actions",
     "simulator_cars",
     "webhook_deliveries",
+    "mqtt_leases",
+    "mqtt_users",
     "charging_commands",
     "charge_states",
     "vehicles",

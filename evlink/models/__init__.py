@@ -2,6 +2,7 @@
 
 from evlink.models.commands import ChargingCommand, CommandState
 from evlink.models.deliveries import WebhookDelivery
+from evlink.models.mqtt import MqttLease, MqttUser
 from evlink.models.sessions import ChargingSample, ChargingSession, UserTariff
 from evlink.models.simulator import SimulatorAction, SimulatorCar
 from evlink.models.users import ApiKey, Tier, User
@@ -14,6 +15,8 @@ __all__ = [
     "ChargingSample",
     "ChargingSession",
     "CommandState",
+    "MqttLease",
+    "MqttUser",
     "SimulatorAction",
     "SimulatorCar",
     "Tier",
