@@ -252,6 +252,29 @@ async def run_server(
         sock.close()
 
 
+@dataclass(frozen=True)
+class TwoInstances:
+    """Two servers on one emptied database, talking to one simulated car park on one
+    manual clock (the provider both instances share)."""
+
+    a: Server
+    b: Server
+    clock: ManualClock
+    car_park: Simulator
+
+
+@contextlib.asynccontextmanager
+async def two_instances(shared: Settings) -> AsyncIterator[TwoInstances]:
+    await _truncate(shared.database_url)
+    clock = ManualClock()
+    car_park = Simulator(clock, action_delay=1.0)
+    async with (
+        run_server(shared, clock=clock, simulator=car_park) as a,
+        run_server(shared, clock=clock, simulator=car_park) as b,
+    ):
+        yield TwoInstances(a, b, clock, car_park)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))

@@ -24,7 +24,6 @@ from evlink.domain import ChargingAction
 from evlink.events import RedisEventBus
 from evlink.models import ChargingCommand, CommandState, Tier, User, Vehicle
 from evlink.models.database import open_database
-from evlink.providers.simulator import ManualClock, Simulator
 from evlink.resolvers import accounts
 from evlink.resolvers.charging import CommandWatcher
 from evlink.resolvers.follow import wait_for_command
@@ -42,6 +41,7 @@ from tests.conftest import (
     serve_process,
     shared_settings,
     subscription,
+    two_instances,
 )
 from tests.faults.redis_server import RedisServer
 
@@ -59,13 +59,8 @@ def shared(settings: Settings) -> Settings:
 async def test_a_subscriber_on_one_instance_sees_a_command_followed_on_another(
     shared: Settings, protocol: str
 ) -> None:
-    await _truncate(shared.database_url)
-    clock = ManualClock()
-    car_park = Simulator(clock, action_delay=1.0)  # the one provider both instances talk to
-    async with (
-        run_server(shared, clock=clock, simulator=car_park) as a,
-        run_server(shared, clock=clock, simulator=car_park) as b,
-    ):
+    async with two_instances(shared) as pair:
+        a, b, clock = pair.a, pair.b, pair.clock
         user, key = await a.user()
         vehicle = await a.vehicle(user, "plugged")
         async with a.gql_client(key, protocol) as session:
@@ -86,13 +81,8 @@ async def test_a_subscriber_on_one_instance_sees_a_command_followed_on_another(
 async def test_a_charge_state_change_received_by_one_instance_reaches_the_other(
     shared: Settings,
 ) -> None:
-    await _truncate(shared.database_url)
-    clock = ManualClock()
-    car_park = Simulator(clock, action_delay=1.0)
-    async with (
-        run_server(shared, clock=clock, simulator=car_park) as a,
-        run_server(shared, clock=clock, simulator=car_park) as b,
-    ):
+    async with two_instances(shared) as pair:
+        a, b, clock, car_park = pair.a, pair.b, pair.clock, pair.car_park
         user, key = await a.user()
         vehicle = await a.vehicle(user, "plugged")
         async with (
@@ -321,13 +311,8 @@ async def test_concurrent_enode_links_on_two_instances_give_one_enode_user_id(
 async def test_a_car_removed_through_one_instance_ends_a_subscription_on_the_other(
     shared: Settings,
 ) -> None:
-    await _truncate(shared.database_url)
-    clock = ManualClock()
-    car_park = Simulator(clock, action_delay=1.0)
-    async with (
-        run_server(shared, clock=clock, simulator=car_park) as a,
-        run_server(shared, clock=clock, simulator=car_park) as b,
-    ):
+    async with two_instances(shared) as pair:
+        a, b = pair.a, pair.b
         user, key = await a.user()
         vehicle = await a.vehicle(user, "plugged")
         cached = await a.http.get(

@@ -12,11 +12,10 @@ import pytest
 from evlink.domain import ChargeStateData, VehicleData
 from evlink.models import Vehicle
 from evlink.models.sessions import ChargingSample, ChargingSession
-from evlink.providers.simulator import ManualClock, Simulator
 from evlink.resolvers import vehicles
 from evlink.resolvers.sessions import interval_energy
 from evlink.settings import Settings
-from tests.conftest import EnodeWorld, Server, _truncate, run_server, shared_settings
+from tests.conftest import EnodeWorld, Server, shared_settings, two_instances
 
 T0 = datetime(2025, 5, 20, 16, 0, tzinfo=UTC)
 
@@ -50,13 +49,8 @@ async def _both(a: Server, b: Server, report: VehicleData) -> None:
 
 async def test_two_instances_recording_the_same_states_count_each_once(settings: Settings) -> None:
     shared = shared_settings(settings)
-    await _truncate(shared.database_url)
-    clock = ManualClock()
-    car_park = Simulator(clock, action_delay=1.0)
-    async with (
-        run_server(shared, clock=clock, simulator=car_park) as a,
-        run_server(shared, clock=clock, simulator=car_park) as b,
-    ):
+    async with two_instances(shared) as pair:
+        a, b = pair.a, pair.b
         user, _ = await a.user()
         vehicle = await a.vehicle(user, "plugged")
         for minute in range(0, 31, 5):  # 30 minutes at 6 kW, each state on both instances
@@ -78,13 +72,8 @@ async def test_concurrent_states_on_two_instances_keep_the_totals_of_the_samples
     """Different states at the same moment on two instances: whichever is counted, the
     session's totals are those of exactly its samples (none lost, none twice)."""
     shared = shared_settings(settings)
-    await _truncate(shared.database_url)
-    clock = ManualClock()
-    car_park = Simulator(clock, action_delay=1.0)
-    async with (
-        run_server(shared, clock=clock, simulator=car_park) as a,
-        run_server(shared, clock=clock, simulator=car_park) as b,
-    ):
+    async with two_instances(shared) as pair:
+        a, b = pair.a, pair.b
         user, _ = await a.user()
         vehicle = await a.vehicle(user, "plugged")
         await _both(a, b, _report(vehicle, 0, charging=True, battery=50))
