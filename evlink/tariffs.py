@@ -28,6 +28,10 @@ _CLOCK = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 _PERIOD = re.compile(r"\s*(\d\d:\d\d)\s*-\s*(\d\d:\d\d)\s*=\s*(\S+)\s*")
 _CURRENCY = re.compile(r"[A-Z]{3}")
 
+# The highest price per kWh a tariff takes: far above any real one, and low enough
+# that a session's cost (energy times price) stays a finite JSON number.
+MAX_PRICE = 1000.0
+
 
 @dataclass(frozen=True, slots=True)
 class Period:
@@ -153,8 +157,8 @@ def _clock(minute: int) -> str:
 
 
 def _check_price(price: float, name: str) -> None:
-    if not math.isfinite(price) or price < 0:
-        raise BadRequest(f"{name} must be a number of 0 or more")
+    if not math.isfinite(price) or not 0 <= price <= MAX_PRICE:
+        raise BadRequest(f"{name} must be a number from 0 to {MAX_PRICE:g}")
 
 
 def _zone(name: str) -> ZoneInfo:

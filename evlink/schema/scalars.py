@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import strawberry
+from graphql import GraphQLError
 from strawberry.types.scalar import ScalarDefinition
 
 from evlink.domain import format_timestamp, parse_timestamp
@@ -13,9 +14,14 @@ __all__ = ["SCALARS"]
 
 
 def _parse(value: object) -> datetime:
+    """A client's DateTime (a literal or a variable); anything else is the client's
+    mistake (a GraphQLError: BAD_REQUEST), never an internal error."""
     parsed = parse_timestamp(value)
     if parsed is None:
-        raise ValueError("expected an ISO 8601 timestamp")
+        raise GraphQLError(
+            f"DateTime cannot represent {str(value)[:40]!r}: expected an ISO 8601 timestamp"
+            " in years 1 to 9999, such as 2025-05-20T15:48:12.933Z"
+        )
     return parsed
 
 

@@ -367,7 +367,16 @@ async def test_limit_since_and_bad_parameters(server: Server) -> None:
     since = format_timestamp(T0 + timedelta(minutes=10))
     body = (await server.http.get(url, params={"since": since}, headers=_bearer(key))).json()
     assert body["total"]["count"] == 2
-    for query in ("limit=0", "limit=x", "limit=101", "since=yesterday", "format=xml"):
+    bad = (
+        "limit=0",
+        "limit=x",
+        "limit=101",
+        "since=yesterday",
+        "format=xml",
+        "since=9999-12-31T23:59:59-23:59",  # past year 9999 in UTC
+        "since=0001-01-01T00:00:00%2B23:59",  # before year 1 in UTC
+    )
+    for query in bad:
         response = await server.http.get(f"{url}?{query}", headers=_bearer(key))
         assert response.status_code == 400, query
         assert response.json()["code"] == "BAD_REQUEST"
@@ -425,6 +434,16 @@ async def test_statistics_sum_sessions_per_bucket(server: Server) -> None:
                 "periods": [{"start": "25:00", "end": "06:00", "price": 0.1}],
             },
             "25:00",
+        ),
+        # A finite bound: energy times 1e308 would be an infinite cost, which JSON cannot carry.
+        ({"price": 1e308, "currency": "EUR"}, "from 0 to 1000"),
+        (
+            {
+                "price": 0.3,
+                "currency": "EUR",
+                "periods": [{"start": "22:00", "end": "06:00", "price": 1000.5}],
+            },
+            "from 0 to 1000",
         ),
     ],
 )
@@ -507,3 +526,19 @@ async def test_at_simulator_speed_60_a_minute_is_an_hour_of_charge(settings: Any
     assert session["durationSeconds"] == pytest.approx(3660, abs=61)
     assert session["energyFromBattery"] == pytest.approx(session["energyKwh"], rel=0.05)
     assert session["energyKwh"] == pytest.approx(11.0 * session["durationSeconds"] / 3600, rel=0.03)
+
+
+@pytest.mark.parametrize(
+    "argument",
+    ['before: "abc"', "before: 123", 'before: "0001-01-01T00:00:00+23:59"'],
+)
+async def test_a_bad_datetime_literal_is_a_validation_error_not_an_internal_error(
+    server: Server, argument: str
+) -> None:
+    _, key, vehicle = await _car(server)
+    query = f'{{ vehicle(id: "{vehicle.id}") {{ chargingSessions({argument}) {{ id }} }} }}'
+    body = await server.graphql(query, key=key)
+    assert body.get("data") is None
+    (error,) = body["errors"]
+    assert "extensions" not in error, error  # GraphQL's own validation error, as for any
+    assert error["message"].startswith("DateTime cannot represent")  # bad argument
