@@ -7,6 +7,7 @@ import csv
 import io
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import uuid4
 
 import pytest
 
@@ -14,7 +15,7 @@ from evlink.domain import ChargeStateData, VehicleData, format_timestamp
 from evlink.models import ChargingCommand, User, Vehicle
 from evlink.models.sessions import ChargingSample, ChargingSession
 from evlink.providers.simulator import ManualClock, Simulator
-from evlink.resolvers import vehicles
+from evlink.resolvers import sessions, vehicles
 from tests.conftest import PROTOCOLS, Server, _truncate, next_result, run_server, subscription
 
 T0 = datetime(2025, 5, 20, 16, 0, tzinfo=UTC)  # the ManualClock's start
@@ -507,3 +508,17 @@ async def test_at_simulator_speed_60_a_minute_is_an_hour_of_charge(settings: Any
     assert session["durationSeconds"] == pytest.approx(3660, abs=61)
     assert session["energyFromBattery"] == pytest.approx(session["energyKwh"], rel=0.05)
     assert session["energyKwh"] == pytest.approx(11.0 * session["durationSeconds"] / 3600, rel=0.03)
+
+
+async def test_a_process_remembers_the_open_sessions_of_a_bounded_number_of_cars(
+    server: Server,
+) -> None:
+    """Past ``MAX_REMEMBERED`` cars the one remembered longest ago is forgotten (it is
+    read from the database at its next state)."""
+    made = [ChargingSession(vehicle_id=uuid4()) for _ in range(sessions.MAX_REMEMBERED + 1)]
+    for session in made:
+        sessions._remember(server.services, session)
+    memory = server.services.open_sessions
+    assert len(memory) == sessions.MAX_REMEMBERED
+    assert made[0].vehicle_id not in memory
+    assert memory[made[-1].vehicle_id] is made[-1]
