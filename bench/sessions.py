@@ -35,6 +35,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from bench.common import postgres_base, postgres_database
 from evlink.events import MemoryEventBus
 from evlink.models import Tier
 from evlink.models.database import apply_migrations, open_database
@@ -218,17 +219,34 @@ async def _status_polls(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.sessions", description=__doc__)
     parser.add_argument("--database", help="a PostgreSQL URL; default: a new SQLite file")
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="also on a new PostgreSQL database (dropped after), if one answers",
+    )
     parser.add_argument("--refreshes", type=int, default=200, help="worst case: per round")
     parser.add_argument("--cars", type=int, default=20, help="status path: charging cars")
     parser.add_argument("--polls", type=int, default=40, help="status path: reads per car")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
+    sizes = (args.refreshes, args.rounds, args.cars, args.polls)
     with tempfile.TemporaryDirectory() as tmp:
         url = args.database or f"sqlite://{Path(tmp) / 'bench.sqlite3'}"
-        results = asyncio.run(run_sessions(url, args.refreshes, args.rounds, args.cars, args.polls))
+        results = asyncio.run(run_sessions(url, *sizes))
+    if args.postgres:
+        results += asyncio.run(_on_postgres(*sizes))
     for result in results:
         print(result.line())
     return 0
+
+
+async def _on_postgres(*sizes: int) -> list[SessionsResult]:
+    """The same on a database of its own on the bench's PostgreSQL; none without one."""
+    base = await postgres_base()
+    if base is None:
+        return []
+    async with postgres_database(base) as url:
+        return await run_sessions(url, *sizes)
 
 
 if __name__ == "__main__":
