@@ -19,19 +19,24 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 
 from bench.commands import CommandResult, run_commands
-from bench.common import REPO, ServerProcess, percentile, raise_nofile_limit
+from bench.common import (
+    REPO,
+    ServerProcess,
+    percentile,
+    postgres_base,
+    postgres_database,
+    raise_nofile_limit,
+)
 from bench.economy import EconomyResult, run_economy
 from bench.fleet import P99_LIMIT_MS, PERIOD, SENSORS, FleetResult, StepUp, run_fleet, step_up
 from bench.load import CONNECTIONS, LoadResult, Request, Target, ensure_wrk, run_load
@@ -40,7 +45,6 @@ from bench.sessions import main as sessions_main
 from bench.subscriptions import SubscriptionResult, run_subscriptions
 
 RESULTS = REPO / "bench" / "results"
-DEFAULT_POSTGRES = "postgres://postgres@127.0.0.1:5432/test"
 ACTION_DELAY = 1.0  # simulated seconds a START/STOP takes in the command rounds
 POLL_INTERVAL_MS = 2000.0  # EVLINK_CHARGING_POLL_INTERVAL's default, for comparison
 ECONOMY_MAX_AGE = 2.0
@@ -184,37 +188,6 @@ def evlink_server(name: str, database_url: str, log_dir: Path, *extra: str) -> S
     return ServerProcess(
         name, "bench.serve_evlink", ["--database-url", database_url, *extra], log_dir
     )
-
-
-async def postgres_base() -> str | None:
-    """The PostgreSQL to create the bench database on, if one answers."""
-    url = os.environ.get("EVLINK_TEST_DATABASE_URL") or DEFAULT_POSTGRES
-    try:
-        connection = await asyncpg.connect(url, timeout=3)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        log(f"PostgreSQL at {url} does not answer ({type(exc).__name__}); skipped")
-        return None
-    await connection.close()
-    return url
-
-
-@contextlib.asynccontextmanager
-async def postgres_database(base: str) -> Any:
-    """A database with a random name, dropped afterwards (as tests/conftest.py does)."""
-    name = f"evlink_bench_{uuid.uuid4().hex[:12]}"
-    connection = await asyncpg.connect(base)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    try:
-        yield urlunsplit(urlsplit(base)._replace(path=f"/{name}"))
-    finally:
-        connection = await asyncpg.connect(base)
-        try:
-            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await connection.close()
 
 
 async def throughput(
@@ -855,8 +828,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--sessions-only", action="store_true", help="only bench/sessions.py")
     args = parser.parse_args(argv)
+    sessions_args = [] if args.no_postgres else ["--postgres"]
     if args.sessions_only:
-        return sessions_main([])
+        return sessions_main(sessions_args)
     raise_nofile_limit()
     started = time.monotonic()
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
@@ -867,7 +841,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n(written to {(RESULTS / 'latest.md').relative_to(REPO)})")
     for failure in measured.failures:
         print(f"FAILED: {failure}", file=sys.stderr)
-    sessions_failed = sessions_main([])  # issue #19: what session ingestion costs a refresh
+    sessions_failed = sessions_main(sessions_args)  # issue #19: what ingestion costs a status
     return 1 if measured.failures or sessions_failed else 0
 
 

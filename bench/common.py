@@ -20,11 +20,16 @@ import os
 import resource
 import socket
 import sys
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
 
 __all__ = [
+    "DEFAULT_POSTGRES",
     "READY_PREFIX",
     "REPO",
     "ServerError",
@@ -32,6 +37,8 @@ __all__ = [
     "announce_ready",
     "listening_socket",
     "percentile",
+    "postgres_base",
+    "postgres_database",
     "raise_nofile_limit",
     "rss_kib",
 ]
@@ -178,3 +185,41 @@ class ServerProcess:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+DEFAULT_POSTGRES = "postgres://postgres@127.0.0.1:5432/test"
+
+
+async def postgres_base() -> str | None:
+    """The PostgreSQL to create the bench database on, if one answers."""
+    url = os.environ.get("EVLINK_TEST_DATABASE_URL") or DEFAULT_POSTGRES
+    try:
+        connection = await asyncpg.connect(url, timeout=3)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        print(
+            f"bench: PostgreSQL at {url} does not answer ({type(exc).__name__}); skipped",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+    await connection.close()
+    return url
+
+
+@contextlib.asynccontextmanager
+async def postgres_database(base: str) -> Any:
+    """A database with a random name, dropped afterwards (as tests/conftest.py does)."""
+    name = f"evlink_bench_{uuid.uuid4().hex[:12]}"
+    connection = await asyncpg.connect(base)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    try:
+        yield urlunsplit(urlsplit(base)._replace(path=f"/{name}"))
+    finally:
+        connection = await asyncpg.connect(base)
+        try:
+            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await connection.close()

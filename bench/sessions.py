@@ -1,14 +1,24 @@
-"""What ingesting charge states into charging sessions costs the status/refresh path.
+"""What ingesting charge states into charging sessions costs the status path.
 
-In one process over one database (SQLite, or PostgreSQL when given): a charging
-simulated car is refreshed from its provider again and again
-(``vehicle_status(max_age=0)``: the provider read, the charge-state write, the
-session's compare-and-set and sample insert), with session ingestion and, in
-interleaved rounds of the same run, without it (``record_state`` swapped for a
-no-op in this bench process only). The ratio of the medians is the cost.
+In one process over one database (SQLite, or PostgreSQL when given), two
+measurements, each with session ingestion and, in interleaved rounds of the same
+run, without it (``record_state`` swapped for a no-op in this bench process
+only); each is the ratio of the medians:
 
-``python -m bench.sessions [--database URL] [--refreshes N] [--rounds N]``;
-``make bench`` runs it too (``python -m bench --sessions-only`` for just this).
+- **worst case**: one charging simulated car refreshed from its provider on
+  every call (``vehicle_status(max_age=0)``: the provider read, the charge-state
+  write, the session's compare-and-set and sample insert).
+- **status path** (issue #19's target): REST ``/api/status``'s use case
+  (``vehicles.read_status``, the read cache off) over many charging cars, each
+  polled as Home Assistant does, two sensors every 30 s against
+  ``EVLINK_STATUS_MAX_AGE`` (60 s): a read every 15 s of the bench's
+  ``ManualClock``, so one read in four refreshes the car from its provider.
+  evlink's clock (``vehicles._now``) follows the ManualClock in this bench
+  process only, so states go stale without sleeping.
+
+``python -m bench.sessions [--database URL] [--refreshes N] [--cars N] [--polls N]
+[--rounds N]``; ``make bench`` runs it too (``python -m bench --sessions-only`` for
+just this).
 """
 
 from __future__ import annotations
@@ -19,10 +29,13 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from bench.common import postgres_base, postgres_database
 from evlink.events import MemoryEventBus
 from evlink.models import Tier
 from evlink.models.database import apply_migrations, open_database
@@ -32,54 +45,125 @@ from evlink.services import Services
 from evlink.settings import Settings
 
 TARGET = 0.10  # issue #19: ingestion costs the status path less than 10 %
+POLL_EVERY = 15.0  # seconds of the ManualClock between two reads of a car (2 sensors / 30 s)
 
 
 @dataclass(frozen=True, slots=True)
 class SessionsResult:
     database: str
-    with_sessions_ms: float  # median per refresh
+    path: str  # what one timed call is
+    with_sessions_ms: float  # median per call
     without_sessions_ms: float
+    unremembered_ms: float  # with ingestion, but the open session read at every state
 
     @property
     def cost(self) -> float:
         return self.with_sessions_ms / self.without_sessions_ms - 1
 
+    @property
+    def unremembered_cost(self) -> float:
+        return self.unremembered_ms / self.without_sessions_ms - 1
+
     def line(self) -> str:
         verdict = "within" if self.cost < TARGET else "OVER"
         return (
-            f"sessions ({self.database}): refresh {self.without_sessions_ms:.3f} ms without, "
-            f"{self.with_sessions_ms:.3f} ms with ingestion: {self.cost:+.1%} "
-            f"({verdict} the {TARGET:.0%} target)"
+            f"sessions ({self.database}), {self.path}: {self.without_sessions_ms:.3f} ms "
+            f"without, {self.with_sessions_ms:.3f} ms with ingestion: {self.cost:+.1%} "
+            f"({verdict} the {TARGET:.0%} target); not remembering the open session: "
+            f"{self.unremembered_ms:.3f} ms, {self.unremembered_cost:+.1%}"
         )
+
+
+class _Forgetful(dict[Any, Any]):
+    """``Services.open_sessions`` that remembers nothing: ingestion as it was before the
+    open session was remembered (every state reads it first)."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        return None
+
+
+class Ingestion(Enum):
+    OFF = "off"  # record_state a no-op
+    UNREMEMBERED = "unremembered"  # record_state, the open session read every time
+    ON = "on"  # record_state as evlink runs it
 
 
 async def _no_sessions(*_: Any) -> None:
     return None
 
 
-async def run_sessions(database_url: str, refreshes: int = 200, rounds: int = 5) -> SessionsResult:
-    """Median milliseconds per refresh of a charging car, with and without ingestion."""
+Measure = Callable[[Services, ManualClock, Simulator, Any], Awaitable[float]]
+
+
+async def run_sessions(
+    database_url: str,
+    refreshes: int = 200,
+    rounds: int = 5,
+    cars: int = 20,
+    polls: int = 40,
+) -> list[SessionsResult]:
+    """The worst case and the status path, each median ms per call with and without
+    ingestion, measured in interleaved rounds of one run."""
     await apply_migrations(database_url)
     clock = ManualClock()
     simulator = Simulator(clock)
     settings = Settings(database_url=database_url)
+    name = "SQLite" if settings.is_sqlite else "PostgreSQL"
     async with open_database(database_url):
         services = Services(settings=settings, provider=simulator, events=MemoryEventBus())
         user = await accounts.create_user(f"bench-{uuid.uuid4().hex[:8]}@example.com", Tier.PRO)
-        real = sessions.record_state
-        timings: dict[bool, list[float]] = {True: [], False: []}
-        for _ in range(rounds):
-            for ingest in (True, False):
-                vehicle = await accounts.add_vehicle(
-                    user, provider="simulator", provider_vehicle_id=_charging_car(simulator)
-                )
-                sessions.record_state = real if ingest else _no_sessions  # type: ignore[assignment]
-                try:
-                    timings[ingest].append(await _refreshes(services, clock, vehicle, refreshes))
-                finally:
-                    sessions.record_state = real  # type: ignore[assignment]
-    name = "SQLite" if settings.is_sqlite else "PostgreSQL"
-    return SessionsResult(name, statistics.median(timings[True]), statistics.median(timings[False]))
+
+        async def worst(*args: Any) -> float:
+            return await _refreshes(*args, refreshes)
+
+        async def status(*args: Any) -> float:
+            return await _status_polls(*args, cars, polls)
+
+        measures: dict[str, Measure] = {
+            "worst case: a refresh per call (max age 0)": worst,
+            f"status path: read_status, {cars} cars, a refresh per 4 reads": status,
+        }
+        timings: dict[tuple[str, Ingestion], list[float]] = {}
+        order = list(Ingestion)
+        for turn in range(rounds):
+            for path, measure in measures.items():
+                for ingestion in order[turn % 3 :] + order[: turn % 3]:  # each first in turn
+                    ms = await _measured(measure, ingestion, services, clock, simulator, user)
+                    timings.setdefault((path, ingestion), []).append(ms)
+    return [
+        SessionsResult(
+            name,
+            path,
+            statistics.median(timings[path, Ingestion.ON]),
+            statistics.median(timings[path, Ingestion.OFF]),
+            statistics.median(timings[path, Ingestion.UNREMEMBERED]),
+        )
+        for path in measures
+    ]
+
+
+async def _measured(
+    measure: Measure,
+    ingestion: Ingestion,
+    services: Services,
+    clock: ManualClock,
+    simulator: Simulator,
+    user: Any,
+) -> float:
+    """One round of ``measure``, with evlink's clock on the ManualClock and ``ingestion``,
+    all put back after."""
+    real_record, real_now = sessions.record_state, vehicles._now
+    off = ingestion is Ingestion.OFF
+    sessions.record_state = _no_sessions if off else real_record  # type: ignore[assignment]
+    vehicles._now = clock.now  # type: ignore[assignment]
+    if ingestion is Ingestion.UNREMEMBERED:
+        services.open_sessions = _Forgetful()
+    try:
+        return await measure(services, clock, simulator, user)
+    finally:
+        sessions.record_state = real_record  # type: ignore[assignment]
+        vehicles._now = real_now  # type: ignore[assignment]
+        services.open_sessions = {}
 
 
 def _charging_car(simulator: Simulator) -> str:
@@ -89,8 +173,13 @@ def _charging_car(simulator: Simulator) -> str:
     return provider_id
 
 
-async def _refreshes(services: Services, clock: ManualClock, vehicle: Any, count: int) -> float:
-    """Milliseconds per refresh: each one a new charging state, as a poll reads it."""
+async def _refreshes(
+    services: Services, clock: ManualClock, simulator: Simulator, user: Any, count: int
+) -> float:
+    """Milliseconds per refresh of one new charging car: each a new charging state."""
+    vehicle = await accounts.add_vehicle(
+        user, provider="simulator", provider_vehicle_id=_charging_car(simulator)
+    )
     started = time.perf_counter()
     for _ in range(count):
         await clock.advance(30)  # the car has charged: a new state to record
@@ -98,17 +187,66 @@ async def _refreshes(services: Services, clock: ManualClock, vehicle: Any, count
     return (time.perf_counter() - started) * 1000 / count
 
 
+async def _status_polls(
+    services: Services, clock: ManualClock, simulator: Simulator, user: Any, cars: int, polls: int
+) -> float:
+    """Milliseconds per ``read_status`` of new charging cars, each read every 15 s of the
+    ManualClock ``polls`` times (after one untimed read that opens its session); fails
+    unless exactly one read in four refreshed its car from the provider."""
+    fleet = [
+        await accounts.add_vehicle(
+            user, provider="simulator", provider_vehicle_id=_charging_car(simulator)
+        )
+        for _ in range(cars)
+    ]
+    ids = [vehicle.id for vehicle in fleet]
+    for vehicle_id in ids:  # the first read of each: a refresh that opens its session
+        await vehicles.read_status(services, user, vehicle_id)
+    reads_before = len(simulator.calls)
+    started = time.perf_counter()
+    for _ in range(polls):
+        await clock.advance(POLL_EVERY)
+        for vehicle_id in ids:
+            await vehicles.read_status(services, user, vehicle_id)
+    elapsed = time.perf_counter() - started
+    refreshed = len(simulator.calls) - reads_before
+    expected = cars * (polls // round(services.settings.status_max_age / POLL_EVERY))
+    if refreshed != expected:
+        raise RuntimeError(f"status path: {refreshed} provider reads, expected {expected}")
+    return elapsed * 1000 / (polls * cars)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.sessions", description=__doc__)
     parser.add_argument("--database", help="a PostgreSQL URL; default: a new SQLite file")
-    parser.add_argument("--refreshes", type=int, default=200)
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="also on a new PostgreSQL database (dropped after), if one answers",
+    )
+    parser.add_argument("--refreshes", type=int, default=200, help="worst case: per round")
+    parser.add_argument("--cars", type=int, default=20, help="status path: charging cars")
+    parser.add_argument("--polls", type=int, default=40, help="status path: reads per car")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
+    sizes = (args.refreshes, args.rounds, args.cars, args.polls)
     with tempfile.TemporaryDirectory() as tmp:
         url = args.database or f"sqlite://{Path(tmp) / 'bench.sqlite3'}"
-        result = asyncio.run(run_sessions(url, args.refreshes, args.rounds))
-    print(result.line())
+        results = asyncio.run(run_sessions(url, *sizes))
+    if args.postgres:
+        results += asyncio.run(_on_postgres(*sizes))
+    for result in results:
+        print(result.line())
     return 0
+
+
+async def _on_postgres(*sizes: int) -> list[SessionsResult]:
+    """The same on a database of its own on the bench's PostgreSQL; none without one."""
+    base = await postgres_base()
+    if base is None:
+        return []
+    async with postgres_database(base) as url:
+        return await run_sessions(url, *sizes)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from evlink.server import OpenSockets
 from evlink.settings import Settings
 
 if TYPE_CHECKING:
+    from evlink.models.sessions import ChargingSession
     from evlink.ratelimit import Limiter
     from evlink.resolvers.charging import CommandWatcher
     from evlink.resolvers.vehicles import VehicleStatus
@@ -52,6 +53,9 @@ class Services:
     _vehicle_locks: dict[UUID, asyncio.Lock] = field(default_factory=dict)
     # Vehicles without a provider id already logged (once each: evlink.resolvers.vehicles).
     unlinked_logged: set[UUID] = field(default_factory=set)
+    # Each car's open charging session as this process last wrote or read it
+    # (evlink.resolvers.sessions: a hint, never trusted past a compare-and-set).
+    open_sessions: dict[UUID, ChargingSession] = field(default_factory=dict)
 
     def vehicle_lock(self, vehicle_id: UUID) -> asyncio.Lock:
         """Serialises charging decisions for one vehicle within this process."""

@@ -114,3 +114,56 @@ async def test_a_webhook_and_a_poll_with_the_same_state_count_once(enode: EnodeW
     assert await ChargingSample.filter(session_id=session.id).count() == 2
     assert session.battery_start == 40
     assert session.battery_end == 41
+
+
+async def test_an_instance_whose_remembered_session_is_stale_counts_each_state_once(
+    settings: Settings,
+) -> None:
+    """Each instance remembers the open session it last wrote; when the other moved it
+    meanwhile, the remembered one fails its compare-and-set and is read again: a state
+    the other counted is not counted twice, a new one is counted (none lost)."""
+    shared = shared_settings(settings)
+    await _truncate(shared.database_url)
+    clock = ManualClock()
+    car_park = Simulator(clock, action_delay=1.0)
+    async with (
+        run_server(shared, clock=clock, simulator=car_park) as a,
+        run_server(shared, clock=clock, simulator=car_park) as b,
+    ):
+        user, _ = await a.user()
+        vehicle = await a.vehicle(user, "plugged")
+        for minute in (0, 5):
+            await vehicles.ingest_vehicle_update(
+                a.services, _report(vehicle, minute, charging=True, battery=50 + minute)
+            )
+        remembered = a.services.open_sessions[vehicle.id]
+        assert (remembered.sample_count, remembered.last_sample_at) == (
+            2,
+            T0 + timedelta(minutes=5),
+        )
+        for minute in (10, 15):  # B moves the session on: A's memory is now stale
+            await vehicles.ingest_vehicle_update(
+                b.services, _report(vehicle, minute, charging=True, battery=50 + minute)
+            )
+        await vehicles.ingest_vehicle_update(  # counted by B already
+            a.services, _report(vehicle, 15, charging=True, battery=65)
+        )
+        await vehicles.ingest_vehicle_update(  # new: A must count it on the session as B left it
+            a.services, _report(vehicle, 20, charging=True, battery=70)
+        )
+        (session,) = await ChargingSession.filter(vehicle_id=vehicle.id)
+        assert session.sample_count == 5
+        assert await ChargingSample.filter(session_id=session.id).count() == 5
+        assert session.energy_from_power == pytest.approx(6.0 * 20 / 60)
+        assert session.battery_end == 70
+        assert a.services.open_sessions[vehicle.id].sample_count == 5
+        await vehicles.ingest_vehicle_update(
+            b.services, _report(vehicle, 25, charging=False, battery=72)
+        )
+        await vehicles.ingest_vehicle_update(  # A remembers it open; B has ended it
+            a.services, _report(vehicle, 30, charging=False, battery=72)
+        )
+        (ended,) = await ChargingSession.filter(vehicle_id=vehicle.id)
+        assert (ended.sample_count, ended.end_reason) == (6, "STOPPED")
+        assert vehicle.id not in a.services.open_sessions
+        assert vehicle.id not in b.services.open_sessions

@@ -24,6 +24,12 @@ in the same call that wrote it. The rules:
   twice nor moves a session backwards. A unique index on (session, time) keeps
   the samples themselves unique, and one on the open session per car (migration
   0008) makes two instances that both see the start open one session.
+- **Remembered, not trusted.** Each process remembers the open session it last
+  wrote or read per car (``Services.open_sessions``, at most ``MAX_REMEMBERED``
+  cars) and takes a state into it without reading it first: the compare-and-set
+  on its sample count (and ``ended_at`` null) is what proves it current. When it
+  fails (another instance or writer moved or ended it), the session is read
+  again, so a stale memory costs a query, never a count.
 
 Energy: ``energyKwh`` is the integrated power when the session has at least two
 samples with a charge rate, else the battery's change times its capacity; both
@@ -81,6 +87,7 @@ logger = logging.getLogger(__name__)
 
 MAX_TRIES = 5  # compare-and-set rounds against other writers of the same session
 MAX_LIST = 100  # sessions in one list
+MAX_REMEMBERED = 10_000  # cars whose open session a process remembers (oldest forgotten)
 
 
 # -- pure rules --------------------------------------------------------------------------
@@ -187,15 +194,20 @@ async def record_state(
     """Take a newly stored charge state into the car's sessions (see the module's rules).
 
     ``previous``: the state it replaced. When neither is charging no session can be
-    open or open now, and nothing is read.
+    open or open now: nothing is read, and this process forgets the one it remembers.
     """
     if state.is_charging is not True and (previous is None or previous.is_charging is not True):
+        services.open_sessions.pop(vehicle.id, None)
         return
     now = _now()
     sample = _Sample(state.last_updated or now, state)
     stale = timedelta(seconds=services.settings.session_stale_after)
     for _ in range(MAX_TRIES):
-        session = await _open_session(vehicle.id)
+        # What this process remembers is taken out: after a failed compare-and-set
+        # (another writer was first) the next try finds nothing and reads the database.
+        session = services.open_sessions.pop(vehicle.id, None)
+        if session is None:
+            session = await _open_session(vehicle.id)
         if session is not None and sample.at - session.last_sample_at > stale:
             if await _end(services, session, EndReason.UNREACHABLE, session.last_sample_at):
                 session = None
@@ -208,6 +220,7 @@ async def record_state(
                 return
             continue  # another instance opened it: add to that one
         if sample.at <= session.last_sample_at:
+            _remember(services, session)
             return  # already counted, or older than what is counted
         if await _grow(services, session, sample, now):
             return
@@ -216,6 +229,18 @@ async def record_state(
 
 async def _open_session(vehicle_id: UUID) -> ChargingSession | None:
     return await ChargingSession.get_or_none(vehicle_id=vehicle_id, ended_at=None)
+
+
+def _remember(services: Services, session: ChargingSession) -> None:
+    """Note ``session`` as its car's open one in this process (forget it once ended)."""
+    memory = services.open_sessions
+    vehicle_id = session.vehicle_id  # type: ignore[attr-defined]
+    memory.pop(vehicle_id, None)
+    if session.ended_at is not None:
+        return
+    if len(memory) >= MAX_REMEMBERED:
+        del memory[next(iter(memory))]  # the car remembered longest ago
+    memory[vehicle_id] = session
 
 
 async def _open(services: Services, vehicle: Vehicle, sample: _Sample, now: datetime) -> bool:
@@ -248,6 +273,7 @@ async def _open(services: Services, vehicle: Vehicle, sample: _Sample, now: date
     except IntegrityError:
         return False
     await _add_sample(session, sample)
+    _remember(services, session)
     await _prune_samples(services, vehicle, now)
     await _publish(services, session)
     return True
@@ -306,6 +332,7 @@ async def _grow(
     await _add_sample(session, sample)
     for name, value in values.items():  # the row as written, without reading it back
         setattr(session, name, value)
+    _remember(services, session)
     await _publish(services, session)
     return True
 

@@ -7,6 +7,7 @@ import csv
 import io
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import uuid4
 
 import pytest
 
@@ -14,7 +15,7 @@ from evlink.domain import ChargeStateData, VehicleData, format_timestamp
 from evlink.models import ChargingCommand, User, Vehicle
 from evlink.models.sessions import ChargingSample, ChargingSession
 from evlink.providers.simulator import ManualClock, Simulator
-from evlink.resolvers import vehicles
+from evlink.resolvers import sessions, vehicles
 from tests.conftest import PROTOCOLS, Server, _truncate, next_result, run_server, subscription
 
 T0 = datetime(2025, 5, 20, 16, 0, tzinfo=UTC)  # the ManualClock's start
@@ -542,3 +543,17 @@ async def test_a_bad_datetime_literal_is_a_validation_error_not_an_internal_erro
     (error,) = body["errors"]
     assert "extensions" not in error, error  # GraphQL's own validation error, as for any
     assert error["message"].startswith("DateTime cannot represent")  # bad argument
+
+
+async def test_a_process_remembers_the_open_sessions_of_a_bounded_number_of_cars(
+    server: Server,
+) -> None:
+    """Past ``MAX_REMEMBERED`` cars the one remembered longest ago is forgotten (it is
+    read from the database at its next state)."""
+    made = [ChargingSession(vehicle_id=uuid4()) for _ in range(sessions.MAX_REMEMBERED + 1)]
+    for session in made:
+        sessions._remember(server.services, session)
+    memory = server.services.open_sessions
+    assert len(memory) == sessions.MAX_REMEMBERED
+    assert made[0].vehicle_id not in memory
+    assert memory[made[-1].vehicle_id] is made[-1]
