@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KEY_ID_LENGTH",
+    "KEY_USE_BATCH",
     "KEY_USE_FLUSH_INTERVAL",
     "Caller",
     "IssuedKey",
@@ -67,6 +68,8 @@ KEY_ID_LENGTH = 16
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
 # Seconds between two writes of the noted key uses (KeyUses.flush_every).
 KEY_USE_FLUSH_INTERVAL = 5.0
+# Keys per UPDATE of a flush (PostgreSQL takes at most 32,767 parameters a statement).
+KEY_USE_BATCH = 1000
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +96,8 @@ def _checksum(random_part: str) -> str:
 
 class KeyUses:
     """Keys used since the last flush, by id, each with the time it was first noted;
-    :meth:`flush` writes them to ``last_used_at`` in one ``UPDATE`` (the earliest noted
-    time for all: never later than a use)."""
+    :meth:`flush` writes them to ``last_used_at``, :data:`KEY_USE_BATCH` keys an
+    ``UPDATE`` (the earliest noted time for all: never later than a use)."""
 
     def __init__(self) -> None:
         self._noted: dict[int, datetime] = {}
@@ -108,8 +111,11 @@ class KeyUses:
         noted, self._noted = self._noted, {}
         if not noted:
             return
+        when, ids = min(noted.values()), list(noted)
         try:
-            await ApiKey.filter(id__in=list(noted)).update(last_used_at=min(noted.values()))
+            for start in range(0, len(ids), KEY_USE_BATCH):
+                chunk = ids[start : start + KEY_USE_BATCH]
+                await ApiKey.filter(id__in=chunk).update(last_used_at=when)
         except EvlinkError:
             for key_id, when in noted.items():
                 self.note(key_id, when)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +21,9 @@ from evlink.models import ApiKey, Vehicle
 from evlink.models.database import open_database
 from evlink.resolvers.auth import (
     _ALPHABET,
+    KEY_USE_BATCH,
     KEY_USE_FLUSH_INTERVAL,
+    KeyUses,
     _checksum,
     authenticate,
     authenticate_request,
@@ -412,3 +415,27 @@ async def test_key_uses_not_yet_written_are_written_at_shutdown(settings: Settin
     async with open_database(settings.database_url):
         stored = await ApiKey.get(id=issued.record.id)
     assert stored.last_used_at is not None
+
+
+async def test_a_flush_writes_at_most_a_batch_of_keys_per_statement(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    user, _ = await server.user()
+    issued = await issue_key(user)
+    uses = KeyUses()
+    began = datetime.now(UTC)
+    # Ids of keys that do not exist match no row; they only fill the batches.
+    for unknown in range(10**6, 10**6 + 2 * KEY_USE_BATCH):
+        uses.note(unknown, began)
+    uses.note(issued.record.id, began)
+
+    with caplog.at_level(logging.DEBUG, logger="tortoise.db_client"):
+        await uses.flush()
+
+    updates = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "tortoise.db_client" and r.getMessage().startswith("UPDATE")
+    ]
+    assert len(updates) == 3
+    assert (await ApiKey.get(id=issued.record.id)).last_used_at == began
