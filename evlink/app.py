@@ -25,6 +25,7 @@ from evlink.compat_rest.errors import exception_handlers
 from evlink.connections import ConnectionLimits
 from evlink.domain import ProviderUpdate
 from evlink.edge import HttpEdge
+from evlink.errors import EvlinkError
 from evlink.events import RedisEventBus, build_event_bus
 from evlink.guards import BodyLimit
 from evlink.metrics import CountedProvider, Metrics, metrics_endpoint
@@ -34,6 +35,7 @@ from evlink.mqtt.bridge import build_bridge
 from evlink.playground import page as playground
 from evlink.providers import Provider, build_provider
 from evlink.ratelimit import Limiter
+from evlink.resolvers.auth import KEY_USE_FLUSH_INTERVAL, KeyUses
 from evlink.resolvers.charging import CommandWatcher, ingest_provider_update
 from evlink.revocation import check_interval, follow_sockets
 from evlink.schema import build_schema
@@ -116,6 +118,14 @@ async def _redis_state(services: Services) -> str | None:
     return "ok" if answers else "degraded"
 
 
+async def _write_key_uses(uses: KeyUses) -> None:
+    """The key uses noted since the last batch, written at shutdown."""
+    try:
+        await uses.flush()
+    except EvlinkError as exc:
+        logger.warning("key uses not written at shutdown (%s)", exc.code)
+
+
 def create_app(settings: Settings | None = None, *, provider: Provider | None = None) -> Starlette:
     """The evlink ASGI app. ``provider`` replaces the one the settings name (tests, demos)."""
     settings = settings or Settings.from_env()
@@ -141,6 +151,7 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
             limiter = Limiter.from_settings(settings)
             await limiter.start()
             cache = ReadCache(settings.cache_ttl)
+            key_uses = KeyUses()
             cache.events = events
             metrics.watch_cache(cache)
             services = Services(
@@ -151,6 +162,7 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
                 limiter=limiter,
                 open_sockets=app.state.open_sockets,
                 cache=cache,
+                key_uses=key_uses,
             )
             services.watcher = CommandWatcher(services)
             app.state.services = services
@@ -172,6 +184,9 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
             following = asyncio.create_task(
                 follow_invalidations(cache, events, listening), name="cache-invalidations"
             )
+            writing_uses = asyncio.create_task(
+                key_uses.flush_every(KEY_USE_FLUSH_INTERVAL), name="key-uses"
+            )
             checking = asyncio.Event()
             rechecking = asyncio.create_task(
                 follow_sockets(
@@ -190,6 +205,8 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
                 rechecking.cancel()
                 if mqtt is not None:
                     await mqtt.aclose()
+                writing_uses.cancel()
+                await _write_key_uses(key_uses)
                 for refresh in list(services.refreshes.values()):
                     refresh.task.cancel()  # reads served meanwhile; nobody waits on them
                 await services.provider.aclose()

@@ -21,6 +21,7 @@ from evlink.settings import Settings
 if TYPE_CHECKING:
     from evlink.models.sessions import ChargingSession
     from evlink.ratelimit import Limiter
+    from evlink.resolvers.auth import KeyUses
     from evlink.resolvers.charging import CommandWatcher
     from evlink.resolvers.vehicles import VehicleStatus
 
@@ -50,6 +51,9 @@ class Services:
     # Keys, statuses and GraphQL results read from memory (evlink.cache); off (ttl 0)
     # unless the app's lifespan makes one from the settings.
     cache: ReadCache = field(default_factory=lambda: ReadCache(0.0))
+    # Key uses noted for the next batched write of last_used_at (evlink.resolvers.auth);
+    # None (the CLI): written at once.
+    key_uses: KeyUses | None = None
     _vehicle_locks: dict[UUID, asyncio.Lock] = field(default_factory=dict)
     # Vehicles without a provider id already logged (once each: evlink.resolvers.vehicles).
     unlinked_logged: set[UUID] = field(default_factory=set)

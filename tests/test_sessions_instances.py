@@ -123,13 +123,8 @@ async def test_an_instance_whose_remembered_session_is_stale_counts_each_state_o
     meanwhile, the remembered one fails its compare-and-set and is read again: a state
     the other counted is not counted twice, a new one is counted (none lost)."""
     shared = shared_settings(settings)
-    await _truncate(shared.database_url)
-    clock = ManualClock()
-    car_park = Simulator(clock, action_delay=1.0)
-    async with (
-        run_server(shared, clock=clock, simulator=car_park) as a,
-        run_server(shared, clock=clock, simulator=car_park) as b,
-    ):
+    async with two_instances(shared) as pair:
+        a, b = pair.a, pair.b
         user, _ = await a.user()
         vehicle = await a.vehicle(user, "plugged")
         for minute in (0, 5):

@@ -1,9 +1,17 @@
-"""Vehicles as evlink stores them, and their latest charge state."""
+"""Vehicles as evlink stores them, and their latest charge state.
+
+:func:`vehicle_with_charge_state` is the read of a status miss: the vehicle and its
+charge state in one statement, written once per SQL dialect and run through
+Tortoise's own connection (no query building per read); Tortoise's
+``_init_from_db`` makes the models from the row, as its own queries do.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from dataclasses import fields as fields_of
 from typing import Any
+from uuid import UUID
 
 from tortoise import fields
 from tortoise.models import Model
@@ -74,3 +82,58 @@ CHARGE_STATE_FIELDS = tuple(f.name for f in fields_of(ChargeStateData))
 def charge_state_data(state: ChargeState) -> ChargeStateData:
     """The stored charge state as provider-neutral data."""
     return ChargeStateData(**{name: getattr(state, name) for name in CHARGE_STATE_FIELDS})
+
+
+def _columns(model: type[Model]) -> tuple[str, ...]:
+    return tuple(model._meta.fields_db_projection.values())
+
+
+@dataclass(frozen=True, slots=True)
+class _Statement:
+    sql: str
+    vehicle_columns: tuple[str, ...]
+    state_columns: tuple[str, ...]
+
+
+_WITH_STATE: dict[str, _Statement] = {}  # by SQL dialect
+
+
+def _with_state(dialect: str) -> _Statement:
+    """The statement of :func:`vehicle_with_charge_state` in ``dialect``'s placeholders,
+    made on first use (the models' foreign-key columns are known once Tortoise is set
+    up). The two tables' column names differ, so none needs an alias."""
+    statement = _WITH_STATE.get(dialect)
+    if statement is None:
+        vehicle_columns, state_columns = _columns(Vehicle), _columns(ChargeState)
+        placeholder = "$1" if dialect == "postgres" else "?"
+        columns = [f'v."{c}"' for c in vehicle_columns] + [f'c."{c}"' for c in state_columns]
+        # Only the models' own table and column names go into the text; the id is a
+        # parameter.
+        sql = " ".join(
+            [
+                "SELECT",
+                ", ".join(columns),
+                f'FROM "{Vehicle._meta.db_table}" v',
+                f'LEFT JOIN "{ChargeState._meta.db_table}" c ON c."vehicle_id" = v."id"',
+                f'WHERE v."id" = {placeholder} AND v."deleted_at" IS NULL',
+            ]
+        )
+        statement = _WITH_STATE[dialect] = _Statement(sql, vehicle_columns, state_columns)
+    return statement
+
+
+async def vehicle_with_charge_state(vehicle_id: UUID) -> tuple[Vehicle, ChargeState | None] | None:
+    """The vehicle with this id unless deleted, and its stored charge state (None when
+    none is stored): one statement, so one round trip and one snapshot of both rows."""
+    db = Vehicle._meta.db
+    statement = _with_state(db.capabilities.dialect)
+    value = Vehicle._meta.fields_map["id"].to_db_value(vehicle_id, Vehicle)
+    _, rows = await db.execute_query(statement.sql, [value])
+    if not rows:
+        return None
+    row = rows[0]
+    vehicle = Vehicle._init_from_db(**{c: row[c] for c in statement.vehicle_columns})
+    if row["vehicle_id"] is None:  # the LEFT JOIN found no charge state
+        return vehicle, None
+    state = ChargeState._init_from_db(**{c: row[c] for c in statement.state_columns})
+    return vehicle, state

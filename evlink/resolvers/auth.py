@@ -10,11 +10,20 @@ then a CRC32 of the random part in base62. The checksum lets a mistyped key be
 refused without touching the database and lets secret scanners recognise a
 real key. Only the SHA-256 of the key and its short public prefix are stored;
 the key itself is shown once, when it is made.
+
+``ApiKey.last_used_at`` is the time of a use to within a minute: a key whose stored
+time is a minute old (or none) when it is looked up is noted, and a running app
+writes the noted keys in batches (:class:`KeyUses`), one ``UPDATE`` every
+:data:`KEY_USE_FLUSH_INTERVAL` seconds and one at shutdown, so a fleet of keys is
+not a commit per key per minute. The stored time can so lag the key's last use by
+a minute and that interval.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import re
 import secrets
 import zlib
@@ -23,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from evlink.cache import ReadCache, user_tag
-from evlink.errors import NotFound, Unauthenticated
+from evlink.errors import EvlinkError, NotFound, Unauthenticated
 from evlink.models import ApiKey, User
 
 if TYPE_CHECKING:
@@ -31,8 +40,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KEY_ID_LENGTH",
+    "KEY_USE_BATCH",
+    "KEY_USE_FLUSH_INTERVAL",
     "Caller",
     "IssuedKey",
+    "KeyUses",
     "authenticate",
     "authenticate_request",
     "cached_user",
@@ -54,6 +66,12 @@ PREFIX_LENGTH = 12  # "evl_" and 8 characters of the random part
 KEY_ID_LENGTH = 16
 # Writing last_used_at on every request would make each read a write.
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
+# Seconds between two writes of the noted key uses (KeyUses.flush_every).
+KEY_USE_FLUSH_INTERVAL = 5.0
+# Keys per UPDATE of a flush (PostgreSQL takes at most 32,767 parameters a statement).
+KEY_USE_BATCH = 1000
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +92,51 @@ def _base62(value: int, width: int) -> str:
 
 def _checksum(random_part: str) -> str:
     return _base62(zlib.crc32(random_part.encode()), _CHECKSUM_CHARS)
+
+
+class KeyUses:
+    """Keys used since the last flush, by id, each with the time it was first noted;
+    :meth:`flush` writes them to ``last_used_at``, :data:`KEY_USE_BATCH` keys an
+    ``UPDATE`` (the earliest noted time for all: never later than a use)."""
+
+    def __init__(self) -> None:
+        self._noted: dict[int, datetime] = {}
+        self._flushed = asyncio.Event()
+
+    def note(self, key_id: int, when: datetime) -> None:
+        self._noted.setdefault(key_id, when)
+
+    async def flush(self) -> None:
+        """Write the noted uses; on a database failure they are kept for the next flush."""
+        noted, self._noted = self._noted, {}
+        if not noted:
+            return
+        when, ids = min(noted.values()), list(noted)
+        try:
+            for start in range(0, len(ids), KEY_USE_BATCH):
+                chunk = ids[start : start + KEY_USE_BATCH]
+                await ApiKey.filter(id__in=chunk).update(last_used_at=when)
+        except EvlinkError:
+            for key_id, when in noted.items():
+                self.note(key_id, when)
+            raise
+        finally:
+            self._flushed.set()
+            self._flushed.clear()
+
+    async def flush_every(self, interval: float) -> None:
+        """Flush every ``interval`` seconds until cancelled (the app's lifespan, which
+        flushes once more at shutdown)."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.flush()
+            except EvlinkError as exc:
+                logger.warning("key uses not written (%s); kept for the next flush", exc.code)
+
+    async def flushed(self) -> None:
+        """Wait for the next flush that had something to write (written or failed)."""
+        await self._flushed.wait()
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,13 +225,19 @@ def cached_user(cache: ReadCache, digest: str) -> User | None:
 
 
 async def authenticate(
-    key: str | None, cache: ReadCache | None = None, *, digest: str | None = None
+    key: str | None,
+    cache: ReadCache | None = None,
+    *,
+    digest: str | None = None,
+    uses: KeyUses | None = None,
 ) -> User:
     """The user a key belongs to. Missing, malformed, unknown and revoked keys alike fail.
 
     With ``cache``, an accepted key is remembered for the cache's ttl (tagged with
     its user, whom revoking a key or changing the tier invalidates); refused keys
     never are. ``digest``: the key's :func:`hash_key`, when the caller has it already.
+    ``uses``: where a use is noted for the next batch (the app's); without it (the
+    CLI, scripts) ``last_used_at`` is written at once.
     """
     if key is None:
         raise Unauthenticated()
@@ -185,7 +254,10 @@ async def authenticate(
         raise Unauthenticated()
     now = datetime.now(UTC)
     if record.last_used_at is None or now - record.last_used_at > _LAST_USED_RESOLUTION:
-        await ApiKey.filter(id=record.id).update(last_used_at=now)
+        if uses is not None:
+            uses.note(record.id, now)
+        else:
+            await ApiKey.filter(id=record.id).update(last_used_at=now)
     if cache is not None:
         cache.put(("key", digest), record.user, tags=[user_tag(record.user.id)], began=began)
     return record.user
@@ -208,7 +280,8 @@ async def authenticate_request(
         raise Unauthenticated()
     digest = hash_key(key)
     try:
-        return Caller(await authenticate(key, services.cache, digest=digest), digest)
+        user = await authenticate(key, services.cache, digest=digest, uses=services.key_uses)
+        return Caller(user, digest)
     except Unauthenticated:
         pass
     if services.limiter is not None and address is not None:

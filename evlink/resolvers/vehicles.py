@@ -36,7 +36,11 @@ from evlink.errors import (
 )
 from evlink.events import charge_state_topic
 from evlink.models import ChargeState, User, Vehicle
-from evlink.models.vehicles import CHARGE_STATE_FIELDS, charge_state_data
+from evlink.models.vehicles import (
+    CHARGE_STATE_FIELDS,
+    charge_state_data,
+    vehicle_with_charge_state,
+)
 from evlink.resolvers import rules, sessions
 from evlink.services import Refresh, Services
 
@@ -104,6 +108,19 @@ async def get_vehicle(user: User, vehicle_id: str | UUID) -> Vehicle:
     return vehicle
 
 
+async def _vehicle_with_state(
+    user: User, vehicle_id: str | UUID
+) -> tuple[Vehicle, ChargeStateData | None]:
+    """The user's vehicle as :func:`get_vehicle` finds it, with its stored charge state
+    read in the same statement (:func:`~evlink.models.vehicles.vehicle_with_charge_state`)."""
+    found = await vehicle_with_charge_state(parse_vehicle_id(vehicle_id))
+    if found is None:
+        raise NotFound()
+    vehicle, state = found
+    _check_owner(user, vehicle)
+    return vehicle, None if state is None else charge_state_data(state)
+
+
 def _check_owner(user: User, vehicle: Vehicle) -> None:
     if vehicle.user_id != user.id:  # type: ignore[attr-defined]
         raise ForbiddenOwner()
@@ -124,8 +141,8 @@ async def read_status(services: Services, user: User, vehicle_id: str | UUID) ->
         _check_owner(user, cached.vehicle)
         return cached
     began = cache.begin()
-    vehicle = await get_vehicle(user, vehicle_id)
-    status = await vehicle_status(services, vehicle)
+    vehicle, stored = await _vehicle_with_state(user, vehicle_id)
+    status = await vehicle_status(services, vehicle, stored=stored)
     lifetime = fresh_for(services, status.vehicle)
     if lifetime > 0:
         cache.put(key, status, tags=[vehicle_tag(vehicle.id)], began=began, max_age=lifetime)
@@ -170,18 +187,21 @@ async def vehicle_status(
     max_age: float | None = None,
     *,
     within_budget: bool = True,
+    stored: ChargeStateData | None = None,
 ) -> VehicleStatus:
     """The vehicle and its charge state, refreshed first when older than ``max_age`` seconds.
 
     ``within_budget``: wait for the refresh at most the read budget (reads, the command
     watcher). ``set_charging`` passes False: it judges a command on what the provider
-    says, within the provider's own timeouts.
+    says, within the provider's own timeouts. ``stored``: the stored charge state when
+    the caller read it with ``vehicle`` (:func:`read_status`); else it is read here.
     """
     if vehicle.provider_vehicle_id is None:
         raise provider_link_missing(services, vehicle)
     age = services.settings.status_max_age if max_age is None else max_age
     if rules.is_fresh(vehicle.refreshed_at, _now(), age):
-        stored = await stored_charge_state(vehicle)
+        if stored is None:
+            stored = await stored_charge_state(vehicle)
         if stored is not None:
             return VehicleStatus(vehicle, stored)
     return await _refresh_once(services, vehicle, within_budget=within_budget)

@@ -20,7 +20,8 @@ import httpx
 import pytest
 import websockets
 
-from evlink.resolvers.auth import issue_key
+from evlink.models import ApiKey
+from evlink.resolvers.auth import KEY_USE_FLUSH_INTERVAL, issue_key
 from evlink.settings import Settings
 from tests.conftest import TIMEOUT, _truncate, run_server
 from tests.faults.processes import EvlinkProcess
@@ -366,6 +367,53 @@ async def test_a_locked_sqlite_database_answers_503_within_the_timeout(
     told = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == OUTAGE_LOGGER]
     assert [level for level, _ in told] == ["WARNING", "INFO"]
     assert "SQLite: database is locked" in told[0][1]  # SQLite's own wait ran out first
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_key_uses_a_locked_database_refused_are_written_by_a_later_batch(
+    settings: Settings,
+) -> None:
+    """A batch of key uses that the database refuses is kept, and the batches go on."""
+    await _truncate(settings.database_url)
+    async with run_server(replace(settings, database_timeout=DB_TIMEOUT)) as server:
+        uses = server.services.key_uses
+        assert uses is not None
+        user, _ = await server.user()
+        vehicle = await server.vehicle(user, "plugged")
+        spare = await issue_key(user)
+        assert (await status(server.http, spare.secret, str(vehicle.id))).status_code == 200
+        path = settings.database_url.removeprefix("sqlite://")
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN EXCLUSIVE")  # the next batch finds the database locked
+            await asyncio.wait_for(uses.flushed(), KEY_USE_FLUSH_INTERVAL + TIMEOUT)
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        assert (await ApiKey.get(id=spare.record.id)).last_used_at is None
+        await asyncio.wait_for(uses.flushed(), KEY_USE_FLUSH_INTERVAL + TIMEOUT)
+        assert (await ApiKey.get(id=spare.record.id)).last_used_at is not None
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_key_uses_a_locked_database_refuses_at_shutdown_are_logged(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    await _truncate(settings.database_url)
+    path = settings.database_url.removeprefix("sqlite://")
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        with caplog.at_level(logging.WARNING, logger="evlink.app"):
+            async with run_server(replace(settings, database_timeout=DB_TIMEOUT)) as server:
+                user, key = await server.user()
+                vehicle = await server.vehicle(user, "plugged")
+                assert (await status(server.http, key, str(vehicle.id))).status_code == 200
+                other.execute("BEGIN EXCLUSIVE")  # held while the server shuts down
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    told = [r.getMessage() for r in caplog.records if r.name == "evlink.app"]
+    assert told == ["key uses not written at shutdown (DATABASE_UNAVAILABLE)"]
 
 
 @postgres_only

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -16,8 +18,12 @@ from gql import GraphQLRequest
 
 from evlink.errors import NotFound, Unauthenticated
 from evlink.models import ApiKey, Vehicle
+from evlink.models.database import open_database
 from evlink.resolvers.auth import (
     _ALPHABET,
+    KEY_USE_BATCH,
+    KEY_USE_FLUSH_INTERVAL,
+    KeyUses,
     _checksum,
     authenticate,
     authenticate_request,
@@ -29,7 +35,8 @@ from evlink.resolvers.auth import (
     new_key,
     revoke_key,
 )
-from tests.conftest import PROTOCOLS, TIMEOUT, Server
+from evlink.settings import Settings
+from tests.conftest import PROTOCOLS, TIMEOUT, Server, _truncate, run_server
 from tests.test_ratelimit import ME, bearer, fields, limited
 
 KEY_SHAPE = re.compile(r"evl_[0-9A-Za-z]{33}_[0-9A-Za-z]{6}")
@@ -373,3 +380,62 @@ async def test_the_graphql_answer_cache_answers_only_an_authenticated_key_once_c
         assert codes == ["UNAUTHENTICATED"] * 2 + ["RATE_LIMITED"]
         assert [a.status_code for a in answers] == [200, 200, 429]
         assert fields(answers[2].headers["RateLimit"])["auth-failures"] == {"r": 0, "t": 60}
+
+
+# last_used_at in batches (KeyUses): a running app notes a use and writes it later.
+
+
+async def test_a_used_keys_last_used_at_is_written_by_the_next_batch(server: Server) -> None:
+    user, _ = await server.user()
+    issued = await issue_key(user)
+    uses = server.services.key_uses
+    assert uses is not None
+    flushed = asyncio.ensure_future(uses.flushed())
+    began = datetime.now(UTC)
+
+    answer = await server.http.get("/api/ha/me", headers=bearer(issued.secret))
+    await asyncio.wait_for(flushed, KEY_USE_FLUSH_INTERVAL + TIMEOUT)
+
+    assert answer.status_code == 200
+    stored = await ApiKey.get(id=issued.record.id)
+    assert stored.last_used_at is not None
+    assert began <= stored.last_used_at <= datetime.now(UTC)
+
+
+async def test_key_uses_not_yet_written_are_written_at_shutdown(settings: Settings) -> None:
+    await _truncate(settings.database_url)
+    async with run_server(settings) as server:
+        user, _ = await server.user()
+        issued = await issue_key(user)
+        answer = await server.http.get("/api/ha/me", headers=bearer(issued.secret))
+        # Noted, not written: the request made no write of its own.
+        assert (await ApiKey.get(id=issued.record.id)).last_used_at is None
+
+    assert answer.status_code == 200
+    async with open_database(settings.database_url):
+        stored = await ApiKey.get(id=issued.record.id)
+    assert stored.last_used_at is not None
+
+
+async def test_a_flush_writes_at_most_a_batch_of_keys_per_statement(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    user, _ = await server.user()
+    issued = await issue_key(user)
+    uses = KeyUses()
+    began = datetime.now(UTC)
+    # Ids of keys that do not exist match no row; they only fill the batches.
+    for unknown in range(10**6, 10**6 + 2 * KEY_USE_BATCH):
+        uses.note(unknown, began)
+    uses.note(issued.record.id, began)
+
+    with caplog.at_level(logging.DEBUG, logger="tortoise.db_client"):
+        await uses.flush()
+
+    updates = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "tortoise.db_client" and r.getMessage().startswith("UPDATE")
+    ]
+    assert len(updates) == 3
+    assert (await ApiKey.get(id=issued.record.id)).last_used_at == began

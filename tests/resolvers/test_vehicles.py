@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from evlink.domain import VehicleData
 from evlink.errors import ProviderUnavailable
-from evlink.models import Vehicle
+from evlink.models import ChargeState, Vehicle
 from evlink.providers.simulator import ManualClock, Simulator
 from evlink.resolvers.charging import ingest_provider_update
 from evlink.settings import Settings
@@ -154,3 +154,63 @@ async def test_unexpected_errors_are_masked_and_logged_with_the_request_id(
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "req-rest-1" in logged
     assert "req-gql-1" in logged
+
+
+# A miss (the read cache off): the vehicle and its charge state in one statement.
+
+
+def _statements_on(records: list[logging.LogRecord], *tables: str) -> list[str]:
+    """The SQL statements Tortoise ran (its debug log) that name one of ``tables``."""
+    messages = [r.getMessage() for r in records if r.name == "tortoise.db_client"]
+    return [m for m in messages if any(f'"{table}"' in m for table in tables)]
+
+
+async def test_a_status_miss_reads_the_vehicle_and_its_state_in_one_statement(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    await _truncate(settings.database_url)
+    async with run_server(replace(settings, cache_ttl=0.0)) as server:
+        user, key = await server.user()
+        vehicle = await server.vehicle(user, "charging")
+        first = await server.http.get(f"/api/status/{vehicle.id}", headers=auth(key))
+        server.simulator.calls.clear()
+
+        with caplog.at_level(logging.DEBUG, logger="tortoise.db_client"):
+            again = await server.http.get(f"/api/status/{vehicle.id}", headers=auth(key))
+
+    assert again.status_code == 200
+    assert again.json() == first.json()
+    assert server.simulator.calls == []  # fresh: served from what is stored
+    assert len(_statements_on(caplog.records, "vehicles", "charge_states")) == 1
+
+
+async def test_a_fresh_car_whose_state_is_gone_is_read_from_its_provider(
+    settings: Settings,
+) -> None:
+    await _truncate(settings.database_url)
+    async with run_server(replace(settings, cache_ttl=0.0)) as server:
+        user, key = await server.user()
+        vehicle = await server.vehicle(user, "charging")
+        await server.http.get(f"/api/status/{vehicle.id}", headers=auth(key))
+        await ChargeState.filter(vehicle_id=vehicle.id).delete()
+        server.simulator.calls.clear()
+
+        response = await server.http.get(f"/api/status/{vehicle.id}", headers=auth(key))
+
+    assert response.status_code == 200
+    assert response.json()["chargingState"] == "PLUGGED_IN:CHARGING"
+    assert server.simulator.calls == [f"get_vehicle {vehicle.provider_vehicle_id}"]
+
+
+async def test_a_removed_vehicle_is_404_on_a_miss(settings: Settings) -> None:
+    await _truncate(settings.database_url)
+    async with run_server(replace(settings, cache_ttl=0.0)) as server:
+        user, key = await server.user()
+        vehicle = await server.vehicle(user, "charging")
+        assert (await server.http.get(f"/api/status/{vehicle.id}", headers=auth(key))).is_success
+        await Vehicle.filter(id=vehicle.id).update(deleted_at=datetime.now(UTC))
+
+        response = await server.http.get(f"/api/status/{vehicle.id}", headers=auth(key))
+
+    assert response.status_code == 404
+    assert response.json()["code"] == "NOT_FOUND"
