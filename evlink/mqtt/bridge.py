@@ -11,9 +11,10 @@ broker connection, which
   (:mod:`evlink.mqtt.commands` runs it);
 - publishes state only while it holds the publisher lease (one row of
   ``mqtt_leases``, compare-and-set): one instance publishes each change, however
-  many run. The publisher follows each published car's charge-state events and
-  its last command, and publishes the retained state, command and discovery
-  configs; identical payloads are not sent twice.
+  many run. The publisher follows each published car's charge-state events, its
+  charging-session events and its last command, and publishes the retained
+  state, session, command and discovery configs; identical payloads are not
+  sent twice.
 
 The broker being away never stops evlink: the connection is retried with a
 backoff doubling from :data:`RECONNECT_BASE` to :data:`RECONNECT_CAP`, one WARNING
@@ -43,7 +44,7 @@ from tortoise.expressions import Q
 
 from evlink.domain import format_timestamp
 from evlink.errors import DatabaseUnavailable, EvlinkError, StreamInterrupted
-from evlink.events import charge_state_topic, command_topic
+from evlink.events import charge_state_topic, charging_session_topic, command_topic
 from evlink.models import ChargeState, ChargingCommand, MqttLease, Vehicle
 from evlink.models.vehicles import charge_state_data
 from evlink.mqtt import commands
@@ -55,10 +56,11 @@ from evlink.mqtt.discovery import (
     discovery_messages,
     refusal_payload,
     removal_messages,
+    session_payload,
     state_payload,
 )
 from evlink.mqtt.topics import Topics
-from evlink.resolvers import vehicles
+from evlink.resolvers import sessions, vehicles
 from evlink.services import Services
 from evlink.settings import Settings
 
@@ -124,6 +126,7 @@ class MqttBridge:
         self._followers: dict[str, asyncio.Task[None]] = {}
         self._command_followers: dict[str, tuple[str, asyncio.Task[None]]] = {}
         self._sent: dict[str, bytes] = {}  # the last payload sent on each retained topic
+        self._currencies: dict[str, str | None] = {}  # each car's latest session's currency
         self._tasks: set[asyncio.Task[None]] = set()
         self._failing = False
         self._commands_seen_at = _now()
@@ -316,6 +319,7 @@ class MqttBridge:
         self._command_followers.clear()
         self._cars.clear()
         self._sent.clear()
+        self._currencies.clear()
 
     async def _scan(self) -> None:
         """Follow the cars to publish now; clear those no longer published; pick up
@@ -341,6 +345,7 @@ class MqttBridge:
         command = self._command_followers.pop(car.vehicle_id, None)
         if command is not None:
             command[1].cancel()
+        self._currencies.pop(car.vehicle_id, None)
         for topic in removal_messages(self.topics, car):
             await self._publish(topic, b"")
         logger.info("mqtt: vehicle %s no longer published; its topics cleared", car.vehicle_id)
@@ -360,12 +365,14 @@ class MqttBridge:
             await self._publish_car(car, force=force)
 
     async def _publish_discovery(self, car: Car, *, force: bool = False) -> None:
-        for topic, config in discovery_messages(self.topics, car):
+        currency = self._currencies.get(car.vehicle_id)
+        for topic, config in discovery_messages(self.topics, car, currency):
             await self._publish(topic, _json(config), force=force)
 
     async def _publish_car(self, car: Car, *, force: bool = False) -> bool:
-        """Discovery, state and last command of ``car``, as stored; False when no state
-        is stored yet."""
+        """Discovery, state, latest session and last command of ``car``, as stored;
+        False when no state is stored yet."""
+        await self._publish_session(car, force=force)
         await self._publish_discovery(car, force=force)
         last = await ChargingCommand.filter(vehicle_id=car.vehicle_id).first()
         if last is not None:
@@ -387,6 +394,32 @@ class MqttBridge:
         except EvlinkError as exc:
             logger.info("mqtt: vehicle %s has no state yet (%s)", car.vehicle_id, exc.code)
 
+    async def _publish_session(self, car: Car, *, force: bool = False) -> None:
+        """The car's current or latest charging session (nothing before its first); the
+        cost entity's config again when the session's currency changed."""
+        vehicle = await Vehicle.get_or_none(id=car.vehicle_id, deleted_at=None)
+        if vehicle is None:
+            return
+        latest = await sessions.list_sessions(self.services, vehicle, last=1)
+        if not latest:
+            return
+        session = sessions.summary(latest[0])
+        if self._currencies.get(car.vehicle_id) != session.currency:
+            self._currencies[car.vehicle_id] = session.currency
+            await self._publish_discovery(car)
+        payload = session_payload(
+            session_id=str(session.session.id),
+            active=session.active,
+            started_at=format_timestamp(session.session.started_at),
+            ended_at=format_timestamp(session.session.ended_at),
+            end_reason=session.session.end_reason,
+            energy_kwh=session.energy_kwh,
+            cost=session.cost,
+            currency=session.currency,
+        )
+        topic = self.topics.session(car.user_topic_id, car.vehicle_id)
+        await self._publish(topic, _json(payload), force=force)
+
     def _state_topic(self, car: Car) -> str:
         return self.topics.state(car.user_topic_id, car.vehicle_id)
 
@@ -394,25 +427,42 @@ class MqttBridge:
         return self.topics.command(car.user_topic_id, car.vehicle_id)
 
     async def _follow_car(self, car: Car) -> None:
-        """Publish each charge-state change and each switch outcome of ``car``."""
-        topics = (charge_state_topic(car.vehicle_id), commands.outcome_topic(car.vehicle_id))
+        """Follow ``car``'s charge state and switch outcomes, and its sessions."""
         try:
-            async with self.services.events.subscribe(*topics) as messages:
-                if not await self._publish_car(car):
-                    await self._first_read(car)
-                while True:
-                    try:
-                        message = await messages.get()
-                    except StreamInterrupted:  # events may have been missed: read again
-                        await self._publish_car(car)
-                        continue
-                    if message is not None:
-                        await self._on_car_message(car, message)
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._follow_state(car), name=f"mqtt-state-{car.vehicle_id}")
+                group.create_task(self._follow_sessions(car), name=f"mqtt-session-{car.vehicle_id}")
         except asyncio.CancelledError:
             raise
         except Exception:
             logger.exception("mqtt: following vehicle %s failed", car.vehicle_id)
             self._followers.pop(car.vehicle_id, None)  # the next scan follows it again
+
+    async def _follow_sessions(self, car: Car) -> None:
+        """Publish the car's session each time one opens, grows or ends."""
+        async with self.services.events.subscribe(
+            charging_session_topic(car.vehicle_id)
+        ) as messages:
+            await self._publish_session(car)
+            while True:
+                with contextlib.suppress(StreamInterrupted):  # missed some: read it anyway
+                    await messages.get()
+                await self._publish_session(car)
+
+    async def _follow_state(self, car: Car) -> None:
+        """Publish each charge-state change and each switch outcome of ``car``."""
+        topics = (charge_state_topic(car.vehicle_id), commands.outcome_topic(car.vehicle_id))
+        async with self.services.events.subscribe(*topics) as messages:
+            if not await self._publish_car(car):
+                await self._first_read(car)
+            while True:
+                try:
+                    message = await messages.get()
+                except StreamInterrupted:  # events may have been missed: read again
+                    await self._publish_car(car)
+                    continue
+                if message is not None:
+                    await self._on_car_message(car, message)
 
     async def _on_car_message(self, car: Car, message: dict[str, Any]) -> None:
         outcome = message.get(commands.OUTCOME)

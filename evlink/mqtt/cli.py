@@ -43,6 +43,7 @@ def acl_lines(topics: Topics, topic_id: str, mqtt_username: str) -> list[str]:
         f"topic read {topics.status}",
         f"topic read {topics.prefix}/{topic_id}/+/state",
         f"topic read {topics.prefix}/{topic_id}/+/command",
+        f"topic read {topics.prefix}/{topic_id}/+/session",
         f"topic write {topics.prefix}/{topic_id}/+/charging/set",
         f"topic read {topics.discovery_prefix}/+/evlink_{topic_id}/#",
         f"topic readwrite {topics.ha_status}",

@@ -11,6 +11,15 @@ The charging switch's state is the car's reported ``isCharging``, never the
 last request: a refused or pending command leaves it where the car is, and
 the command (with its error code) is the switch's attributes and an entity of
 its own.
+
+The session's energy and cost read ``<prefix>/<user>/<vehicle>/session``, the car's
+current charging session or, between charges, its latest. Neither has a
+``state_class``: the value restarts at zero with each session, so it is neither a
+``measurement`` (Home Assistant refuses that class for ``energy``, and allows only
+``total`` for ``monetary``) nor a meter that only grows (``total_increasing`` would
+add every session's energy into long-term statistics again as a meter reset). The
+cost's unit is the session's currency, so its config follows that currency
+(``discovery_messages``'s ``currency``); without one it has no unit.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ __all__ = [
     "discovery_messages",
     "refusal_payload",
     "removal_messages",
+    "session_payload",
     "state_payload",
 ]
 
@@ -65,7 +75,7 @@ class Entity:
     component: str  # sensor | binary_sensor | switch
     key: str  # the object id's suffix and the unique id's
     name: str
-    reads: str  # "state" or "command": which retained JSON the entity reads
+    reads: str  # "state", "command" or "session": which retained JSON the entity reads
     config: tuple[tuple[str, Any], ...] = ()
 
 
@@ -77,6 +87,9 @@ _POWER_TEMPLATE = (
     "{% set s = value_json.powerDeliveryState %}"
     "{{ s if s in " + json.dumps(list(POWER_DELIVERY_STATES)) + " else 'UNKNOWN' }}"
 )
+
+# A config value that stands for the session's currency (the cost's unit): see entity_config.
+SESSION_CURRENCY = "<session currency>"
 
 ENTITIES: tuple[Entity, ...] = (
     Entity(
@@ -191,6 +204,30 @@ ENTITIES: tuple[Entity, ...] = (
         ),
     ),
     Entity(
+        "sensor",
+        "session_energy",
+        "Session energy",
+        "session",
+        (
+            ("device_class", "energy"),
+            ("unit_of_measurement", "kWh"),
+            ("value_template", _value("energyKwh")),
+            ("json_attributes_topic", "session"),
+        ),
+    ),
+    Entity(
+        "sensor",
+        "session_cost",
+        "Session cost",
+        "session",
+        (
+            ("device_class", "monetary"),
+            ("unit_of_measurement", SESSION_CURRENCY),
+            ("value_template", _value("cost")),
+            ("json_attributes_topic", "session"),
+        ),
+    ),
+    Entity(
         "switch",
         "charging_switch",
         "Charging",
@@ -227,13 +264,17 @@ def _car_topic(topics: Topics, car: Car, which: str) -> str:
     topic_of = {
         "state": topics.state,
         "command": topics.command,
+        "session": topics.session,
         "charging_set": topics.charging_set,
     }
     return topic_of[which](car.user_topic_id, car.vehicle_id)
 
 
-def entity_config(topics: Topics, car: Car, entity: Entity) -> dict[str, Any]:
-    """One entity's discovery config."""
+def entity_config(
+    topics: Topics, car: Car, entity: Entity, currency: str | None = None
+) -> dict[str, Any]:
+    """One entity's discovery config; ``currency`` is the unit of a value that is the
+    session's currency (left out when None)."""
     config: dict[str, Any] = {
         "name": entity.name,
         "unique_id": f"evlink_{car.vehicle_id}_{entity.key}",
@@ -247,7 +288,13 @@ def entity_config(topics: Topics, car: Car, entity: Entity) -> dict[str, Any]:
         "qos": 1,
     }
     for key, value in entity.config:
-        config[key] = _car_topic(topics, car, value) if key in _TOPIC_KEYS else value
+        if value == SESSION_CURRENCY:
+            if currency is not None:
+                config[key] = currency
+        elif key in _TOPIC_KEYS:
+            config[key] = _car_topic(topics, car, value)
+        else:
+            config[key] = value
     return config
 
 
@@ -256,12 +303,15 @@ def _slug(text: str) -> str:
     return "_".join(part for part in slug.split("_") if part) or "car"
 
 
-def discovery_messages(topics: Topics, car: Car) -> list[tuple[str, dict[str, Any]]]:
-    """(topic, config) of every entity of ``car``: publish each retained."""
+def discovery_messages(
+    topics: Topics, car: Car, currency: str | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """(topic, config) of every entity of ``car``: publish each retained. ``currency``:
+    the currency of the car's latest session (the cost's unit), None before one."""
     return [
         (
             topics.discovery(entity.component, car.user_topic_id, f"{car.vehicle_id}_{entity.key}"),
-            entity_config(topics, car, entity),
+            entity_config(topics, car, entity, currency),
         )
         for entity in ENTITIES
     ]
@@ -275,6 +325,7 @@ def removal_messages(topics: Topics, car: Car) -> list[str]:
         *configs,
         topics.state(car.user_topic_id, car.vehicle_id),
         topics.command(car.user_topic_id, car.vehicle_id),
+        topics.session(car.user_topic_id, car.vehicle_id),
     ]
 
 
@@ -282,6 +333,31 @@ def state_payload(charge_state: dict[str, Any]) -> dict[str, Any]:
     """The retained state JSON: the charge state as the REST API and events shape it
     (``vehicleId`` dropped: the topic names the car)."""
     return {key: value for key, value in charge_state.items() if key != "vehicleId"}
+
+
+def session_payload(
+    *,
+    session_id: str,
+    active: bool,
+    started_at: str | None,
+    ended_at: str | None,
+    end_reason: str | None,
+    energy_kwh: float | None,
+    cost: float | None,
+    currency: str | None,
+) -> dict[str, Any]:
+    """The retained session JSON: the car's current or latest charging session, its
+    energy (kWh) and cost (None without a tariff) as the sessions API gives them."""
+    return {
+        "id": session_id,
+        "active": active,
+        "startedAt": started_at,
+        "endedAt": ended_at,
+        "endReason": end_reason,
+        "energyKwh": energy_kwh,
+        "cost": cost,
+        "currency": currency,
+    }
 
 
 def command_payload(

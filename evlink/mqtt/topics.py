@@ -7,6 +7,8 @@ the email or a key), ``<vehicle>`` evlink's vehicle id:
 - ``<prefix>/status``: ``online`` / ``offline`` (retained; the last will says offline)
 - ``<prefix>/<user>/<vehicle>/state``: the charge state as JSON (retained)
 - ``<prefix>/<user>/<vehicle>/command``: the last charging command as JSON (retained)
+- ``<prefix>/<user>/<vehicle>/session``: the current or latest charging session as JSON
+  (retained)
 - ``<prefix>/<user>/<vehicle>/charging/set``: ON or OFF from Home Assistant's switch
 - ``<discovery>/<component>/evlink_<user>/<vehicle>_<entity>/config``: discovery
 - ``<discovery>/status``: Home Assistant says ``online`` when it (re)starts
@@ -45,6 +47,9 @@ class Topics:
 
     def command(self, user_topic_id: str, vehicle_id: UUID | str) -> str:
         return f"{self.car(user_topic_id, vehicle_id)}/command"
+
+    def session(self, user_topic_id: str, vehicle_id: UUID | str) -> str:
+        return f"{self.car(user_topic_id, vehicle_id)}/session"
 
     def charging_set(self, user_topic_id: str, vehicle_id: UUID | str) -> str:
         return f"{self.car(user_topic_id, vehicle_id)}/charging/set"

@@ -343,3 +343,56 @@ async def test_a_change_reaches_the_broker_within_200_ms_p99(
             latencies.append(max(0.0, arrived.at - at))
     latencies.sort()
     assert latencies[-1] < 0.2, latencies  # p99 of 20 rounds is the slowest
+
+
+async def test_a_charging_cars_session_energy_and_cost_appear_and_grow(
+    server: Server, broker: Mosquitto
+) -> None:
+    user, key = await server.user(tier=Tier.PRO)
+    priced = await server.graphql(
+        'mutation { setTariff(pricePerKwh: 0.30, currency: "eur") { currency } }', key=key
+    )
+    assert priced["data"]["setTariff"]["currency"] == "EUR", priced
+    async with heard(broker) as listener:
+        vehicle = await server.vehicle(user, "plugged", charge_rate=11.0)
+        # Read once before publishing: the device is complete from its first config.
+        status = await server.http.get(
+            f"/api/status/{vehicle.id}", headers={"Authorization": f"Bearer {key}"}
+        )
+        assert status.status_code == 200
+        topic_id = (await accounts.enable(user)).topic_id
+        session_topic = car_topic(topic_id, vehicle, "session")
+        cost_topic = config_topic("sensor", topic_id, vehicle, "session_cost")
+        await wait_state(listener, topic_id, vehicle, isPluggedIn=True)
+        # No session yet: no session JSON, and a cost without a unit.
+        assert "unit_of_measurement" not in await listener.wait_json(cost_topic, lambda _: True)
+        assert listener.latest(session_topic) is None
+
+        await listener.client.publish(car_topic(topic_id, vehicle, "charging/set"), b"ON", qos=1)
+        await wait_command(listener, topic_id, vehicle, "PENDING")
+        await server.clock.advance(2)  # the simulated car starts charging: a session opens
+
+        first = await listener.wait_json(session_topic, lambda session: session["active"])
+        assert first["currency"] == "EUR"
+        cost_config = await listener.wait_json(
+            cost_topic, lambda config: config.get("unit_of_measurement") == "EUR"
+        )
+        assert cost_config["device_class"] == "monetary"
+        energy_config = await listener.wait_json(
+            config_topic("sensor", topic_id, vehicle, "session_energy"), lambda _: True
+        )
+        assert energy_config["state_topic"] == session_topic
+
+        await server.clock.advance(600)  # ten simulated minutes at 11 kW: about 1.8 kWh
+        grown = await listener.wait_json(
+            session_topic,
+            lambda session: (session["energyKwh"] or 0) > (first["energyKwh"] or 0) + 1,
+        )
+        assert grown["id"] == first["id"]
+        assert grown["active"] is True
+        assert grown["cost"] == pytest.approx(grown["energyKwh"] * 0.30, abs=1e-3)
+        assert grown["cost"] > (first["cost"] or 0)
+    async with heard(broker) as later:  # retained: a client that comes now has it
+        kept = await later.wait_json(session_topic, lambda session: session["id"] == first["id"])
+        assert later.latest(session_topic).retain
+        assert kept["energyKwh"] >= grown["energyKwh"]

@@ -15,6 +15,8 @@ def test_enable_prints_a_random_topic_id_and_the_acl_then_disable(cli: Cli) -> N
     topic_id = found.group(1)
     assert f"topic read homeassistant/+/evlink_{topic_id}/#" in out
     assert f"topic write evlink/{topic_id}/+/charging/set" in out
+    for leaf in ("state", "command", "session"):  # every retained topic an entity reads
+        assert f"topic read evlink/{topic_id}/+/{leaf}" in out
     assert "mqtt-user" not in topic_id
     # Enabled again: the same id (Home Assistant keeps its entities).
     assert f"topic id {topic_id}" in cli.ok("mqtt", "enable", "--user", "mqtt-user@example.com")

@@ -14,6 +14,7 @@ from evlink.mqtt.discovery import (
     discovery_messages,
     refusal_payload,
     removal_messages,
+    session_payload,
     state_payload,
 )
 from evlink.mqtt.topics import Topics
@@ -144,8 +145,9 @@ def test_the_switch_reads_the_cars_charging_and_shows_the_command_as_attributes(
 
 def test_removal_clears_every_retained_topic_of_the_car() -> None:
     cleared = removal_messages(Topics(), CAR)
-    assert len(cleared) == len(ENTITIES) + 2
-    assert f"evlink/{CAR.user_topic_id}/{CAR.vehicle_id}/state" in cleared
+    assert len(cleared) == len(ENTITIES) + 3
+    for leaf in ("state", "command", "session"):
+        assert f"evlink/{CAR.user_topic_id}/{CAR.vehicle_id}/{leaf}" in cleared
 
 
 def test_state_and_refusal_payloads() -> None:
@@ -154,3 +156,63 @@ def test_state_and_refusal_payloads() -> None:
     assert refusal["state"] == "REFUSED"
     assert refusal["code"] == "FORBIDDEN_TIER"
     assert refusal["id"] is None
+
+
+def test_the_session_energy_and_cost_read_the_session_topic_without_a_state_class() -> None:
+    base = f"evlink/{CAR.user_topic_id}/{CAR.vehicle_id}"
+    configs = {
+        config["unique_id"]: config for _, config in discovery_messages(Topics(), CAR, "EUR")
+    }
+    energy = configs[f"evlink_{CAR.vehicle_id}_session_energy"]
+    assert (energy["device_class"], energy["unit_of_measurement"]) == ("energy", "kWh")
+    assert energy["value_template"] == "{{ value_json.energyKwh }}"
+    cost = configs[f"evlink_{CAR.vehicle_id}_session_cost"]
+    assert (cost["device_class"], cost["unit_of_measurement"]) == ("monetary", "EUR")
+    assert cost["value_template"] == "{{ value_json.cost }}"
+    for entity in (energy, cost):
+        # Per session, back to 0 at the next: not a measurement, not an ever-growing meter.
+        assert "state_class" not in entity
+        assert entity["state_topic"] == f"{base}/session"
+        assert entity["json_attributes_topic"] == f"{base}/session"
+
+
+def test_the_cost_unit_is_the_sessions_currency_and_none_without_one() -> None:
+    def cost(currency: str | None) -> dict[str, object]:
+        configs = dict(discovery_messages(Topics(), CAR, currency))
+        return configs[
+            f"homeassistant/sensor/evlink_{CAR.user_topic_id}/{CAR.vehicle_id}_session_cost/config"
+        ]
+
+    assert cost("SEK")["unit_of_measurement"] == "SEK"
+    assert "unit_of_measurement" not in cost(None)
+    # Only the cost follows the currency.
+    others = [
+        config
+        for _, config in discovery_messages(Topics(), CAR, "SEK")
+        if not config["unique_id"].endswith("_session_cost")
+    ]
+    assert len(others) == len(ENTITIES) - 1
+    assert not any("SEK" in str(config) for config in others)
+
+
+def test_session_payload() -> None:
+    payload = session_payload(
+        session_id="s1",
+        active=True,
+        started_at="2025-05-20T16:00:01.000Z",
+        ended_at=None,
+        end_reason=None,
+        energy_kwh=1.8333,
+        cost=0.55,
+        currency="EUR",
+    )
+    assert payload == {
+        "id": "s1",
+        "active": True,
+        "startedAt": "2025-05-20T16:00:01.000Z",
+        "endedAt": None,
+        "endReason": None,
+        "energyKwh": 1.8333,
+        "cost": 0.55,
+        "currency": "EUR",
+    }
