@@ -265,8 +265,6 @@ class MqttBridge:
 
     def _republish_for_home_assistant(self) -> None:
         """Ask for one republish: joins the one waiting, if any (see the module's docstring)."""
-        if self._republish_wanted:
-            return
         self._republish_wanted = True
         if self._republisher is None or self._republisher.done():
             self._republisher = self._spawn(self._republish_while_wanted(), "mqtt-republish")
