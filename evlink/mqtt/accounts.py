@@ -7,19 +7,35 @@ on again gives Home Assistant the same entities.
 
 from __future__ import annotations
 
+import re
 import secrets
 
 from evlink.models import MqttUser, User, Vehicle
 from evlink.mqtt.discovery import Car
 
-__all__ = ["car_of", "disable", "enable", "new_topic_id", "published_cars", "publishing_user"]
+__all__ = [
+    "car_of",
+    "disable",
+    "enable",
+    "is_topic_id",
+    "new_topic_id",
+    "published_cars",
+    "publishing_user",
+]
 
 TOPIC_ID_BYTES = 8  # 16 hex characters: not guessable, short enough for topics
+_TOPIC_ID = re.compile(f"[0-9a-f]{{{2 * TOPIC_ID_BYTES}}}")
 
 
 def new_topic_id() -> str:
     """A random id for a user's topics: neither the email nor anything of a key."""
     return secrets.token_hex(TOPIC_ID_BYTES)
+
+
+def is_topic_id(text: str) -> bool:
+    """True when ``text`` has the form of :func:`new_topic_id`'s ids (checked before any
+    query: a longer one would not even fit the column)."""
+    return _TOPIC_ID.fullmatch(text) is not None
 
 
 async def enable(user: User) -> MqttUser:

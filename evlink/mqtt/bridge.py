@@ -20,6 +20,11 @@ The broker being away never stops evlink: the connection is retried with a
 backoff doubling from :data:`RECONNECT_BASE` to :data:`RECONNECT_CAP`, one WARNING
 per outage, and everything retained is published again on reconnection (and
 when Home Assistant says ``online`` on ``<discovery>/status``).
+
+Home Assistant's ``online`` is coalesced: one republish runs at a time, at most one
+more waits behind it (any further ``online`` meanwhile joins that one), and two
+start at least :data:`REPUBLISH_INTERVAL` apart. A flood of ``online`` costs two
+rounds, and the last one starts after the last ``online`` it absorbed.
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ from evlink.resolvers import sessions, vehicles
 from evlink.services import Services
 from evlink.settings import Settings
 
-__all__ = ["RECONNECT_BASE", "RECONNECT_CAP", "MqttBridge", "build_bridge"]
+__all__ = ["RECONNECT_BASE", "RECONNECT_CAP", "REPUBLISH_INTERVAL", "MqttBridge", "build_bridge"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +80,8 @@ RECONNECT_CAP = 5.0
 CALL_TIMEOUT = 5.0
 KEEPALIVE = 15  # seconds: a dead broker is noticed within about 1.5 times this
 LEASE_NAME = "publisher"
+# Seconds between the starts of two republishes asked for by Home Assistant's ``online``.
+REPUBLISH_INTERVAL = 5.0
 
 
 def _now() -> datetime:
@@ -130,6 +137,9 @@ class MqttBridge:
         self._tasks: set[asyncio.Task[None]] = set()
         self._failing = False
         self._commands_seen_at = _now()
+        self._republisher: asyncio.Task[None] | None = None
+        self._republish_wanted = False
+        self._dropped_log = commands.LogLimiter(commands.DROPPED_INTERVAL)
 
     # -- life ---------------------------------------------------------------------
 
@@ -242,15 +252,35 @@ class MqttBridge:
                 self._spawn(self._say_online(), "mqtt-online")
         elif topic == self.topics.ha_status:
             if payload == b"online" and self.leader:
-                logger.info("mqtt: Home Assistant started; publishing discovery and state again")
-                self._spawn(self._publish_all(force=True), "mqtt-republish")
+                self._republish_for_home_assistant()
         else:
             self._spawn(
                 commands.handle(
-                    self.services, self.topics, topic, payload, retained=message.retain
+                    self.services,
+                    self.topics,
+                    topic,
+                    payload,
+                    retained=message.retain,
+                    limiter=self._dropped_log,
                 ),
                 "mqtt-command",
             )
+
+    def _republish_for_home_assistant(self) -> None:
+        """Ask for one republish: joins the one waiting, if any (see the module's docstring)."""
+        self._republish_wanted = True
+        if self._republisher is None or self._republisher.done():
+            self._republisher = self._spawn(self._republish_while_wanted(), "mqtt-republish")
+
+    async def _republish_while_wanted(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._republish_wanted:
+            self._republish_wanted = False
+            started = loop.time()
+            logger.info("mqtt: Home Assistant started; publishing discovery and state again")
+            await self._publish_all(force=True)
+            if self._republish_wanted:
+                await asyncio.sleep(max(0.0, started + REPUBLISH_INTERVAL - loop.time()))
 
     async def _say_online(self) -> None:
         await self._publish(self.topics.status, b"online", force=True)
@@ -264,7 +294,7 @@ class MqttBridge:
         try:
             await client.publish(topic, data, qos=1, retain=True, timeout=CALL_TIMEOUT)
         except (aiomqtt.MqttError, TimeoutError) as exc:
-            logger.debug("mqtt: %s not published: %s", topic, exc)
+            logger.debug("mqtt: %s not published: %s", commands.shown(topic), exc)
             return
         self._sent[topic] = data
 

@@ -183,6 +183,47 @@ async def test_a_malformed_or_retained_command_is_dropped_with_one_line(
         assert await ChargingCommand.filter(vehicle_id=vehicle.id).count() == 1
 
 
+async def test_a_topic_id_or_vehicle_id_not_of_evlinks_form_is_dropped_before_any_query(
+    server: Server, broker: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with heard(broker) as listener:
+        _, _, vehicle, topic_id = await published_car(server)
+        await wait_state(listener, topic_id, vehicle, isPluggedIn=True)
+        with caplog.at_level(logging.INFO, logger="evlink.mqtt"):
+            # 40 hex characters: longer than a topic id (the column holds 32).
+            await listener.client.publish(f"{PREFIX}/{'ab' * 20}/{vehicle.id}/charging/set", b"ON")
+            await listener.client.publish(f"{PREFIX}/{topic_id}/not-a-uuid/charging/set", b"ON")
+            await listener.wait(lambda _: len(_dropped_lines(caplog)) == 2)
+            # Still working: the right topic runs.
+            await listener.client.publish(car_topic(topic_id, vehicle, "charging/set"), b"ON")
+            await wait_command(listener, topic_id, vehicle, "PENDING")
+        lines = _dropped_lines(caplog)
+        assert "not a topic id of evlink's form" in lines[0], lines
+        assert "not a vehicle id (a UUID)" in lines[1], lines
+        assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+        assert await ChargingCommand.filter(vehicle_id=vehicle.id).count() == 1
+
+
+async def test_a_flood_of_bad_commands_on_a_huge_topic_logs_few_short_lines(
+    server: Server, broker: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with heard(broker) as listener:
+        _, _, vehicle, topic_id = await published_car(server)
+        await wait_state(listener, topic_id, vehicle, isPluggedIn=True)
+        huge = f"{PREFIX}/{topic_id}/{'x' * 60_000}/charging/set"
+        with caplog.at_level(logging.INFO, logger="evlink.mqtt"):
+            for _ in range(200):
+                await listener.client.publish(huge, b"ON", qos=1)
+            # Messages are handled in order: the good one after the flood runs last.
+            await listener.client.publish(car_topic(topic_id, vehicle, "charging/set"), b"ON")
+            await wait_command(listener, topic_id, vehicle, "PENDING")
+        lines = _dropped_lines(caplog)
+        # One line a second at most; the flood takes a few seconds on a loaded machine.
+        assert 1 <= len(lines) <= 5, len(lines)
+        assert all(len(line) < 300 for line in caplog.messages), max(map(len, caplog.messages))
+        assert f"{PREFIX}/{topic_id}/xxx" in lines[0]
+
+
 def _dropped_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
 
@@ -219,6 +260,33 @@ async def test_home_assistant_restarting_gets_discovery_and_state_again(
         await listener.client.publish("homeassistant/status", b"online", qos=1)
 
         await listener.wait(lambda h: len(h.on(battery)) > configs and len(h.on(state)) > states)
+
+
+async def test_a_flood_of_home_assistant_online_is_two_republishes_the_last_after_it(
+    server: Server, broker: Mosquitto
+) -> None:
+    async with heard(broker) as listener:
+        _, _, vehicle, topic_id = await published_car(server)
+        await wait_state(listener, topic_id, vehicle, isPluggedIn=True)
+        battery = config_topic("sensor", topic_id, vehicle, "battery")
+        state = car_topic(topic_id, vehicle, "state")
+        # Discovery as it stays: with the make the first read of the car gives.
+        await listener.wait_json(battery, lambda config: "manufacturer" in config["device"])
+        before = len(listener.on(battery))
+
+        for _ in range(200):
+            await listener.client.publish("homeassistant/status", b"online", qos=1)
+        last_online = listener.latest("homeassistant/status")
+        assert last_online is not None
+
+        # Home Assistant still gets everything, after its last online (REPUBLISH_INTERVAL
+        # of 5 s apart from the first round: within TIMEOUT).
+        def after_last(topic: str) -> bool:
+            return any(message.at > last_online.at for message in listener.on(topic))
+
+        await listener.wait(lambda _: after_last(battery) and after_last(state))
+        rounds = len(listener.on(battery)) - before
+        assert 1 <= rounds <= 2, rounds
 
 
 async def test_another_instances_last_will_is_answered_online(

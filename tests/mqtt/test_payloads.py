@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from evlink.domain import ChargingAction
-from evlink.mqtt.commands import parse_switch
+from evlink.mqtt.accounts import is_topic_id, new_topic_id
+from evlink.mqtt.commands import MAX_LOGGED, LogLimiter, parse_switch, shown
 from evlink.mqtt.config import check_prefix, parse_broker_url
 from evlink.mqtt.discovery import (
     ENTITIES,
@@ -216,3 +217,31 @@ def test_session_payload() -> None:
         "cost": 0.55,
         "currency": "EUR",
     }
+
+
+def test_the_drop_log_limiter_lets_one_line_a_second_per_key_and_counts_the_rest() -> None:
+    limiter = LogLimiter(1.0)
+    assert limiter.allow("bad payload", 100.0) == 0
+    assert limiter.allow("bad payload", 100.4) is None
+    assert limiter.allow("bad payload", 100.9) is None
+    assert limiter.allow("unknown car", 100.9) == 0  # another reason has its own second
+    assert limiter.allow("bad payload", 101.0) == 2  # the next line counts those left out
+    assert limiter.allow("bad payload", 101.5) is None
+    assert limiter.allow("bad payload", 102.5) == 1
+
+
+def test_a_logged_topic_is_cut_and_says_how_long_it_was() -> None:
+    assert shown("evlink/a/b/charging/set") == "evlink/a/b/charging/set"
+    cut = shown("evlink/" + "x" * 60_000)
+    assert cut.startswith("evlink/xxx")
+    assert len(cut) < MAX_LOGGED + 30
+    assert "60007 chars" in cut
+
+
+def test_a_topic_id_has_the_form_of_the_made_ones() -> None:
+    assert is_topic_id(new_topic_id())
+    assert not is_topic_id(new_topic_id() + "00")
+    assert not is_topic_id("ab" * 20)
+    assert not is_topic_id("0000")
+    assert not is_topic_id("g" * 16)
+    assert not is_topic_id("AB" * 8)
