@@ -446,7 +446,7 @@ def test_tariff_set_stores_a_checked_tariff_and_refuses_bad_ones_in_one_line(cli
     )
     assert out.strip() == "tariff of tariff@b.c: 0.3 EUR/kWh 22:00-06:00=0.12 (Europe/Oslo)"
     for bad, message in (
-        (["--price", "-1"], "pricePerKwh must be a number of 0 or more"),
+        (["--price", "-1"], "pricePerKwh must be a number from 0 to 1000"),
         (["--price", "1", "--period", "22-06=1"], "must be HH:MM-HH:MM=PRICE"),
         (["--price", "1", "--timezone", "Nowhere/City"], "is not an IANA time zone"),
         (
