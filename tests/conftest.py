@@ -19,6 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -339,14 +340,18 @@ async def serve_process(
     args: Sequence[str] = (),
     log: ServerLog | None = None,
     graceful: bool = False,
+    cwd: Path | None = None,
+    printed: ServerLog | None = None,
     **env: str,
 ) -> AsyncIterator[str]:
     """``evlink serve`` (with ``args``) in a process of its own (its event loop is not the
     test's), on a free port of 127.0.0.1 with the simulator; ``env`` adds ``EVLINK_*``
     variables and ``preexec`` runs in the child before it starts; ``log`` gets what it
-    writes. Yields the base URL once it listens. When the block ends it is killed with
-    its workers (SIGKILL: no goodbye), or with ``graceful`` first told to stop (SIGTERM)
-    and given TIMEOUT to do so."""
+    logs (stderr, line by line) and ``printed`` what it prints (stdout); ``cwd`` is its
+    folder (first on its ``sys.path``: the test's own by default). Yields the base URL
+    once it listens. When the block ends it is killed with its workers (SIGKILL: no
+    goodbye), or with ``graceful`` first told to stop (SIGTERM) and given TIMEOUT to do
+    so."""
     port = free_port()
     environ = {
         **os.environ,
@@ -364,13 +369,16 @@ async def serve_process(
         "serve",
         *args,
         env=environ,
-        stdout=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         preexec_fn=preexec,
+        cwd=cwd,
         start_new_session=True,  # its workers too are killed by the process group
     )
     log.process = process
-    drain = asyncio.create_task(_drain(process, log))  # a full pipe would stall the server
+    drain = asyncio.create_task(
+        _drain(process, log, printed or ServerLog())
+    )  # a full pipe would stall the server
     try:
         await log.line_with(b"Uvicorn running on")
         yield f"http://127.0.0.1:{port}"
@@ -385,11 +393,14 @@ async def serve_process(
         await asyncio.wait_for(drain, TIMEOUT)  # every line written is in the log
 
 
-async def _drain(process: asyncio.subprocess.Process, log: ServerLog) -> None:
-    assert process.stderr is not None
-    async for line in process.stderr:
-        log.add(line)
-    log.end()
+async def _drain(process: asyncio.subprocess.Process, log: ServerLog, printed: ServerLog) -> None:
+    async def read(stream: asyncio.StreamReader | None, into: ServerLog) -> None:
+        assert stream is not None
+        async for line in stream:
+            into.add(line)
+        into.end()
+
+    await asyncio.gather(read(process.stderr, log), read(process.stdout, printed))
 
 
 def shared_settings(settings: Settings) -> Settings:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -16,7 +15,7 @@ import httpx
 import pytest
 
 from evlink.resolvers.auth import check_key_format
-from tests.conftest import free_port
+from tests.conftest import ServerLog, free_port, serve_process
 
 PACKAGE = Path(__file__).resolve().parent.parent / "evlink"
 
@@ -133,52 +132,27 @@ async def test_serve_counts_failed_keys_by_peer_and_escapes_what_it_logs(cli: Cl
     """`evlink serve` as run in production: X-Forwarded-For from an untrusted peer (here
     127.0.0.1, which uvicorn alone would trust) does not move the failed-key count, and a
     line feed in a path reaches the log escaped."""
-    port = free_port()
-    env = {**cli.env, "EVLINK_PORT": str(port), "EVLINK_AUTH_FAILURES": "3/minute"}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "evlink.cli",
-        "serve",
-        env=env,
-        cwd=cli.cwd,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert process.stderr is not None
-    try:
-        await asyncio.wait_for(_line_with(process.stderr, b"Application startup complete"), 30)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
-            codes = [
-                (
-                    await http.get(
-                        "/api/ha/me",
-                        headers={
-                            "Authorization": "Bearer junk",
-                            "X-Forwarded-For": f"203.0.113.{n}",
-                        },
-                    )
-                ).status_code
-                for n in range(1, 5)
-            ]
-            forged = "/x%0a2026-11-29 12:00:00,000 ERROR evlink.edge [forged]".replace(" ", "%20")
-            assert (await http.get(forged)).status_code == 404
-        line = await asyncio.wait_for(_line_with(process.stderr, b" evlink.access "), 30)
-        while b"/x" not in line:  # bounded by the four requests logged before it
-            line = await asyncio.wait_for(_line_with(process.stderr, b" evlink.access "), 30)
-    finally:
-        process.terminate()
-        await asyncio.wait_for(process.wait(), 30)
+    log = ServerLog()
+    database = cli.env["EVLINK_DATABASE_URL"]
+    async with (
+        serve_process(database, log=log, EVLINK_AUTH_FAILURES="3/minute") as base_url,
+        httpx.AsyncClient(base_url=base_url) as http,
+    ):
+        codes = [
+            (
+                await http.get(
+                    "/api/ha/me",
+                    headers={"Authorization": "Bearer junk", "X-Forwarded-For": f"203.0.113.{n}"},
+                )
+            ).status_code
+            for n in range(1, 5)
+        ]
+        forged = "/x%0a2026-11-29 12:00:00,000 ERROR evlink.edge [forged]".replace(" ", "%20")
+        assert (await http.get(forged)).status_code == 404
+        line = await log.line_with(b" evlink.access ", b"GET /x")
 
     assert codes == [401, 401, 401, 429]
     assert b"GET /x\\x0a2026-11-29 12:00:00,000 ERROR evlink.edge [forged] 404" in line
-
-
-async def _line_with(stream: asyncio.StreamReader, marker: bytes) -> bytes:
-    async for line in stream:
-        if marker in line:
-            return line
-    raise AssertionError(f"the server ended before it logged {marker!r}")
 
 
 def test_vehicle_add_asks_the_simulator_and_remove_frees_the_place(cli: Cli) -> None:
@@ -379,29 +353,15 @@ async def test_serve_without_the_playground_bundles_says_how_to_get_them(
     found first on PYTHONPATH: it serves, says in one line how to get the playground,
     and /graphql says the same."""
     shutil.copytree(PACKAGE, tmp_path / "evlink", ignore=shutil.ignore_patterns("vendor"))
-    port = free_port()
-    env = {**cli.env, "EVLINK_PORT": str(port), "PYTHONPATH": str(tmp_path)}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "evlink.cli",
-        "serve",
-        env=env,
-        cwd=cli.cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert process.stdout is not None
-    assert process.stderr is not None
-    try:
-        note = await asyncio.wait_for(_line_with(process.stdout, b"playground"), 30)
-        await asyncio.wait_for(_line_with(process.stderr, b"Application startup complete"), 30)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
-            page = await http.get("/graphql", headers={"Accept": "text/html"})
-            status = await http.get("/api/status/00000000-0000-0000-0000-000000000000")
-    finally:
-        process.terminate()
-        await asyncio.wait_for(process.wait(), 30)
+    printed = ServerLog()
+    database = cli.env["EVLINK_DATABASE_URL"]
+    async with (
+        serve_process(database, cwd=cli.cwd, printed=printed, PYTHONPATH=str(tmp_path)) as base_url,
+        httpx.AsyncClient(base_url=base_url) as http,
+    ):
+        note = await printed.line_with(b"playground")
+        page = await http.get("/graphql", headers={"Accept": "text/html"})
+        status = await http.get("/api/status/00000000-0000-0000-0000-000000000000")
 
     assert b"`make playground`" in note
     assert page.status_code == 503

@@ -46,6 +46,14 @@ async def wait_state(listener: Heard, topic_id: str, vehicle: Vehicle, **expecte
     )
 
 
+async def car_heard(server: Server, listener: Heard, tier: Tier = Tier.PRO) -> tuple[Vehicle, str]:
+    """A plugged-in car of a new publishing user, once its first state is heard: (the
+    car, its topic id)."""
+    _, _, vehicle, topic_id = await published_car(server, tier)
+    await wait_state(listener, topic_id, vehicle, isPluggedIn=True)
+    return vehicle, topic_id
+
+
 async def wait_command(listener: Heard, topic_id: str, vehicle: Vehicle, state: str) -> Any:
     return await listener.wait_json(
         car_topic(topic_id, vehicle, "command"), lambda command: command["state"] == state
@@ -84,8 +92,7 @@ async def test_discovery_and_state_are_retained_for_a_client_that_comes_later(
     server: Server, broker: Mosquitto
 ) -> None:
     async with heard(broker) as first:
-        _, _, vehicle, topic_id = await published_car(server)
-        await wait_state(first, topic_id, vehicle, isPluggedIn=True)
+        vehicle, topic_id = await car_heard(server, first)
         await first.wait(lambda h: len([m for m in h.messages if "/config" in m.topic]) >= 11)
     async with heard(broker) as later:
         state = await wait_state(later, topic_id, vehicle, isPluggedIn=True)
@@ -126,8 +133,7 @@ async def test_a_refused_command_is_published_with_its_code_and_the_switch_stays
     server: Server, broker: Mosquitto
 ) -> None:
     async with heard(broker) as listener:
-        _, _, vehicle, topic_id = await published_car(server, tier=Tier.FREE)
-        await wait_state(listener, topic_id, vehicle, isPluggedIn=True)
+        vehicle, topic_id = await car_heard(server, listener, tier=Tier.FREE)
 
         await listener.client.publish(car_topic(topic_id, vehicle, "charging/set"), b"ON", qos=1)
 
@@ -144,8 +150,7 @@ async def test_off_while_not_charging_is_refused_with_invalid_vehicle_state(
     server: Server, broker: Mosquitto
 ) -> None:
     async with heard(broker) as listener:
-        _, _, vehicle, topic_id = await published_car(server)
-        await wait_state(listener, topic_id, vehicle, isPluggedIn=True)
+        vehicle, topic_id = await car_heard(server, listener)
         await listener.client.publish(car_topic(topic_id, vehicle, "charging/set"), b"OFF", qos=1)
         refused = await wait_command(listener, topic_id, vehicle, "REFUSED")
         assert refused["code"] == "INVALID_VEHICLE_STATE"
@@ -168,8 +173,7 @@ async def test_a_malformed_or_retained_command_is_dropped_with_one_line(
     why: str,
 ) -> None:
     async with heard(broker) as listener:
-        _, _, vehicle, topic_id = await published_car(server)
-        await wait_state(listener, topic_id, vehicle, isPluggedIn=True)
+        vehicle, topic_id = await car_heard(server, listener)
         topic = car_topic(topic_id, vehicle, "charging/set")
         with caplog.at_level(logging.INFO, logger="evlink.mqtt"):
             await listener.client.publish(topic, payload, qos=1, retain=retain)
@@ -187,8 +191,7 @@ async def test_a_topic_id_or_vehicle_id_not_of_evlinks_form_is_dropped_before_an
     server: Server, broker: Mosquitto, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with heard(broker) as listener:
-        _, _, vehicle, topic_id = await published_car(server)
-        await wait_state(listener, topic_id, vehicle, isPluggedIn=True)
+        vehicle, topic_id = await car_heard(server, listener)
         with caplog.at_level(logging.INFO, logger="evlink.mqtt"):
             # 40 hex characters: longer than a topic id (the column holds 32).
             await listener.client.publish(f"{PREFIX}/{'ab' * 20}/{vehicle.id}/charging/set", b"ON")
@@ -208,8 +211,7 @@ async def test_a_flood_of_bad_commands_on_a_huge_topic_logs_few_short_lines(
     server: Server, broker: Mosquitto, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with heard(broker) as listener:
-        _, _, vehicle, topic_id = await published_car(server)
-        await wait_state(listener, topic_id, vehicle, isPluggedIn=True)
+        vehicle, topic_id = await car_heard(server, listener)
         huge = f"{PREFIX}/{topic_id}/{'x' * 60_000}/charging/set"
         with caplog.at_level(logging.INFO, logger="evlink.mqtt"):
             for _ in range(200):
@@ -250,8 +252,7 @@ async def test_home_assistant_restarting_gets_discovery_and_state_again(
     server: Server, broker: Mosquitto
 ) -> None:
     async with heard(broker) as listener:
-        _, _, vehicle, topic_id = await published_car(server)
-        await wait_state(listener, topic_id, vehicle, isPluggedIn=True)
+        vehicle, topic_id = await car_heard(server, listener)
         battery = config_topic("sensor", topic_id, vehicle, "battery")
         state = car_topic(topic_id, vehicle, "state")
         await listener.wait(lambda h: h.on(battery))
@@ -266,8 +267,7 @@ async def test_a_flood_of_home_assistant_online_is_two_republishes_the_last_afte
     server: Server, broker: Mosquitto
 ) -> None:
     async with heard(broker) as listener:
-        _, _, vehicle, topic_id = await published_car(server)
-        await wait_state(listener, topic_id, vehicle, isPluggedIn=True)
+        vehicle, topic_id = await car_heard(server, listener)
         battery = config_topic("sensor", topic_id, vehicle, "battery")
         state = car_topic(topic_id, vehicle, "state")
         # Discovery as it stays: with the make the first read of the car gives.
