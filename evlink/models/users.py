@@ -2,7 +2,7 @@
 
 :func:`active_key_with_user` is the key lookup of every request the read cache does
 not answer: the active key with this hash and its user, in one statement
-(:mod:`evlink.models.statements`); Tortoise's ``_init_from_db`` makes the user.
+(:mod:`evlink.models.statements`), which makes the user as Tortoise would.
 """
 
 from __future__ import annotations
@@ -14,7 +14,13 @@ from enum import StrEnum
 from tortoise import fields
 from tortoise.models import Model
 
-from evlink.models.statements import PerDialect, columns, placeholder
+from evlink.models.statements import (
+    PerDialect,
+    columns,
+    model_from_row,
+    parse_timestamp_column,
+    placeholder,
+)
 
 
 class Tier(StrEnum):
@@ -90,6 +96,7 @@ async def active_key_with_user(key_hash: str) -> ActiveKey | None:
     if not rows:
         return None
     row = rows[0]
-    user = User._init_from_db(**{c: row[c] for c in columns(User)})
-    last_used = ApiKey._meta.fields_map["last_used_at"].to_python_value(row["key_last_used_at"])
+    user = model_from_row(User, row, columns(User))
+    last_used_at = ApiKey._meta.fields_map["last_used_at"]
+    last_used = last_used_at.to_python_value(parse_timestamp_column(row["key_last_used_at"]))
     return ActiveKey(int(row["key_id"]), last_used, user)

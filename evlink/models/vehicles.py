@@ -3,7 +3,8 @@
 :func:`vehicle_with_charge_state` is the read of a status miss: the vehicle and its
 charge state in one statement (:mod:`evlink.models.statements`: written once per SQL
 dialect, run through Tortoise's own connection, no query building per read); Tortoise's
-``_init_from_db`` makes the models from the row, as its own queries do.
+``_init_from_db`` makes the models from the row, as its own queries do
+(:func:`~evlink.models.statements.model_from_row`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from tortoise import fields
 from tortoise.models import Model
 
 from evlink.domain import ChargeStateData
-from evlink.models.statements import PerDialect, columns, placeholder
+from evlink.models.statements import PerDialect, columns, model_from_row, placeholder
 from evlink.models.users import User
 
 
@@ -122,8 +123,8 @@ async def vehicle_with_charge_state(vehicle_id: UUID) -> tuple[Vehicle, ChargeSt
     if not rows:
         return None
     row = rows[0]
-    vehicle = Vehicle._init_from_db(**{c: row[c] for c in statement.vehicle_columns})
+    vehicle = model_from_row(Vehicle, row, statement.vehicle_columns)
     if row["vehicle_id"] is None:  # the LEFT JOIN found no charge state
         return vehicle, None
-    state = ChargeState._init_from_db(**{c: row[c] for c in statement.state_columns})
+    state = model_from_row(ChargeState, row, statement.state_columns)
     return vehicle, state
