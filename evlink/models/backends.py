@@ -175,8 +175,27 @@ class _TerminatingPoolConnection(PoolConnectionWrapper[Any]):
         await super().__aexit__(exc_type, exc_val, exc_tb)
 
 
+class SessionlessConnection(asyncpg.connection.Connection):  # type: ignore[misc]
+    """A connection the pool takes back without asyncpg's reset statement.
+
+    asyncpg sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` to the
+    server each time a connection goes back to the pool: a round trip per statement of
+    evlink's, as many as the statements themselves. The server's calls leave nothing
+    of that kind on a connection (no advisory lock, cursor, ``LISTEN`` or ``SET``:
+    every call is one statement through Tortoise's client), so there is nothing to
+    undo. A connection handed back inside a transaction is still rolled back
+    (asyncpg's ``reset`` adds that itself).
+    """
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 class BoundedPostgresClient(BoundedClient, AsyncpgDBClient):
-    """asyncpg through Tortoise, every call bounded."""
+    """asyncpg through Tortoise, every call bounded, connections handed back without a
+    reset round trip (:class:`SessionlessConnection`)."""
+
+    connection_class = SessionlessConnection
 
     def __init__(self, database_timeout: float, **kwargs: Any) -> None:
         # No floor of open connections: asyncpg would restore it in the background
