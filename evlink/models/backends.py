@@ -21,6 +21,8 @@ what a client waits for, and it makes asyncpg's two redundant.
   open connections (it would retry that in the background, logging each failure).
   SQLite gives up waiting for another connection's lock (``busy_timeout``) at half
   the bound, so a locked database is told as such before the call runs out.
+- A PostgreSQL connection goes back to the pool without asyncpg's reset statement
+  (:class:`SessionlessConnection`): the server leaves no session state to undo.
 - The outage is logged once, a WARNING when a call first fails and an INFO when one
   succeeds again; the answers in between are not logged (:class:`Outage`).
 
