@@ -21,6 +21,8 @@ what a client waits for, and it makes asyncpg's two redundant.
   open connections (it would retry that in the background, logging each failure).
   SQLite gives up waiting for another connection's lock (``busy_timeout``) at half
   the bound, so a locked database is told as such before the call runs out.
+- A PostgreSQL connection goes back to the pool without asyncpg's reset statement
+  (:class:`SessionlessConnection`): the server leaves no session state to undo.
 - The outage is logged once, a WARNING when a call first fails and an INFO when one
   succeeds again; the answers in between are not logged (:class:`Outage`).
 
@@ -175,8 +177,27 @@ class _TerminatingPoolConnection(PoolConnectionWrapper[Any]):
         await super().__aexit__(exc_type, exc_val, exc_tb)
 
 
+class SessionlessConnection(asyncpg.connection.Connection):  # type: ignore[misc]
+    """A connection the pool takes back without asyncpg's reset statement.
+
+    asyncpg sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` to the
+    server each time a connection goes back to the pool: a round trip per statement of
+    evlink's, as many as the statements themselves. The server's calls leave nothing
+    of that kind on a connection (no advisory lock, cursor, ``LISTEN`` or ``SET``:
+    every call is one statement through Tortoise's client), so there is nothing to
+    undo. A connection handed back inside a transaction is still rolled back
+    (asyncpg's ``reset`` adds that itself).
+    """
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 class BoundedPostgresClient(BoundedClient, AsyncpgDBClient):
-    """asyncpg through Tortoise, every call bounded."""
+    """asyncpg through Tortoise, every call bounded, connections handed back without a
+    reset round trip (:class:`SessionlessConnection`)."""
+
+    connection_class = SessionlessConnection
 
     def __init__(self, database_timeout: float, **kwargs: Any) -> None:
         # No floor of open connections: asyncpg would restore it in the background

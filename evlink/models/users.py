@@ -1,11 +1,26 @@
-"""Users, their tier, and their API keys (stored as a SHA-256 hash and a public prefix)."""
+"""Users, their tier, and their API keys (stored as a SHA-256 hash and a public prefix).
+
+:func:`active_key_with_user` is the key lookup of every request the read cache does
+not answer: the active key with this hash and its user, in one statement
+(:mod:`evlink.models.statements`), which makes the user as Tortoise would.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 from tortoise import fields
 from tortoise.models import Model
+
+from evlink.models.statements import (
+    PerDialect,
+    columns,
+    model_from_row,
+    parse_timestamp_column,
+    placeholder,
+)
 
 
 class Tier(StrEnum):
@@ -44,3 +59,44 @@ class ApiKey(Model):
 
     class Meta:
         table = "api_keys"
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveKey:
+    """An active key's id and last use, with its user."""
+
+    id: int
+    last_used_at: datetime | None
+    user: User
+
+
+def _active_key_statement(dialect: str) -> str:
+    """The statement of :func:`active_key_with_user` in ``dialect``: the key's two columns
+    under names of their own (the user has an ``id`` too), then the user's."""
+    selected = ['k."id" AS "key_id"', 'k."last_used_at" AS "key_last_used_at"']
+    selected += [f'u."{c}"' for c in columns(User)]
+    return " ".join(
+        [
+            "SELECT",
+            ", ".join(selected),
+            f'FROM "{ApiKey._meta.db_table}" k',
+            f'JOIN "{User._meta.db_table}" u ON u."id" = k."user_id"',
+            f'WHERE k."hash" = {placeholder(dialect)} AND k."revoked_at" IS NULL',
+        ]
+    )
+
+
+_active_key = PerDialect(_active_key_statement)
+
+
+async def active_key_with_user(key_hash: str) -> ActiveKey | None:
+    """The key with this hash unless revoked, with its user: one statement."""
+    db = ApiKey._meta.db
+    _, rows = await db.execute_query(_active_key(db.capabilities.dialect), [key_hash])
+    if not rows:
+        return None
+    row = rows[0]
+    user = model_from_row(User, row, columns(User))
+    last_used_at = ApiKey._meta.fields_map["last_used_at"]
+    last_used = last_used_at.to_python_value(parse_timestamp_column(row["key_last_used_at"]))
+    return ActiveKey(int(row["key_id"]), last_used, user)

@@ -1,9 +1,10 @@
 """Vehicles as evlink stores them, and their latest charge state.
 
 :func:`vehicle_with_charge_state` is the read of a status miss: the vehicle and its
-charge state in one statement, written once per SQL dialect and run through
-Tortoise's own connection (no query building per read); Tortoise's
-``_init_from_db`` makes the models from the row, as its own queries do.
+charge state in one statement (:mod:`evlink.models.statements`: written once per SQL
+dialect, run through Tortoise's own connection, no query building per read); Tortoise's
+``_init_from_db`` makes the models from the row, as its own queries do
+(:func:`~evlink.models.statements.model_from_row`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tortoise import fields
 from tortoise.models import Model
 
 from evlink.domain import ChargeStateData
+from evlink.models.statements import PerDialect, columns, model_from_row, placeholder
 from evlink.models.users import User
 
 
@@ -84,10 +86,6 @@ def charge_state_data(state: ChargeState) -> ChargeStateData:
     return ChargeStateData(**{name: getattr(state, name) for name in CHARGE_STATE_FIELDS})
 
 
-def _columns(model: type[Model]) -> tuple[str, ...]:
-    return tuple(model._meta.fields_db_projection.values())
-
-
 @dataclass(frozen=True, slots=True)
 class _Statement:
     sql: str
@@ -95,31 +93,24 @@ class _Statement:
     state_columns: tuple[str, ...]
 
 
-_WITH_STATE: dict[str, _Statement] = {}  # by SQL dialect
+def _with_state_statement(dialect: str) -> _Statement:
+    """The statement of :func:`vehicle_with_charge_state` in ``dialect``. The two tables'
+    column names differ, so none needs an alias."""
+    vehicle_columns, state_columns = columns(Vehicle), columns(ChargeState)
+    selected = [f'v."{c}"' for c in vehicle_columns] + [f'c."{c}"' for c in state_columns]
+    sql = " ".join(
+        [
+            "SELECT",
+            ", ".join(selected),
+            f'FROM "{Vehicle._meta.db_table}" v',
+            f'LEFT JOIN "{ChargeState._meta.db_table}" c ON c."vehicle_id" = v."id"',
+            f'WHERE v."id" = {placeholder(dialect)} AND v."deleted_at" IS NULL',
+        ]
+    )
+    return _Statement(sql, vehicle_columns, state_columns)
 
 
-def _with_state(dialect: str) -> _Statement:
-    """The statement of :func:`vehicle_with_charge_state` in ``dialect``'s placeholders,
-    made on first use (the models' foreign-key columns are known once Tortoise is set
-    up). The two tables' column names differ, so none needs an alias."""
-    statement = _WITH_STATE.get(dialect)
-    if statement is None:
-        vehicle_columns, state_columns = _columns(Vehicle), _columns(ChargeState)
-        placeholder = "$1" if dialect == "postgres" else "?"
-        columns = [f'v."{c}"' for c in vehicle_columns] + [f'c."{c}"' for c in state_columns]
-        # Only the models' own table and column names go into the text; the id is a
-        # parameter.
-        sql = " ".join(
-            [
-                "SELECT",
-                ", ".join(columns),
-                f'FROM "{Vehicle._meta.db_table}" v',
-                f'LEFT JOIN "{ChargeState._meta.db_table}" c ON c."vehicle_id" = v."id"',
-                f'WHERE v."id" = {placeholder} AND v."deleted_at" IS NULL',
-            ]
-        )
-        statement = _WITH_STATE[dialect] = _Statement(sql, vehicle_columns, state_columns)
-    return statement
+_with_state = PerDialect(_with_state_statement)
 
 
 async def vehicle_with_charge_state(vehicle_id: UUID) -> tuple[Vehicle, ChargeState | None] | None:
@@ -132,8 +123,8 @@ async def vehicle_with_charge_state(vehicle_id: UUID) -> tuple[Vehicle, ChargeSt
     if not rows:
         return None
     row = rows[0]
-    vehicle = Vehicle._init_from_db(**{c: row[c] for c in statement.vehicle_columns})
+    vehicle = model_from_row(Vehicle, row, statement.vehicle_columns)
     if row["vehicle_id"] is None:  # the LEFT JOIN found no charge state
         return vehicle, None
-    state = ChargeState._init_from_db(**{c: row[c] for c in statement.state_columns})
+    state = model_from_row(ChargeState, row, statement.state_columns)
     return vehicle, state

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 from evlink.cache import ReadCache, user_tag
 from evlink.errors import EvlinkError, NotFound, Unauthenticated
 from evlink.models import ApiKey, User
+from evlink.models.users import active_key_with_user
 
 if TYPE_CHECKING:
     from evlink.services import Services
@@ -249,7 +250,7 @@ async def authenticate(
     if not check_key_format(key):
         raise Unauthenticated()
     began = cache.begin() if cache is not None else 0
-    record = await ApiKey.filter(hash=digest, revoked_at=None).select_related("user").first()
+    record = await active_key_with_user(digest)
     if record is None:
         raise Unauthenticated()
     now = datetime.now(UTC)

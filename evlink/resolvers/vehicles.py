@@ -49,6 +49,7 @@ __all__ = [
     "ensure_synced",
     "fresh_for",
     "get_vehicle",
+    "get_vehicle_with_state",
     "ingest_vehicle_update",
     "list_vehicles",
     "provider_account_unreachable",
@@ -108,7 +109,7 @@ async def get_vehicle(user: User, vehicle_id: str | UUID) -> Vehicle:
     return vehicle
 
 
-async def _vehicle_with_state(
+async def get_vehicle_with_state(
     user: User, vehicle_id: str | UUID
 ) -> tuple[Vehicle, ChargeStateData | None]:
     """The user's vehicle as :func:`get_vehicle` finds it, with its stored charge state
@@ -141,7 +142,7 @@ async def read_status(services: Services, user: User, vehicle_id: str | UUID) ->
         _check_owner(user, cached.vehicle)
         return cached
     began = cache.begin()
-    vehicle, stored = await _vehicle_with_state(user, vehicle_id)
+    vehicle, stored = await get_vehicle_with_state(user, vehicle_id)
     status = await vehicle_status(services, vehicle, stored=stored)
     lifetime = fresh_for(services, status.vehicle)
     if lifetime > 0:

@@ -44,10 +44,12 @@ class Query:
     @strawberry.field(description="One of the caller's vehicles.")
     async def vehicle(self, info: Info, id: strawberry.ID) -> Vehicle:
         user = await info.context.user()
-        vehicle = await vehicles.get_vehicle(user, str(id))
+        vehicle, stored = await vehicles.get_vehicle_with_state(user, str(id))
+        if vehicle.refreshed_at is None:
+            stored = None  # ensure_synced reads it from its provider now: not what is stored
         await vehicles.ensure_synced(info.context.services, [vehicle])
         info.context.showing(vehicle)
-        return Vehicle.from_model(vehicle)
+        return Vehicle.from_model(vehicle, stored)
 
     @strawberry.field(description="One of the caller's charging commands.")
     async def charging_command(self, info: Info, id: strawberry.ID) -> ChargingCommand:

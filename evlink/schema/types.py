@@ -219,9 +219,13 @@ class Vehicle:
     last_seen: datetime | None
     is_reachable: bool | None
     model: strawberry.Private[VehicleModel]
+    # The charge state stored when the vehicle was read, in the same statement (the
+    # `vehicle` query's): chargeState needs no query of its own while it is fresh.
+    stored: strawberry.Private[ChargeStateData | None] = None
 
     @classmethod
-    def from_model(cls, vehicle: VehicleModel) -> Vehicle:
+    def from_model(cls, vehicle: VehicleModel, stored: ChargeStateData | None = None) -> Vehicle:
+        """``stored``: the vehicle's stored charge state, when it was read with it."""
         return cls(
             id=strawberry.ID(str(vehicle.id)),
             name=vehicle_name(vehicle.name, vehicle.information),
@@ -240,6 +244,7 @@ class Vehicle:
             last_seen=vehicle.last_seen,
             is_reachable=vehicle.is_reachable,
             model=vehicle,
+            stored=stored,
         )
 
     @strawberry.field(
@@ -249,7 +254,8 @@ class Vehicle:
         )
     )
     async def charge_state(self, info: Info) -> ChargeState | None:
-        status = await vehicles.vehicle_status(info.context.services, self.model)
+        services = info.context.services
+        status = await vehicles.vehicle_status(services, self.model, stored=self.stored)
         return ChargeState.from_data(status.charge_state)
 
     @strawberry.field(description="The latest charging commands, newest first.")

@@ -214,3 +214,45 @@ async def test_a_removed_vehicle_is_404_on_a_miss(settings: Settings) -> None:
 
     assert response.status_code == 404
     assert response.json()["code"] == "NOT_FOUND"
+
+
+_VEHICLE_STATE = "query($id: ID!) { vehicle(id: $id) { name chargeState { batteryLevel } } }"
+
+
+async def test_a_graphql_miss_reads_the_vehicle_and_its_state_in_one_statement(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    await _truncate(settings.database_url)
+    async with run_server(replace(settings, cache_ttl=0.0)) as server:
+        user, key = await server.user()
+        vehicle = await server.vehicle(user, "charging")
+        first = await server.graphql(_VEHICLE_STATE, {"id": str(vehicle.id)}, key=key)
+        server.simulator.calls.clear()
+
+        with caplog.at_level(logging.DEBUG, logger="tortoise.db_client"):
+            again = await server.graphql(_VEHICLE_STATE, {"id": str(vehicle.id)}, key=key)
+
+    assert again == first
+    assert again["data"]["vehicle"]["chargeState"]["batteryLevel"] is not None
+    assert server.simulator.calls == []  # fresh: served from what is stored
+    assert len(_statements_on(caplog.records, "vehicles", "charge_states")) == 1
+
+
+async def test_graphql_serves_a_never_synced_vehicle_what_its_provider_says_not_the_store(
+    settings: Settings,
+) -> None:
+    # The vehicle query reads the stored state with the vehicle; a vehicle never read
+    # from its provider is read then, and its chargeState is what the provider said.
+    await _truncate(settings.database_url)
+    async with run_server(replace(settings, cache_ttl=0.0)) as server:
+        user, key = await server.user()
+        vehicle = await server.vehicle(user, "charging", battery_level=61.0)
+        await server.graphql(_VEHICLE_STATE, {"id": str(vehicle.id)}, key=key)
+        await Vehicle.filter(id=vehicle.id).update(refreshed_at=None)
+        await ChargeState.filter(vehicle_id=vehicle.id).update(battery_level=7)
+        server.simulator.calls.clear()
+
+        answer = await server.graphql(_VEHICLE_STATE, {"id": str(vehicle.id)}, key=key)
+
+    assert server.simulator.calls == [f"get_vehicle {vehicle.provider_vehicle_id}"]
+    assert answer["data"]["vehicle"]["chargeState"]["batteryLevel"] == 61
