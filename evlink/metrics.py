@@ -51,6 +51,14 @@ class Metrics:
             ["field"],
             registry=self.registry,
         )
+        # Forwarded subscription events (evlink.schema.fanout): one encoding per document,
+        # variables and state, shared by all the subscribers that sent them.
+        self.fanout_encoded = Counter(
+            "evlink_subscription_payloads_encoded",
+            "Payloads of forwarded subscription events encoded (each shared by the "
+            "subscribers of one document, variables and state)",
+            registry=self.registry,
+        )
         self.commands = Counter(
             "evlink_charging_commands",
             "Charging commands created and ended, by state",
