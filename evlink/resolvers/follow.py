@@ -133,9 +133,13 @@ async def follow_charge_state(
     """The vehicle's charge state now, then each newer one its events bring: yielded,
     or handed to what ``forwarding`` gives once the first was taken (then this yields
     nothing more, and ends as the subscription does: an interruption raises)."""
-    topic = charge_state_topic(vehicle.id)
-    async with services.events.subscribe(topic) as messages, watching(vehicle.id, messages):
+    vehicle_id = vehicle.id
+    async with (
+        services.events.subscribe(charge_state_topic(vehicle_id)) as messages,
+        watching(vehicle_id, messages),
+    ):
         newer = _NewerStates((await vehicles.vehicle_status(services, vehicle)).charge_state)
+        del vehicle  # not held for the subscription's life (bench/README.md, memory)
         yield newer.last
         forward = forwarding()
         if forward is None:

@@ -38,6 +38,7 @@ import asyncio
 import functools
 import json
 import logging
+import weakref
 from collections.abc import Callable, Coroutine
 from contextvars import ContextVar
 from typing import Any
@@ -118,6 +119,8 @@ def shared_payload(state: ChargeStateData) -> ChargeState:
     return shared(state, ChargeState.from_data)
 
 
+# (document, variables) -> an executor of it, while a subscription forwarded holds it.
+_executors: weakref.WeakValueDictionary[_Key, SharedEventExecutor] = weakref.WeakValueDictionary()
 # (document, variables) -> (the operation node, the payload, its encoded payload), the latest.
 _encoded: dict[_Key, tuple[OperationDefinitionNode, object, str]] = {}
 
@@ -171,7 +174,12 @@ class Forwarding:
         return cls(send, f'{{"type":"data","id":{json.dumps(operation_id)},"payload":', metrics)
 
     def executing(self, executor: SharedEventExecutor, key: _Key) -> None:
-        self.executor, self.key = executor, key
+        """Its first event was executed at once by ``executor``: the later ones can be,
+        by the executor of the first subscriber with the same ``key`` (one for all)."""
+        known = _executors.get(key)
+        if known is None or known.operation is not executor.operation:
+            _executors[key] = known = executor
+        self.executor, self.key = known, key
 
     def state(self, state: ChargeStateData) -> None:
         """Send ``state`` now (the bus calls this as it delivers; it never raises)."""

@@ -125,12 +125,14 @@ class Subscription:
     async def charge_state(
         self, info: Info, vehicle_id: strawberry.ID
     ) -> AsyncGenerator[ChargeState, None]:
-        services = info.context.services
-        vehicle = await vehicles.get_vehicle(await info.context.user(), str(vehicle_id))
         # Ended with an error once the user no longer owns the car (evlink.revocation).
-        # After the first, the states are forwarded to the socket (schema.fanout).
+        # After the first, the states are forwarded to the socket (schema.fanout). The
+        # vehicle is not kept in this frame: an idle subscription holds only what it needs.
         states = follow.follow_charge_state(
-            services, vehicle, watching=info.context.watching, forwarding=fanout.forwarding
+            info.context.services,
+            await vehicles.get_vehicle(await info.context.user(), str(vehicle_id)),
+            watching=info.context.watching,
+            forwarding=fanout.forwarding,
         )
         async for payload in _relayed(info, "chargeState", states, fanout.shared_payload):
             yield payload
