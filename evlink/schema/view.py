@@ -48,7 +48,7 @@ from evlink.schema import fanout
 from evlink.schema.context import Context
 from evlink.schema.results import ResultCache, capturing, read_body
 from evlink.schema.socket_messages import message_problem
-from evlink.server import Admission, OpenSocket, OpenSockets, serve_until_closed
+from evlink.server import SERVER_SEND, Admission, OpenSocket, OpenSockets, serve_until_closed
 from evlink.services import Services
 
 __all__ = ["GraphQLView"]
@@ -78,7 +78,7 @@ class _TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         """Strawberry's, with the operation's later events forwarded (schema.fanout)."""
         metrics = self.context.services.metrics
         fanout.forward_with(
-            fanout.Forwarding.next_message(_send_of(self.websocket), operation.id, metrics)
+            fanout.Forwarding.next_message(*_sends_of(self.websocket), operation.id, metrics)
         )
         await super().run_operation(operation)
 
@@ -102,7 +102,7 @@ class _LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
         """Strawberry's, with the operation's later events forwarded (schema.fanout)."""
         metrics = self.context.services.metrics
         fanout.forward_with(
-            fanout.Forwarding.data_message(_send_of(self.websocket), operation_id, metrics)
+            fanout.Forwarding.data_message(*_sends_of(self.websocket), operation_id, metrics)
         )
         await super().handle_async_results(operation_id, query, operation_name, variables)
 
@@ -118,10 +118,11 @@ class _LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
             await self.websocket.close(rejected.code, rejected.reason)
 
 
-def _send_of(websocket: AsyncWebSocketAdapter) -> fanout.Send:
-    """The socket's ASGI send, through Starlette's checks (nothing after a close)."""
+def _sends_of(websocket: AsyncWebSocketAdapter) -> tuple[fanout.Send, object]:
+    """The socket's ASGI send through Starlette's checks (nothing after a close), and
+    the server's own (evlink.edge), for the frames written directly (schema.fanout)."""
     assert isinstance(websocket, ASGIWebSocketAdapter)
-    return websocket.ws.send
+    return websocket.ws.send, websocket.ws.scope.get(SERVER_SEND)
 
 
 class _WebSocketAdapter(ASGIWebSocketAdapter):
