@@ -117,8 +117,8 @@ class OpenSocket:
 
 
 class _Watching:
-    """:meth:`OpenSocket.watch`'s context manager (a class: a generator-based one holds a
-    suspended frame for each subscription's life)."""
+    """:meth:`OpenSocket.watch`'s context manager, plain or async (a class: a
+    generator-based one holds a suspended frame for each subscription's life)."""
 
     __slots__ = ("_vehicle_id", "_watcher", "_watching")
 
@@ -136,6 +136,12 @@ class _Watching:
             watchers.discard(self._watcher)
             if not watchers:
                 del self._watching[self._vehicle_id]
+
+    async def __aenter__(self) -> None:
+        self.__enter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.__exit__()
 
 
 class Watcher(Protocol):
