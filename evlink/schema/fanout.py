@@ -15,7 +15,9 @@ the socket frames it: about 200 µs of the server's CPU per subscriber, seconds 
   asks. Results with errors are never shared;
 - once a subscription's first state has gone out the plain way, its later events are
   *forwarded* (:meth:`Forwarding.state`): the event bus calls it as it delivers the
-  message, and it writes the message to the socket at once, with no task woken. The
+  message, and it writes the message to the socket at once (on uvicorn's
+  websockets-sansio protocol without compression, as one frame straight to its
+  transport: :class:`_Frames`), with no task woken. The
   message's payload (``{"data": …}``) is encoded once per (document, variables,
   payload) for all subscribers (:func:`encoded_payload`), and each subscriber's message is
   that text with its own opening spliced in: its operation id and its protocol's type
@@ -145,7 +147,8 @@ def encoded_payload(target: Forwarding, payload: object, metrics: Metrics) -> by
         body["errors"] = [format_error(error).formatted for error in result.errors]
     encoded = (json.dumps(body, separators=(",", ":")) + "}").encode()
     metrics.fanout_encoded.inc()
-    _remember(_encoded, key, (executor.operation, payload, encoded))
+    if not result.errors:  # as results: one with errors is never shared
+        _remember(_encoded, key, (executor.operation, payload, encoded))
     return encoded
 
 
