@@ -5,7 +5,9 @@
 ``chargeState`` over ``graphql-transport-ws``, and then follows the orders the
 orchestrator writes on stdin, one a line:
 
-- ``round <n> <0|1>``: the car is about to be unplugged (0) or plugged (1). Once every
+- ``round <n> <0|1>``: the car is about to be unplugged (0) or plugged (1). The process
+  answers ``ARMED {json}`` once its sockets wait for that state (a message that came
+  before would not count: the orchestrator changes the car only after). Once every
   socket of this process has received that state, the process prints ``ROUND {json}``:
   each socket's arrival time (``time.monotonic()``, one clock for the whole machine,
   comparable with the server's change time) and this process's CPU seconds from the
@@ -301,6 +303,7 @@ class Fleet:
         self.current = Round(number, plugged, len(self.sockets), cpu_seconds())
         for subscriber in self.sockets:
             subscriber.round = self.current
+        say("ARMED", {"round": number})  # the change may come now: none is missed
 
     def complete(self, current: Round) -> None:
         if current is self.current:

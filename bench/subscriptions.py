@@ -12,7 +12,8 @@ costs are paid) and again with all of them subscribed and idle; the growth divid
 by the number of subscribers is what one idle subscription costs (its websocket
 included).
 
-Rounds: the orchestrator tells every process which plug state comes next, then the
+Rounds: the orchestrator tells every process which plug state comes next, waits until
+each answers that its sockets wait for it, then the
 bench server unplugs (or plugs) the car and pushes the change at once
 (``POST /bench/plug``, which answers the monotonic time of the change). Each process
 reports each socket's arrival time (``time.monotonic()``: one clock for the whole
@@ -186,6 +187,11 @@ async def _round(
         client.order(f"round {number} {int(plugged)}")
         assert client.process.stdin is not None
         await client.process.stdin.drain()
+    # Every process waits for the state before it changes: a state that reached a socket
+    # before its process read the order would be missed, and the round lost.
+    await asyncio.wait_for(
+        asyncio.gather(*(client.expect("ARMED") for client in clients)), ROUND_TIMEOUT
+    )
     pid = int(server["pid"])
     cpu_before = cpu_of(pid)
     answer = await http.post(

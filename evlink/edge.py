@@ -33,6 +33,7 @@ from evlink.guards import with_security_headers
 from evlink.metrics import Metrics
 from evlink.ratelimit import LimitState, limit_field, policy_field, reported_limits
 from evlink.requestid import given_request_id, new_request_id, request_id_var
+from evlink.server import SERVER_SEND
 
 __all__ = ["HttpEdge"]
 
@@ -49,6 +50,7 @@ class HttpEdge:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "websocket":
+            scope[SERVER_SEND] = send  # the server's own: forwarded events write to it
             token = request_id_var.set(given_request_id(scope) or new_request_id())
             try:
                 await self.app(scope, receive, send)

@@ -118,6 +118,10 @@ class Subscription(Protocol):
         (:class:`StreamInterrupted` by default)."""
         ...
 
+    def forward(self, to: Callable[[Message], None]) -> None:
+        """Hand each message to ``to`` from now on; only interruptions reach the reader."""
+        ...
+
 
 class EventBus(Protocol):
     @property
@@ -140,7 +144,7 @@ class _MemorySubscription:
     three deques and a future of its own (bench/README.md, memory per subscription).
     """
 
-    __slots__ = ("_bus", "_max_queue", "_messages", "_topics", "_waiter")
+    __slots__ = ("_bus", "_forward", "_max_queue", "_messages", "_topics", "_waiter")
 
     def __init__(self, bus: MemoryEventBus, topics: tuple[str, ...], max_queue: int) -> None:
         self._bus = bus
@@ -148,6 +152,7 @@ class _MemorySubscription:
         self._max_queue = max_queue
         self._messages: list[Message] = []
         self._waiter: asyncio.Future[None] | None = None
+        self._forward: Callable[[Message], None] | None = None
 
     async def __aenter__(self) -> _MemorySubscription:
         for topic in self._topics:
@@ -167,7 +172,22 @@ class _MemorySubscription:
                 if not subscribers:
                     del self._bus.subscribers[topic]
 
+    def forward(self, to: Callable[[Message], None]) -> None:
+        """From now on hand each message to ``to`` as it is delivered, in order, the
+        messages not read yet first; only an interruption still reaches the reader (whose
+        read then raises). ``to`` must not raise (evlink.schema.fanout)."""
+        kept = [message for message in self._messages if _INTERRUPTED in message]
+        waiting, self._messages = self._messages, kept
+        for message in waiting:
+            if _INTERRUPTED not in message:
+                to(message)
+        self._forward = to
+
     def deliver(self, message: Message) -> None:
+        forward = self._forward
+        if forward is not None and _INTERRUPTED not in message:
+            forward(message)
+            return
         messages = self._messages
         if len(messages) >= self._max_queue:
             # A slow reader loses the oldest message, never the newest state.
@@ -209,6 +229,7 @@ class _MemorySubscription:
 
 
 _INTERRUPTED = "__stream_interrupted__"
+MAILBOX = 100  # messages a subscriber has not read yet, at most: then the oldest go
 _ERROR = "__error__"
 # Seconds a client is told to wait before it subscribes again (the reader retries
 # Redis at least this often).
@@ -226,7 +247,7 @@ class MemoryEventBus:
 
     live = True  # one process: every message is delivered here
 
-    def __init__(self, max_queue: int = 100) -> None:
+    def __init__(self, max_queue: int = MAILBOX) -> None:
         self.subscribers: dict[str, set[_MemorySubscription]] = {}
         self._max_queue = max_queue
 
@@ -283,7 +304,9 @@ class RedisEventBus:
     an outage is logged once, not per message.
     """
 
-    def __init__(self, url: str, *, prefix: str = "evlink:events:", max_queue: int = 100) -> None:
+    def __init__(
+        self, url: str, *, prefix: str = "evlink:events:", max_queue: int = MAILBOX
+    ) -> None:
         self.local = MemoryEventBus(max_queue)
         self.instance = uuid.uuid4().hex
         self._prefix = prefix

@@ -6,8 +6,7 @@ subscriptions, charging commands by end state, provider calls and errors.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sized
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sized
 from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -49,6 +48,14 @@ class Metrics:
             "evlink_active_subscriptions",
             "Active GraphQL subscriptions by field",
             ["field"],
+            registry=self.registry,
+        )
+        # Forwarded subscription events (evlink.schema.fanout): one encoding per document,
+        # variables and state, shared by all the subscribers that sent them.
+        self.fanout_encoded = Counter(
+            "evlink_subscription_payloads_encoded",
+            "Payloads of forwarded subscription events encoded (each shared by the "
+            "subscribers of one document, variables and state)",
             registry=self.registry,
         )
         self.commands = Counter(
@@ -103,14 +110,9 @@ class Metrics:
         series[0].inc()
         series[1].observe(elapsed)
 
-    @asynccontextmanager
-    async def subscription(self, field: str) -> AsyncIterator[None]:
-        gauge = self.subscriptions.labels(field=field)
-        gauge.inc()
-        try:
-            yield
-        finally:
-            gauge.dec()
+    def subscription(self, field: str) -> _Active:
+        """While the ``async with`` block runs, one more active subscription ``field``."""
+        return _Active(self.subscriptions.labels(field=field))
 
     async def provider_call(
         self, provider: str, operation: str, call: Callable[[], Awaitable[T]]
@@ -178,3 +180,19 @@ def _route_of(scope: Scope) -> str:
 async def metrics_endpoint(request: Request) -> Response:
     metrics: Metrics = request.app.state.metrics
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+class _Active:
+    """:meth:`Metrics.subscription`'s context manager: a slotted class, not a
+    generator's, since each open subscription holds one for its life."""
+
+    __slots__ = ("_gauge",)
+
+    def __init__(self, gauge: Gauge) -> None:
+        self._gauge = gauge
+
+    async def __aenter__(self) -> None:
+        self._gauge.inc()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._gauge.dec()

@@ -26,6 +26,7 @@ from evlink.logs import configure_logging
 from evlink.settings import Settings
 
 __all__ = [
+    "SERVER_SEND",
     "Admission",
     "EvlinkConfig",
     "EvlinkServer",
@@ -41,6 +42,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 GOING_AWAY = 1001
+# Scope key: a websocket's ASGI send as the server handed it to the app, before any
+# middleware wrapped it (set by evlink.edge; evlink.schema.fanout writes through it).
+SERVER_SEND = "evlink.server_send"
 # Allocations between two young-generation collections (CPython's default: 700). With
 # the default, a burst of subscription events (each delivery's objects in flight at once)
 # keeps promoting objects, and full collections over every open websocket's objects
@@ -113,8 +117,8 @@ class OpenSocket:
 
 
 class _Watching:
-    """:meth:`OpenSocket.watch`'s context manager (a class: a generator-based one holds a
-    suspended frame for each subscription's life)."""
+    """:meth:`OpenSocket.watch`'s context manager, plain or async (a class: a
+    generator-based one holds a suspended frame for each subscription's life)."""
 
     __slots__ = ("_vehicle_id", "_watcher", "_watching")
 
@@ -132,6 +136,12 @@ class _Watching:
             watchers.discard(self._watcher)
             if not watchers:
                 del self._watching[self._vehicle_id]
+
+    async def __aenter__(self) -> None:
+        self.__enter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.__exit__()
 
 
 class Watcher(Protocol):

@@ -50,3 +50,22 @@ async def test_messages_are_read_in_order_and_an_interruption_raises_in_its_turn
         with pytest.raises(StreamInterrupted):
             await anext(stream)
     assert bus.subscribers == {}
+
+
+async def test_a_forwarded_subscription_hands_on_what_waited_first_and_keeps_interruptions() -> (
+    None
+):
+    """``forward``: the messages not read yet go first, in order, then each as it comes;
+    an interruption still reaches the reader (evlink.schema.fanout forwards this way)."""
+    bus = MemoryEventBus()
+    forwarded: list[dict[str, int]] = []
+    async with bus.subscribe("topic") as subscription:
+        await bus.publish("topic", {"n": 1})
+        await bus.publish("topic", {"n": 2})
+        subscription.forward(forwarded.append)
+        await bus.publish("topic", {"n": 3})
+        assert forwarded == [{"n": 1}, {"n": 2}, {"n": 3}]
+        subscription.interrupt("gone")
+        with pytest.raises(StreamInterrupted):
+            await subscription.get(timeout=1)
+    assert forwarded == [{"n": 1}, {"n": 2}, {"n": 3}]

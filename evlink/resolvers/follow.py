@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from typing import Protocol
 from uuid import UUID
 
 from evlink.domain import ChargeStateData
@@ -53,6 +54,8 @@ from evlink.services import Services
 
 __all__ = [
     "WAIT_POLL_WITHOUT_EVENTS",
+    "Forward",
+    "Forwarding",
     "Watching",
     "follow_charge_state",
     "follow_charging_session",
@@ -62,6 +65,25 @@ __all__ = [
 
 # The caller's hook around a follow's event subscription: (vehicle id, subscription).
 Watching = Callable[[UUID, Subscription], AbstractAsyncContextManager[None]]
+
+
+class Forward(Protocol):
+    """Where a follow's states go without it (evlink.schema.fanout.Forwarding)."""
+
+    def state(self, state: ChargeStateData) -> None:
+        """Take ``state`` now; never raises."""
+
+    def close(self) -> None:
+        """The follow ends: take nothing more."""
+
+
+# Given once the first state was taken: where the next ones go, or None (yielded).
+Forwarding = Callable[[], Forward | None]
+
+
+def _not_forwarded() -> Forward | None:
+    return None
+
 
 # What waits for a followed command's next event; False: stop following.
 _Wake = Callable[[Services, Subscription], Awaitable[bool]]
@@ -102,20 +124,65 @@ async def wait_for_command(
 
 
 async def follow_charge_state(
-    services: Services, vehicle: Vehicle, *, watching: Watching = _unwatched
+    services: Services,
+    vehicle: Vehicle,
+    *,
+    watching: Watching = _unwatched,
+    forwarding: Forwarding = _not_forwarded,
 ) -> AsyncGenerator[ChargeStateData, None]:
-    """The vehicle's charge state now, then each newer one its events bring."""
-    topic = charge_state_topic(vehicle.id)
-    async with services.events.subscribe(topic) as messages, watching(vehicle.id, messages):
-        last = (await vehicles.vehicle_status(services, vehicle)).charge_state
-        yield last
-        async for message in messages:
-            state = shared(message, _charge_state)
-            # The read above may have published what it found, and an event published
-            # before it may arrive after it: neither is yielded again, nor anything older.
-            if state != last and not _older(state, last):
-                last = state
-                yield state
+    """The vehicle's charge state now, then each newer one its events bring: yielded,
+    or handed to what ``forwarding`` gives once the first was taken (then this yields
+    nothing more, and ends as the subscription does: an interruption raises)."""
+    vehicle_id = vehicle.id
+    async with (
+        services.events.subscribe(charge_state_topic(vehicle_id)) as messages,
+        watching(vehicle_id, messages),
+    ):
+        newer = _NewerStates((await vehicles.vehicle_status(services, vehicle)).charge_state)
+        del vehicle  # not held for the subscription's life (bench/README.md, memory)
+        yield newer.last
+        forward = forwarding()
+        if forward is None:
+            async for message in messages:
+                state = newer.take(message)
+                if state is not None:
+                    yield state
+            return
+        try:
+            messages.forward(newer.to(forward.state))
+            async for _ in messages:  # nothing but an interruption comes: it raises
+                pass
+        finally:
+            forward.close()
+
+
+class _NewerStates:
+    """The charge states worth passing on after ``last``: the read above may have
+    published what it found, and an event published before it may arrive after it:
+    neither is passed on again, nor anything older."""
+
+    __slots__ = ("last",)
+
+    def __init__(self, last: ChargeStateData) -> None:
+        self.last = last
+
+    def take(self, message: Message) -> ChargeStateData | None:
+        """The message's state, if newer (then it is the last one), else None."""
+        state = shared(message, _charge_state)
+        if state == self.last or _older(state, self.last):
+            return None
+        self.last = state
+        return state
+
+    def to(self, forward: Callable[[ChargeStateData], None]) -> Callable[[Message], None]:
+        """Each message's state, if newer, handed to ``forward``."""
+
+        def passing(message: Message) -> None:
+            state = self.take(message)
+            if state is not None:
+                forward(state)
+
+        return passing
 
 
 async def follow_charging_session(

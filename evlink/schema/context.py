@@ -13,7 +13,6 @@ as an HTTP request would be.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -110,15 +109,15 @@ class Context:
         """The caller's key in the rate-limit counters, once authenticated."""
         return self.caller.key_id if self.caller is not None else None
 
-    @contextlib.asynccontextmanager
-    async def watching(self, vehicle_id: UUID | str, watcher: Watcher) -> AsyncIterator[None]:
+    def watching(
+        self, vehicle_id: UUID | str, watcher: Watcher
+    ) -> contextlib.AbstractAsyncContextManager[None]:
         """A subscription follows ``vehicle_id``: on a websocket, ``watcher`` is ended
-        with an error if the user no longer owns it (evlink.revocation)."""
+        with an error if the user no longer owns it (evlink.revocation). A slotted
+        context manager, not a generator's: a subscription holds it for its life."""
         if self.open_socket is None:
-            yield
-            return
-        with self.open_socket.watch(UUID(str(vehicle_id)), watcher):
-            yield
+            return contextlib.nullcontext()
+        return self.open_socket.watch(UUID(str(vehicle_id)), watcher)
 
     @property
     def authenticated(self) -> bool:

@@ -1,31 +1,76 @@
-"""One execution per subscription event, shared by the subscribers that asked the same.
+"""Subscription events to many subscribers: executed and encoded once, sent by one loop.
 
 When a car's charge state changes, every ``chargeState`` subscriber of that car
-gets the same event, and graphql-core executes the subscriber's selection set on
-it: with 1,000 subscribers that is 1,000 identical executions, most of the time
-from the change to the last subscriber (bench/README.md).
+gets the same event. Done the plain way, each subscriber's task wakes, graphql-core
+executes its selection set, Strawberry builds and encodes the ``next`` message and
+the socket frames it: about 200 µs of the server's CPU per subscriber, seconds for
+10,000 (bench/README.md). Here:
 
-:func:`evlink.resolvers.follow.follow_charge_state` hands every subscriber of one
-message the same state, and the subscription makes its payload once per state with
-:func:`evlink.events.shared`; :class:`SharedEventExecutor` then executes a document
-with its variables once per such payload and hands the same result to the others that
-sent the same document with the same variables. Only payloads of :data:`SHAREABLE` types are
-shared: plain data whose fields read neither the context nor the caller, so the
-answer cannot depend on who asks. Results with errors are never shared.
+- :func:`evlink.resolvers.follow.follow_charge_state` hands every subscriber of one
+  message the same state, and :func:`shared_payload` makes one payload of it;
+- :class:`SharedEventExecutor` executes a document with its variables once per such
+  payload and hands the same result to the others that sent the same document with the
+  same variables. Only payloads of :data:`SHAREABLE` types are shared: plain data whose
+  fields read neither the context nor the caller, so the answer cannot depend on who
+  asks. Results with errors are never shared;
+- once a subscription's first state has gone out the plain way, its later events are
+  *forwarded* (:meth:`Forwarding.state`): the event bus calls it as it delivers the
+  message, and it writes the message to the socket at once (on uvicorn's
+  websockets-sansio protocol without compression, as one frame straight to its
+  transport: :class:`_Frames`), with no task woken. The
+  message's payload (``{"data": …}``) is encoded once per (document, variables,
+  payload) for all subscribers (:func:`encoded_payload`), and each subscriber's message is
+  that text with its own opening spliced in: its operation id and its protocol's type
+  (``next`` on graphql-transport-ws, ``data`` on graphql-ws), byte for byte what
+  Strawberry would have sent. A socket that cannot take more (its write buffer is full)
+  keeps at most :data:`~evlink.events.MAILBOX` messages, in order, written by one task
+  of its own once it can, and drops the oldest past that, as the event bus's mailbox
+  does. An interruption (a revoked key, a lost car, a broken stream) still goes through
+  the subscription's own task, which ends it as before, after dropping what it still
+  held (:meth:`Forwarding.close`).
+
+The protocol handlers (:mod:`evlink.schema.view`) make each operation's
+:class:`Forwarding` and set it in :data:`_FORWARDING` for the operation's task, where
+the executor and the resolver find it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
+import logging
+import weakref
+from collections.abc import Callable, Coroutine
+from contextvars import ContextVar
 from typing import Any
 
 from graphql import ExecutionResult
 from graphql.language import OperationDefinitionNode
+from starlette.types import Message
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from evlink.domain import ChargeStateData
+from evlink.events import MAILBOX, shared
+from evlink.metrics import Metrics
+from evlink.schema.errors import format_error
 from evlink.schema.types import ChargeState
 
-__all__ = ["SHAREABLE", "SharedEventExecutor"]
+__all__ = [
+    "SHAREABLE",
+    "Forwarding",
+    "SharedEventExecutor",
+    "encoded_payload",
+    "forward_with",
+    "forwarding",
+    "shared_payload",
+]
+
+logger = logging.getLogger(__name__)
+
+# A socket's ASGI send (Starlette's WebSocket.send: a coroutine function).
+Send = Callable[[Message], Coroutine[Any, Any, None]]
 
 # Payload types whose fields are plain data: executing them cannot depend on the caller.
 SHAREABLE: tuple[type, ...] = (ChargeState,)
@@ -37,24 +82,264 @@ _results: dict[_Key, tuple[OperationDefinitionNode, object, ExecutionResult]] = 
 
 
 class SharedEventExecutor(StrawberryGraphQLCoreExecutionContext):
-    """Strawberry's executor, sharing the result of a subscription event (above)."""
+    """Strawberry's executor, sharing the result of a subscription event (above); the
+    first event of an operation that can be forwarded makes it forwardable."""
 
     def execute_operation(self, serially: bool | None = None) -> Any:
         payload = self.root_value
         if not isinstance(payload, SHAREABLE):
             return super().execute_operation(serially)
         key = (id(self.operation), _variables_key(self.variable_values.coerced))
+        result = self.shared_result(key)
+        target = _FORWARDING.get()
+        if target is not None and target.key is None and isinstance(result, ExecutionResult):
+            target.executing(self, key)  # executed at once: its later events can be too
+        return result
+
+    def shared_result(self, key: _Key) -> Any:
+        """The result for this payload, executed once per ``key`` (document, variables)."""
+        payload = self.root_value
         known = _results.get(key)
         if known is not None and known[0] is self.operation and known[1] is payload:
             return known[2]
-        result = super().execute_operation(serially)
+        result = super().execute_operation(False)
         if isinstance(result, ExecutionResult) and not result.errors:
-            _results.pop(key, None)
-            if len(_results) >= _REMEMBERED:
-                del _results[next(iter(_results))]
-            # The node and the payload are kept alive with it: their ids stay theirs.
-            _results[key] = (self.operation, payload, result)
+            _remember(_results, key, (self.operation, payload, result))
         return result
+
+
+def _remember(memory: dict[_Key, Any], key: _Key, entry: Any) -> None:
+    """``entry`` under ``key``, the oldest of ``memory`` forgotten past its bound."""
+    memory.pop(key, None)
+    if len(memory) >= _REMEMBERED:
+        del memory[next(iter(memory))]
+    # The node and the payload are kept alive with it: their ids stay theirs.
+    memory[key] = entry
+
+
+def shared_payload(state: ChargeStateData) -> ChargeState:
+    """The ``chargeState`` payload of ``state``, one for all its subscribers."""
+    return shared(state, ChargeState.from_data)
+
+
+# (document, variables) -> an executor of it, while a subscription forwarded holds it.
+_executors: weakref.WeakValueDictionary[_Key, SharedEventExecutor] = weakref.WeakValueDictionary()
+# (document, variables) -> (the operation node, the payload, its encoded payload), the latest.
+_encoded: dict[_Key, tuple[OperationDefinitionNode, object, bytes]] = {}
+
+
+def encoded_payload(target: Forwarding, payload: object, metrics: Metrics) -> bytes:
+    """The rest of a message after its opening: the JSON of its payload (``{"data": …}``,
+    with ``errors`` if any) for ``target``'s document and variables on ``payload``, and
+    the message's closing brace, encoded once for all the subscribers that sent them, as
+    Strawberry encodes a message."""
+    executor, key = target.executor, target.key
+    assert executor is not None
+    assert key is not None
+    known = _encoded.get(key)
+    if known is not None and known[0] is executor.operation and known[1] is payload:
+        return known[2]
+    event = executor.build_per_event_executor(payload)
+    assert isinstance(event, SharedEventExecutor)
+    result = event.shared_result(key)
+    body: dict[str, object] = {"data": result.data}
+    if result.errors:
+        body["errors"] = [format_error(error).formatted for error in result.errors]
+    encoded = (json.dumps(body, separators=(",", ":")) + "}").encode()
+    metrics.fanout_encoded.inc()
+    if not result.errors:  # as results: one with errors is never shared
+        _remember(_encoded, key, (executor.operation, payload, encoded))
+    return encoded
+
+
+class Forwarding:
+    """Where an operation's later events go without its task: the socket's ``send``
+    (and, on uvicorn's websockets-sansio protocol, the socket itself: :class:`_Frames`)
+    and each message's opening (its id and type), once its first event has been
+    executed at once (:meth:`executing`). Slotted: one per open subscription."""
+
+    __slots__ = (
+        "_draining",
+        "_pending",
+        "executor",
+        "frames",
+        "key",
+        "metrics",
+        "opening",
+        "send",
+    )
+
+    def __init__(self, send: Send, server_send: object, opening: str, metrics: Metrics) -> None:
+        self.send = send
+        self.frames = _Frames.of(server_send)
+        self.opening = opening.encode()
+        self.metrics = metrics
+        self.executor: SharedEventExecutor | None = None
+        self.key: _Key | None = None
+        self._pending: list[bytes] = []  # messages the socket could not take yet, in order
+        self._draining: asyncio.Task[None] | None = None
+
+    @classmethod
+    def next_message(
+        cls, send: Send, server_send: object, operation_id: str, metrics: Metrics
+    ) -> Forwarding:
+        """graphql-transport-ws: ``{"id":…,"type":"next","payload":…}``."""
+        opening = f'{{"id":{json.dumps(operation_id)},"type":"next","payload":'
+        return cls(send, server_send, opening, metrics)
+
+    @classmethod
+    def data_message(
+        cls, send: Send, server_send: object, operation_id: str, metrics: Metrics
+    ) -> Forwarding:
+        """graphql-ws: ``{"type":"data","id":…,"payload":…}``."""
+        opening = f'{{"type":"data","id":{json.dumps(operation_id)},"payload":'
+        return cls(send, server_send, opening, metrics)
+
+    def executing(self, executor: SharedEventExecutor, key: _Key) -> None:
+        """Its first event was executed at once by ``executor``: the later ones can be,
+        by the executor of the first subscriber with the same ``key`` (one for all)."""
+        known = _executors.get(key)
+        if known is None or known.operation is not executor.operation:
+            _executors[key] = known = executor
+        self.executor, self.key = known, key
+
+    def state(self, state: ChargeStateData) -> None:
+        """Send ``state`` now (the bus calls this as it delivers; it never raises)."""
+        if self.executor is None:
+            return  # closed
+        try:
+            encoded = encoded_payload(self, shared_payload(state), self.metrics)
+        except Exception:  # not the socket's business: the others still get theirs
+            logger.exception("subscriptions: an event could not be encoded")
+            return
+        self._write(self.opening + encoded)
+
+    def _write(self, message: bytes) -> None:
+        if self._draining is not None:  # messages are waiting: this one after them
+            if len(self._pending) >= MAILBOX:
+                del self._pending[0]  # as the bus's mailbox: the oldest goes
+            self._pending.append(message)
+            return
+        if self.frames is not None and self.frames.write(message):
+            return
+        try:
+            waiting = _start(self.send(_text(message)))
+        except Exception:  # the socket is closing: its handler ends the operation
+            return
+        if waiting is not None:
+            self._draining = asyncio.ensure_future(self._drain(waiting))
+
+    async def _drain(self, waiting: Coroutine[Any, Any, None]) -> None:
+        """Finish the send that had to wait, then write what came meanwhile."""
+        try:
+            await waiting
+            while self._pending:
+                await self.send(_text(self._pending.pop(0)))
+        except Exception:  # the socket is closing: its handler ends the operation
+            self._pending.clear()
+        finally:
+            self._draining = None
+
+    def close(self) -> None:
+        """The subscription ends: nothing more is sent (what waits is dropped)."""
+        self._pending.clear()
+        if self._draining is not None:
+            self._draining.cancel()
+        self.executor = None
+
+
+def _text(message: bytes) -> Message:
+    return {"type": "websocket.send", "text": message.decode()}
+
+
+class _Frames:
+    """A socket served by uvicorn's websockets-sansio protocol, with no extension
+    negotiated (no compression): a text message is written to its transport as one
+    frame made here (RFC 6455: FIN, text, the length, the payload unmasked), which is
+    what the ``websockets`` library would make, for a tenth of its work. Declines
+    (False) whenever the protocol would not send at once: the close sent, the
+    transport closing, its buffer full; the message then goes through the ASGI send."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
+        self._protocol = protocol
+
+    @classmethod
+    def of(cls, server_send: object) -> _Frames | None:
+        protocol = getattr(server_send, "__self__", None)
+        if type(protocol) is not WebSocketsSansIOProtocol or protocol.conn.extensions:
+            return None
+        return cls(protocol)
+
+    def write(self, message: bytes) -> bool:
+        protocol = self._protocol
+        transport = protocol.transport
+        if protocol.close_sent or not protocol.writable.is_set() or transport.is_closing():
+            return False
+        transport.write(_frame_header(len(message)) + message)
+        return True
+
+
+def _frame_header(length: int) -> bytes:
+    """A final text frame's header from the server (no mask), for ``length`` bytes."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 1 << 16:
+        return b"\x81\x7e" + length.to_bytes(2, "big")
+    return b"\x81\x7f" + length.to_bytes(8, "big")
+
+
+def _start(coroutine: Coroutine[Any, Any, None]) -> Coroutine[Any, Any, None] | None:
+    """Run ``coroutine`` until it first waits: None when it is done by then (a socket
+    that takes the message at once, the usual case), else what finishes it, to be run
+    in a task. Python 3.11 has no eager tasks; this is one, for a send."""
+    try:
+        waited = coroutine.send(None)
+    except StopIteration:
+        return None
+    return _resume(coroutine, waited)
+
+
+async def _resume(coroutine: Coroutine[Any, Any, None], waited: Any) -> None:
+    """Run ``coroutine`` on from where it waits for ``waited`` (what it yielded: a future,
+    or None for a bare yield), as a task would; closed if this is cancelled."""
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            if waited is None:
+                await asyncio.sleep(0)
+            else:
+                waited._asyncio_future_blocking = False  # as a task does with what it awaits
+                woken = loop.create_future()
+                waited.add_done_callback(functools.partial(_settle, woken))
+                await woken  # ``waited``'s own outcome is the coroutine's to see
+            waited = coroutine.send(None)
+    except StopIteration:
+        return
+    finally:
+        coroutine.close()
+
+
+def _settle(future: asyncio.Future[None], _: object) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+# The operation's Forwarding, set by the protocol handler in the operation's task.
+_FORWARDING: ContextVar[Forwarding | None] = ContextVar("evlink_forwarding", default=None)
+
+
+def forward_with(target: Forwarding) -> None:
+    """``target`` is where the running operation's events may be forwarded (called by
+    the protocol handler at the start of the operation's task)."""
+    _FORWARDING.set(target)
+
+
+def forwarding() -> Forwarding | None:
+    """The running operation's :class:`Forwarding`, once its events can be forwarded."""
+    target = _FORWARDING.get()
+    return target if target is not None and target.executor is not None else None
 
 
 def _variables_key(variables: dict[str, Any]) -> str:

@@ -8,9 +8,8 @@ from typing import TypeVar
 
 import strawberry
 
-from evlink.domain import ChargeStateData
-from evlink.events import shared
 from evlink.resolvers import accounts, charging, follow, vehicles
+from evlink.schema import fanout
 from evlink.schema import sessions as session_fields
 from evlink.schema.context import Info
 from evlink.schema.types import (
@@ -128,17 +127,17 @@ class Subscription:
     async def charge_state(
         self, info: Info, vehicle_id: strawberry.ID
     ) -> AsyncGenerator[ChargeState, None]:
-        services = info.context.services
-        vehicle = await vehicles.get_vehicle(await info.context.user(), str(vehicle_id))
         # Ended with an error once the user no longer owns the car (evlink.revocation).
-        states = follow.follow_charge_state(services, vehicle, watching=info.context.watching)
-        # One payload per state for all its subscribers (schema.fanout).
-        async for payload in _relayed(info, "chargeState", states, _shared_payload):
+        # After the first, the states are forwarded to the socket (schema.fanout). The
+        # vehicle is not kept in this frame: an idle subscription holds only what it needs.
+        states = follow.follow_charge_state(
+            info.context.services,
+            await vehicles.get_vehicle(await info.context.user(), str(vehicle_id)),
+            watching=info.context.watching,
+            forwarding=fanout.forwarding,
+        )
+        async for payload in _relayed(info, "chargeState", states, fanout.shared_payload):
             yield payload
-
-
-def _shared_payload(state: ChargeStateData) -> ChargeState:
-    return shared(state, ChargeState.from_data)
 
 
 async def _relayed(

@@ -18,10 +18,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from strawberry.asgi import ASGIWebSocketAdapter, GraphQL
 from strawberry.exceptions import MissingQueryError
 from strawberry.http import GraphQLRequestData
+from strawberry.http.async_base_view import AsyncWebSocketAdapter
 from strawberry.http.exceptions import NonTextMessageReceived
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
+    Operation,
 )
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
@@ -42,10 +44,11 @@ from evlink.metrics import Metrics
 from evlink.playground.page import playground_response
 from evlink.requestheaders import client_address, header
 from evlink.resolvers.auth import Caller, authenticate_request
+from evlink.schema import fanout
 from evlink.schema.context import Context
 from evlink.schema.results import ResultCache, capturing, read_body
 from evlink.schema.socket_messages import message_problem
-from evlink.server import Admission, OpenSocket, OpenSockets, serve_until_closed
+from evlink.server import SERVER_SEND, Admission, OpenSocket, OpenSockets, serve_until_closed
 from evlink.services import Services
 
 __all__ = ["GraphQLView"]
@@ -71,6 +74,14 @@ _REJECTION_CODES = {"UNAUTHENTICATED": 4401, "RATE_LIMITED": 4429}
 
 
 class _TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    async def run_operation(self, operation: Operation[Context, None]) -> None:
+        """Strawberry's, with the operation's later events forwarded (schema.fanout)."""
+        metrics = self.context.services.metrics
+        fanout.forward_with(
+            fanout.Forwarding.next_message(*_sends_of(self.websocket), operation.id, metrics)
+        )
+        await super().run_operation(operation)
+
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
         try:
             await super().handle_connection_init(message)
@@ -81,6 +92,20 @@ class _TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
 
 
 class _LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
+    async def handle_async_results(
+        self,
+        operation_id: str,
+        query: str,
+        operation_name: str | None,
+        variables: dict[str, object] | None,
+    ) -> None:
+        """Strawberry's, with the operation's later events forwarded (schema.fanout)."""
+        metrics = self.context.services.metrics
+        fanout.forward_with(
+            fanout.Forwarding.data_message(*_sends_of(self.websocket), operation_id, metrics)
+        )
+        await super().handle_async_results(operation_id, query, operation_name, variables)
+
     async def handle_connection_init(self, message: LegacyConnectionInitMessage) -> None:
         try:
             await super().handle_connection_init(message)
@@ -91,6 +116,13 @@ class _LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
                 ConnectionErrorMessage(type="connection_error", payload=rejected.payload)
             )
             await self.websocket.close(rejected.code, rejected.reason)
+
+
+def _sends_of(websocket: AsyncWebSocketAdapter) -> tuple[fanout.Send, object]:
+    """The socket's ASGI send through Starlette's checks (nothing after a close), and
+    the server's own (evlink.edge), for the frames written directly (schema.fanout)."""
+    assert isinstance(websocket, ASGIWebSocketAdapter)
+    return websocket.ws.send, websocket.ws.scope.get(SERVER_SEND)
 
 
 class _WebSocketAdapter(ASGIWebSocketAdapter):
