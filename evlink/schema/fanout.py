@@ -49,13 +49,17 @@ from graphql import ExecutionResult
 from graphql.language import OperationDefinitionNode
 from starlette.types import Message
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from evlink.domain import ChargeStateData
 from evlink.events import MAILBOX, shared
 from evlink.metrics import Metrics
 from evlink.schema.errors import format_error
 from evlink.schema.types import ChargeState
+
+try:  # uvicorn's sans-I/O websocket protocol, whose internals _Frames reads
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+except ImportError:  # a uvicorn without it: every message goes through the ASGI send
+    WebSocketsSansIOProtocol = None  # type: ignore[assignment,misc]
 
 __all__ = [
     "SHAREABLE",
@@ -262,13 +266,21 @@ class _Frames:
 
     __slots__ = ("_protocol",)
 
-    def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
+    # What write() reads of the protocol: a uvicorn whose protocol lacks any of it (its
+    # internals may change) gets every message through the ASGI send.
+    _READS = ("conn", "transport", "close_sent", "writable")
+
+    def __init__(self, protocol: Any) -> None:
         self._protocol = protocol
 
     @classmethod
     def of(cls, server_send: object) -> _Frames | None:
         protocol = getattr(server_send, "__self__", None)
-        if type(protocol) is not WebSocketsSansIOProtocol or protocol.conn.extensions:
+        if WebSocketsSansIOProtocol is None or type(protocol) is not WebSocketsSansIOProtocol:
+            return None
+        if not all(hasattr(protocol, name) for name in cls._READS):
+            return None
+        if getattr(protocol.conn, "extensions", True):  # compression (or unknown): not ours
             return None
         return cls(protocol)
 
