@@ -88,8 +88,8 @@ class Ingestion(Enum):
     ON = "on"  # record_state as evlink runs it
 
 
-async def _no_sessions(*_: Any) -> None:
-    return None
+async def _no_sessions(*_: Any) -> list[Any]:
+    return []
 
 
 Measure = Callable[[Services, ManualClock, Simulator, Any], Awaitable[float]]
