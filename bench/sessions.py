@@ -109,7 +109,8 @@ async def run_sessions(
     simulator = Simulator(clock)
     settings = Settings(database_url=database_url)
     name = "SQLite" if settings.is_sqlite else "PostgreSQL"
-    async with open_database(database_url):
+    # The server's clients: every call (and transaction) bounded, as evlink runs them.
+    async with open_database(database_url, timeout=settings.database_timeout):
         services = Services(settings=settings, provider=simulator, events=MemoryEventBus())
         user = await accounts.create_user(f"bench-{uuid.uuid4().hex[:8]}@example.com", Tier.PRO)
 

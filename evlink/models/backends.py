@@ -195,16 +195,17 @@ async def transaction(connection_name: str | None = None) -> AsyncIterator[BaseD
     The block's statements, through models or the client it gives, run in it; they are
     committed together when the block ends, and none is when it raises. Inside a
     transaction, this is a savepoint of it: its failure undoes only its own statements.
+    Over a client that is not bounded (not the server's), Tortoise's own transaction.
     ``connection_name``: Tortoise's name of the connection; its only one by default.
     """
     connection_name = connection_name or next(iter(connections.db_config))
     current = connections.get(connection_name)
-    if isinstance(current, TransactionalDBClient):
-        async with current._in_transaction() as savepoint:
-            yield savepoint
-        return
     if not isinstance(current, BoundedClient):
-        raise TypeError("the database client is not bounded (evlink.settings.tortoise_config)")
+        # A savepoint in a transaction, or Tortoise's own unbounded client (migrations,
+        # the CLI): Tortoise's transaction, as unbounded as that client's other calls.
+        async with current._in_transaction() as client:
+            yield client
+        return
     async with current._bound(), current._transaction() as client:
         token = connections.set(connection_name, client)
         try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from typing import Any
+from uuid import UUID
 
 from tortoise import fields
 from tortoise.models import Model
@@ -70,6 +71,42 @@ class ChargingSession(Model):
     class Meta:
         table = "charging_sessions"
         indexes = (("vehicle_id", "started_at"),)
+
+
+_ADVANCE: dict[tuple[str, tuple[str, ...]], str] = {}  # by SQL dialect and columns set
+
+
+async def advance_session(session_id: UUID, sample_count: int, values: dict[str, Any]) -> bool:
+    """Write ``values`` on the session if it is open and still has ``sample_count``
+    samples (the compare-and-set of :mod:`evlink.resolvers.sessions`); True if written.
+
+    One statement, made once per set of fields: Tortoise's ``update()`` would build
+    it again on every call, copying the query once per field set.
+    """
+    db = ChargingSession._meta.db
+    names = tuple(values)
+    fields_map = ChargingSession._meta.fields_map
+    parameters = [fields_map[name].to_db_value(values[name], ChargingSession) for name in names]
+    parameters += [fields_map["id"].to_db_value(session_id, ChargingSession), sample_count]
+    changed, _ = await db.execute_query(_advance_sql(db.capabilities.dialect, names), parameters)
+    return changed > 0
+
+
+def _advance_sql(dialect: str, names: tuple[str, ...]) -> str:
+    sql = _ADVANCE.get((dialect, names))
+    if sql is None:
+        count = len(names) + 2
+        marks = [f"${i}" for i in range(1, count + 1)] if dialect == "postgres" else ["?"] * count
+        columns = ChargingSession._meta.fields_db_projection
+        # Only the model's own table and column names go into the text.
+        assignments = ", ".join(
+            f'"{columns[name]}" = {mark}' for name, mark in zip(names, marks, strict=False)
+        )
+        sql = _ADVANCE[(dialect, names)] = (
+            f'UPDATE "{ChargingSession._meta.db_table}" SET {assignments} '  # noqa: S608
+            f'WHERE "id" = {marks[-2]} AND "sample_count" = {marks[-1]} AND "ended_at" IS NULL'
+        )
+    return sql
 
 
 class ChargingSample(Model):

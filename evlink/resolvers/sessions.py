@@ -62,6 +62,7 @@ from evlink.models.sessions import (
     EndReason,
     StartedBy,
     UserTariff,
+    advance_session,
 )
 from evlink.services import Services
 from evlink.tariffs import Period, Tariff
@@ -333,10 +334,7 @@ async def _grow(
     if reason is not None:
         values["ended_at"] = sample.at
         values["end_reason"] = reason
-    changed = await ChargingSession.filter(
-        id=session.id, ended_at=None, sample_count=session.sample_count
-    ).update(**values)
-    if not changed:
+    if not await advance_session(session.id, session.sample_count, values):
         return False
     await _add_sample(session, sample)
     for name, value in values.items():  # the row as written, without reading it back
@@ -366,12 +364,11 @@ async def _add_sample(session: ChargingSession, sample: _Sample) -> None:
 
 async def _end(session: ChargingSession, reason: EndReason, at: datetime) -> bool:
     """End the session by compare-and-set; False when another writer changed it first."""
-    changed = await ChargingSession.filter(
-        id=session.id, ended_at=None, sample_count=session.sample_count
-    ).update(ended_at=at, end_reason=reason)
-    if changed:
-        await session.refresh_from_db()
-    return bool(changed)
+    values = {"ended_at": at, "end_reason": reason}
+    if not await advance_session(session.id, session.sample_count, values):
+        return False
+    await session.refresh_from_db()
+    return True
 
 
 async def _prune_samples(services: Services, vehicle: Vehicle, now: datetime) -> None:
