@@ -241,18 +241,15 @@ class BoundedPostgresClient(BoundedClient, AsyncpgDBClient):
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[TransactionalDBClient]:
-        # A pooled connection, terminated if anything here is cut short (the rollback
-        # included): asyncpg's own transaction, so that a nested one is a savepoint.
+        # A pooled connection, terminated if anything here is cut short. On a failure
+        # the pool's reset as it takes the connection back rolls the transaction back
+        # (asyncpg's ``Connection.reset``). asyncpg's own transaction, so that a nested
+        # one is a savepoint.
         async with self.acquire_connection() as connection:
             client = TransactionWrapper(self)
             client._connection = connection
             await client.begin()
-            try:
-                yield client
-            except BaseException as exc:
-                if not _cut_short(type(exc)):
-                    await client.rollback()
-                raise
+            yield client
             await client.commit()
 
 
