@@ -73,39 +73,81 @@ class ChargingSession(Model):
         indexes = (("vehicle_id", "started_at"),)
 
 
-_ADVANCE: dict[tuple[str, tuple[str, ...]], str] = {}  # by SQL dialect and columns set
+_ADVANCE: dict[tuple[str, tuple[str, ...], tuple[str, ...]], str] = {}  # by dialect, fields
 
 
-async def advance_session(session_id: UUID, sample_count: int, values: dict[str, Any]) -> bool:
+async def advance_session(
+    session_id: UUID,
+    sample_count: int,
+    values: dict[str, Any],
+    sample: dict[str, Any] | None = None,
+) -> bool:
     """Write ``values`` on the session if it is open and still has ``sample_count``
     samples (the compare-and-set of :mod:`evlink.resolvers.sessions`); True if written.
+    Then, if written, store ``sample`` (a :class:`ChargingSample`'s fields but its
+    session): on PostgreSQL in the same statement, one round trip for both.
 
-    One statement, made once per set of fields: Tortoise's ``update()`` would build
-    it again on every call, copying the query once per field set.
+    Statements made once per set of fields: Tortoise's ``update()`` would build its
+    query again on every call, copying it once per field set.
     """
     db = ChargingSession._meta.db
+    dialect = db.capabilities.dialect
     names = tuple(values)
-    fields_map = ChargingSession._meta.fields_map
-    parameters = [fields_map[name].to_db_value(values[name], ChargingSession) for name in names]
-    parameters += [fields_map["id"].to_db_value(session_id, ChargingSession), sample_count]
-    changed, _ = await db.execute_query(_advance_sql(db.capabilities.dialect, names), parameters)
+    parameters = _db_values(ChargingSession, values)
+    parameters += [_db_value(ChargingSession, "id", session_id), sample_count]
+    if sample is not None and dialect == "postgres":
+        parameters += _db_values(ChargingSample, sample)
+        _, inserted = await db.execute_query(
+            _advance_sql(dialect, names, tuple(sample)), parameters
+        )
+        return bool(inserted)
+    changed, _ = await db.execute_query(_advance_sql(dialect, names, ()), parameters)
+    if changed and sample is not None:
+        await ChargingSample.create(session_id=session_id, **sample)
     return changed > 0
 
 
-def _advance_sql(dialect: str, names: tuple[str, ...]) -> str:
-    sql = _ADVANCE.get((dialect, names))
+def _db_value(model: type[Model], name: str, value: Any) -> Any:
+    return model._meta.fields_map[name].to_db_value(value, model)
+
+
+def _db_values(model: type[Model], values: dict[str, Any]) -> list[Any]:
+    return [_db_value(model, name, value) for name, value in values.items()]
+
+
+def _advance_sql(dialect: str, names: tuple[str, ...], sample: tuple[str, ...]) -> str:
+    """The compare-and-set setting ``names``; with ``sample`` (PostgreSQL), the insert
+    of a sample of those fields for the session it moved, if it moved one."""
+    sql = _ADVANCE.get((dialect, names, sample))
     if sql is None:
-        count = len(names) + 2
+        count = len(names) + 2 + len(sample)
         marks = [f"${i}" for i in range(1, count + 1)] if dialect == "postgres" else ["?"] * count
-        columns = ChargingSession._meta.fields_db_projection
-        # Only the model's own table and column names go into the text.
+        session_columns = ChargingSession._meta.fields_db_projection
+        sample_columns = ChargingSample._meta.fields_db_projection
+        # Only the models' own table and column names go into the text.
         assignments = ", ".join(
-            f'"{columns[name]}" = {mark}' for name, mark in zip(names, marks, strict=False)
+            f'"{session_columns[name]}" = {mark}' for name, mark in zip(names, marks, strict=False)
         )
-        sql = _ADVANCE[(dialect, names)] = (
-            f'UPDATE "{ChargingSession._meta.db_table}" SET {assignments} '  # noqa: S608
-            f'WHERE "id" = {marks[-2]} AND "sample_count" = {marks[-1]} AND "ended_at" IS NULL'
+        id_mark, count_mark = marks[len(names)], marks[len(names) + 1]
+        update = " ".join(
+            [
+                f'UPDATE "{ChargingSession._meta.db_table}" SET {assignments}',  # noqa: S608
+                f'WHERE "id" = {id_mark} AND "sample_count" = {count_mark}',
+                'AND "ended_at" IS NULL',
+            ]
         )
+        sql = update
+        if sample:
+            columns = ", ".join(f'"{sample_columns[name]}"' for name in sample)
+            sql = " ".join(
+                [
+                    f'WITH moved AS ({update} RETURNING "id")',
+                    f'INSERT INTO "{ChargingSample._meta.db_table}" ("session_id", {columns})',
+                    f'SELECT "id", {", ".join(marks[len(names) + 2 :])} FROM moved',  # noqa: S608
+                    'RETURNING "id"',
+                ]
+            )
+        _ADVANCE[(dialect, names, sample)] = sql
     return sql
 
 

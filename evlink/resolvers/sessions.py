@@ -283,7 +283,7 @@ async def _open(
             )
     except IntegrityError:
         return None
-    await _add_sample(session, sample)
+    await ChargingSample.create(session_id=session.id, **_row(sample))
     _remember(services, session)
     await _prune_samples(services, vehicle, now)
     return session
@@ -334,9 +334,8 @@ async def _grow(
     if reason is not None:
         values["ended_at"] = sample.at
         values["end_reason"] = reason
-    if not await advance_session(session.id, session.sample_count, values):
+    if not await advance_session(session.id, session.sample_count, values, _row(sample)):
         return False
-    await _add_sample(session, sample)
     for name, value in values.items():  # the row as written, without reading it back
         setattr(session, name, value)
     _remember(services, session)
@@ -347,19 +346,18 @@ def _latest(value: Any, stored: Any) -> Any:
     return stored if value is None else value
 
 
-async def _add_sample(session: ChargingSession, sample: _Sample) -> None:
-    """Store the sample just counted. In the same transaction as the count: a sample is
-    stored by the writer whose compare-and-set counted it, so never twice."""
+def _row(sample: _Sample) -> dict[str, Any]:
+    """The sample's stored fields but its session. A sample is stored by the writer
+    whose compare-and-set counted it, in the same transaction: never twice."""
     state = sample.state
-    await ChargingSample.create(
-        session_id=session.id,
-        at=sample.at,
-        battery_level=state.battery_level,
-        range=state.range,
-        charge_rate=state.charge_rate,
-        is_plugged_in=state.is_plugged_in,
-        is_charging=state.is_charging,
-    )
+    return {
+        "at": sample.at,
+        "battery_level": state.battery_level,
+        "range": state.range,
+        "charge_rate": state.charge_rate,
+        "is_plugged_in": state.is_plugged_in,
+        "is_charging": state.is_charging,
+    }
 
 
 async def _end(session: ChargingSession, reason: EndReason, at: datetime) -> bool:
