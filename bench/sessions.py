@@ -13,6 +13,8 @@ only); each is the ratio of the medians:
   polled as Home Assistant does, two sensors every 30 s against
   ``EVLINK_STATUS_MAX_AGE`` (60 s): a read every 15 s of the bench's
   ``ManualClock``, so one read in four refreshes the car from its provider.
+  Each way reads a fleet of its own, the three read one after the other after
+  each step of the clock, so that they meet the same load of the machine.
   evlink's clock (``vehicles._now``) follows the ManualClock in this bench
   process only, so states go stale without sleeping.
 
