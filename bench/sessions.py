@@ -13,6 +13,8 @@ only); each is the ratio of the medians:
   polled as Home Assistant does, two sensors every 30 s against
   ``EVLINK_STATUS_MAX_AGE`` (60 s): a read every 15 s of the bench's
   ``ManualClock``, so one read in four refreshes the car from its provider.
+  Each way reads a fleet of its own, the three read one after the other after
+  each step of the clock, so that they meet the same load of the machine.
   evlink's clock (``vehicles._now``) follows the ManualClock in this bench
   process only, so states go stale without sleeping.
 
@@ -25,11 +27,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -88,11 +91,8 @@ class Ingestion(Enum):
     ON = "on"  # record_state as evlink runs it
 
 
-async def _no_sessions(*_: Any) -> None:
-    return None
-
-
-Measure = Callable[[Services, ManualClock, Simulator, Any], Awaitable[float]]
+async def _no_sessions(*_: Any) -> list[Any]:
+    return []
 
 
 async def run_sessions(
@@ -109,27 +109,23 @@ async def run_sessions(
     simulator = Simulator(clock)
     settings = Settings(database_url=database_url)
     name = "SQLite" if settings.is_sqlite else "PostgreSQL"
-    async with open_database(database_url):
+    worst = "worst case: a refresh per call (max age 0)"
+    status = f"status path: read_status, {cars} cars, a refresh per 4 reads"
+    # The server's clients: every call (and transaction) bounded, as evlink runs them.
+    async with open_database(database_url, timeout=settings.database_timeout):
         services = Services(settings=settings, provider=simulator, events=MemoryEventBus())
         user = await accounts.create_user(f"bench-{uuid.uuid4().hex[:8]}@example.com", Tier.PRO)
-
-        async def worst(*args: Any) -> float:
-            return await _refreshes(*args, refreshes)
-
-        async def status(*args: Any) -> float:
-            return await _status_polls(*args, cars, polls)
-
-        measures: dict[str, Measure] = {
-            "worst case: a refresh per call (max age 0)": worst,
-            f"status path: read_status, {cars} cars, a refresh per 4 reads": status,
-        }
         timings: dict[tuple[str, Ingestion], list[float]] = {}
-        order = list(Ingestion)
         for turn in range(rounds):
-            for path, measure in measures.items():
-                for ingestion in order[turn % 3 :] + order[: turn % 3]:  # each first in turn
-                    ms = await _measured(measure, ingestion, services, clock, simulator, user)
-                    timings.setdefault((path, ingestion), []).append(ms)
+            order = list(Ingestion)
+            order = order[turn % 3 :] + order[: turn % 3]  # each first in turn
+            for ingestion in order:
+                with _ingesting(ingestion, services, clock, _memory(ingestion)):
+                    ms = await _refreshes(services, clock, simulator, user, refreshes)
+                timings.setdefault((worst, ingestion), []).append(ms)
+            per_read = await _status_polls(services, clock, simulator, user, cars, polls, order)
+            for ingestion, ms in per_read.items():
+                timings.setdefault((status, ingestion), []).append(ms)
     return [
         SessionsResult(
             name,
@@ -138,28 +134,28 @@ async def run_sessions(
             statistics.median(timings[path, Ingestion.OFF]),
             statistics.median(timings[path, Ingestion.UNREMEMBERED]),
         )
-        for path in measures
+        for path in (worst, status)
     ]
 
 
-async def _measured(
-    measure: Measure,
-    ingestion: Ingestion,
-    services: Services,
-    clock: ManualClock,
-    simulator: Simulator,
-    user: Any,
-) -> float:
-    """One round of ``measure``, with evlink's clock on the ManualClock and ``ingestion``,
-    all put back after."""
+def _memory(ingestion: Ingestion) -> dict[Any, Any]:
+    """A new ``Services.open_sessions`` for ``ingestion``."""
+    return _Forgetful() if ingestion is Ingestion.UNREMEMBERED else {}
+
+
+@contextlib.contextmanager
+def _ingesting(
+    ingestion: Ingestion, services: Services, clock: ManualClock, memory: dict[Any, Any]
+) -> Iterator[None]:
+    """``ingestion`` in force, remembering open sessions in ``memory``, with evlink's
+    clock on the ManualClock; all put back after."""
     real_record, real_now = sessions.record_state, vehicles._now
     off = ingestion is Ingestion.OFF
     sessions.record_state = _no_sessions if off else real_record  # type: ignore[assignment]
     vehicles._now = clock.now  # type: ignore[assignment]
-    if ingestion is Ingestion.UNREMEMBERED:
-        services.open_sessions = _Forgetful()
+    services.open_sessions = memory
     try:
-        return await measure(services, clock, simulator, user)
+        yield
     finally:
         sessions.record_state = real_record  # type: ignore[assignment]
         vehicles._now = real_now  # type: ignore[assignment]
@@ -188,32 +184,48 @@ async def _refreshes(
 
 
 async def _status_polls(
-    services: Services, clock: ManualClock, simulator: Simulator, user: Any, cars: int, polls: int
-) -> float:
-    """Milliseconds per ``read_status`` of new charging cars, each read every 15 s of the
-    ManualClock ``polls`` times (after one untimed read that opens its session); fails
-    unless exactly one read in four refreshed its car from the provider."""
-    fleet = [
-        await accounts.add_vehicle(
-            user, provider="simulator", provider_vehicle_id=_charging_car(simulator)
-        )
-        for _ in range(cars)
-    ]
-    ids = [vehicle.id for vehicle in fleet]
-    for vehicle_id in ids:  # the first read of each: a refresh that opens its session
-        await vehicles.read_status(services, user, vehicle_id)
+    services: Services,
+    clock: ManualClock,
+    simulator: Simulator,
+    user: Any,
+    cars: int,
+    polls: int,
+    order: list[Ingestion],
+) -> dict[Ingestion, float]:
+    """Milliseconds per ``read_status`` for each way of ``order``, each over ``cars`` new
+    charging cars of its own, read every 15 s of the ManualClock ``polls`` times (after
+    one untimed read that opens its session). After each step of the clock the fleets
+    are read one after the other, each first in turn, so that every way meets the same
+    load of the machine. Fails unless exactly one read in four refreshed its car."""
+    fleets: dict[Ingestion, list[Any]] = {}
+    memories = {ingestion: _memory(ingestion) for ingestion in order}
+    for ingestion in order:
+        fleets[ingestion] = [
+            (
+                await accounts.add_vehicle(
+                    user, provider="simulator", provider_vehicle_id=_charging_car(simulator)
+                )
+            ).id
+            for _ in range(cars)
+        ]
+        with _ingesting(ingestion, services, clock, memories[ingestion]):
+            for vehicle_id in fleets[ingestion]:  # a first refresh opens its session
+                await vehicles.read_status(services, user, vehicle_id)
     reads_before = len(simulator.calls)
-    started = time.perf_counter()
-    for _ in range(polls):
+    elapsed = dict.fromkeys(order, 0.0)
+    for step in range(polls):
         await clock.advance(POLL_EVERY)
-        for vehicle_id in ids:
-            await vehicles.read_status(services, user, vehicle_id)
-    elapsed = time.perf_counter() - started
+        for ingestion in order[step % len(order) :] + order[: step % len(order)]:
+            with _ingesting(ingestion, services, clock, memories[ingestion]):
+                started = time.perf_counter()
+                for vehicle_id in fleets[ingestion]:
+                    await vehicles.read_status(services, user, vehicle_id)
+                elapsed[ingestion] += time.perf_counter() - started
     refreshed = len(simulator.calls) - reads_before
-    expected = cars * (polls // round(services.settings.status_max_age / POLL_EVERY))
+    expected = len(order) * cars * (polls // round(services.settings.status_max_age / POLL_EVERY))
     if refreshed != expected:
         raise RuntimeError(f"status path: {refreshed} provider reads, expected {expected}")
-    return elapsed * 1000 / (polls * cars)
+    return {ingestion: seconds * 1000 / (polls * cars) for ingestion, seconds in elapsed.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

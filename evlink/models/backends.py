@@ -26,9 +26,20 @@ what a client waits for, and it makes asyncpg's two redundant.
 - The outage is logged once, a WARNING when a call first fails and an INFO when one
   succeeds again; the answers in between are not logged (:class:`Outage`).
 
+A transaction is bounded the same way, as one call: :func:`transaction` (not
+Tortoise's ``in_transaction``, whose wrappers take SQLite's lock or a pooled
+connection and run their statements past these clients, unbounded) takes the
+connection, begins, runs the block's statements and commits within one
+``EVLINK_DATABASE_TIMEOUT``. Any failure rolls everything back and an outage is told
+as above. Cut short, a PostgreSQL connection is terminated, not pooled (the server
+rolls back when it sees it gone); SQLite's one connection stays locked until its
+statement has finished in aiosqlite's thread and is rolled back, in the background.
+Inside a transaction, :func:`transaction` is a savepoint of it (what a statement
+that may fail, a unique insert, needs on PostgreSQL to leave the rest standing).
+
 Only the server's own calls are bounded: ``evlink.settings.tortoise_config`` selects
 these clients when given a timeout (the app always is; migrations and the CLI are
-not). The server opens no transaction, so transactions keep Tortoise's behaviour.
+not).
 """
 
 from __future__ import annotations
@@ -41,10 +52,16 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+import aiosqlite
 import asyncpg  # type: ignore[import-untyped]
-from tortoise.backends.asyncpg.client import AsyncpgDBClient
-from tortoise.backends.base.client import BaseDBAsyncClient, PoolConnectionWrapper
-from tortoise.backends.sqlite.client import SqliteClient
+from tortoise.backends.asyncpg.client import AsyncpgDBClient, TransactionWrapper
+from tortoise.backends.base.client import (
+    BaseDBAsyncClient,
+    PoolConnectionWrapper,
+    TransactionalDBClient,
+)
+from tortoise.backends.sqlite.client import SqliteClient, SqliteTransactionWrapper
+from tortoise.connection import connections
 from tortoise.exceptions import OperationalError
 
 from evlink.errors import DatabaseUnavailable
@@ -56,6 +73,7 @@ __all__ = [
     "Outage",
     "database_answers",
     "get_client_class",
+    "transaction",
 ]
 
 logger = logging.getLogger(__name__)
@@ -166,6 +184,37 @@ class BoundedClient(BaseDBAsyncClient):
         async with self._bound():
             await super().execute_script(query)
 
+    def _transaction(self) -> AbstractAsyncContextManager[TransactionalDBClient]:
+        """The backend's transaction: its client for the statements, committed at the
+        end, rolled back on failure (bounded by :func:`transaction`)."""
+        raise NotImplementedError
+
+
+@asynccontextmanager
+async def transaction(connection_name: str | None = None) -> AsyncIterator[BaseDBAsyncClient]:
+    """A transaction of the server's database, bounded as one call (see the module).
+
+    The block's statements, through models or the client it gives, run in it; they are
+    committed together when the block ends, and none is when it raises. Inside a
+    transaction, this is a savepoint of it: its failure undoes only its own statements.
+    Over a client that is not bounded (not the server's), Tortoise's own transaction.
+    ``connection_name``: Tortoise's name of the connection; its only one by default.
+    """
+    connection_name = connection_name or next(iter(connections.db_config))
+    current = connections.get(connection_name)
+    if not isinstance(current, BoundedClient):
+        # A savepoint in a transaction, or Tortoise's own unbounded client (migrations,
+        # the CLI): Tortoise's transaction, as unbounded as that client's other calls.
+        async with current._in_transaction() as client:
+            yield client
+        return
+    async with current._bound(), current._transaction() as client:
+        token = connections.set(connection_name, client)
+        try:
+            yield client
+        finally:
+            connections.reset(token)
+
 
 class _TerminatingPoolConnection(PoolConnectionWrapper[Any]):
     """A pooled connection that is terminated, not handed back, when its statement was
@@ -211,6 +260,19 @@ class BoundedPostgresClient(BoundedClient, AsyncpgDBClient):
     def acquire_connection(self) -> _TerminatingPoolConnection:
         return _TerminatingPoolConnection(self, self._pool_init_lock)
 
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[TransactionalDBClient]:
+        # A pooled connection, terminated if anything here is cut short. On a failure
+        # the pool's reset as it takes the connection back rolls the transaction back
+        # (asyncpg's ``Connection.reset``). asyncpg's own transaction, so that a nested
+        # one is a savepoint.
+        async with self.acquire_connection() as connection:
+            client = TransactionWrapper(self)
+            client._connection = connection
+            await client.begin()
+            yield client
+            await client.commit()
+
 
 class BoundedSqliteClient(BoundedClient, SqliteClient):
     """aiosqlite through Tortoise, every call bounded."""
@@ -223,6 +285,47 @@ class BoundedSqliteClient(BoundedClient, SqliteClient):
         super().__init__(file_path, **kwargs)
         self.timeout = database_timeout
         self.outage = Outage()
+        self._settling: set[asyncio.Task[None]] = set()  # rollbacks of transactions cut short
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[TransactionalDBClient]:
+        # The one connection's lock, held until the transaction ends. IMMEDIATE takes
+        # the database's write lock at once (waiting ``busy_timeout`` for another
+        # connection's), so no statement inside waits for it.
+        await self._lock.acquire()
+        settled_later = False
+        try:
+            if self._connection is None:
+                await self.create_connection(with_db=True)
+            connection = self._connection
+            assert connection is not None
+            try:
+                await connection.execute("BEGIN IMMEDIATE")
+                yield SqliteTransactionWrapper(self)
+                await connection.commit()
+            except BaseException as exc:
+                settled_later = True  # the rollback releases the lock
+                rollback = asyncio.ensure_future(self._roll_back_then_unlock(connection))
+                self._settling.add(rollback)
+                rollback.add_done_callback(self._settling.discard)
+                if not _cut_short(type(exc)):
+                    # Waited for, within the bound; cut short meanwhile, it goes on.
+                    await asyncio.shield(rollback)
+                raise
+        finally:
+            if not settled_later:
+                self._lock.release()
+
+    async def _roll_back_then_unlock(self, connection: aiosqlite.Connection) -> None:
+        """Roll back, then release the lock. A task of its own: a statement cut short
+        still runs in aiosqlite's thread, and the rollback waits for it there, past the
+        bound of the caller, who is answered meanwhile."""
+        try:
+            await connection.rollback()
+        except Exception as exc:  # the connection broke: nothing of the transaction stays
+            logger.warning("SQLite rollback failed: %r", exc)
+        finally:
+            self._lock.release()
 
 
 def get_client_class(db_info: dict[str, Any]) -> type[BaseDBAsyncClient]:

@@ -24,11 +24,14 @@ def ensure_sqlite_directory(database_url: str) -> None:
 
 
 @asynccontextmanager
-async def open_database(database_url: str) -> AsyncIterator[TortoiseContext]:
-    """A Tortoise context of its own, for work outside the running app."""
+async def open_database(
+    database_url: str, *, timeout: float | None = None
+) -> AsyncIterator[TortoiseContext]:
+    """A Tortoise context of its own, for work outside the running app; with
+    ``timeout``, its calls bounded as the server's are (:mod:`evlink.models.backends`)."""
     ensure_sqlite_directory(database_url)
     async with TortoiseContext() as ctx:
-        await ctx.init(config=tortoise_config(database_url))
+        await ctx.init(config=tortoise_config(database_url, timeout=timeout))
         yield ctx
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from typing import Any
+from uuid import UUID
 
 from tortoise import fields
 from tortoise.models import Model
@@ -70,6 +71,84 @@ class ChargingSession(Model):
     class Meta:
         table = "charging_sessions"
         indexes = (("vehicle_id", "started_at"),)
+
+
+_ADVANCE: dict[tuple[str, tuple[str, ...], tuple[str, ...]], str] = {}  # by dialect, fields
+
+
+async def advance_session(
+    session_id: UUID,
+    sample_count: int,
+    values: dict[str, Any],
+    sample: dict[str, Any] | None = None,
+) -> bool:
+    """Write ``values`` on the session if it is open and still has ``sample_count``
+    samples (the compare-and-set of :mod:`evlink.resolvers.sessions`); True if written.
+    Then, if written, store ``sample`` (a :class:`ChargingSample`'s fields but its
+    session): on PostgreSQL in the same statement, one round trip for both.
+
+    Statements made once per set of fields: Tortoise's ``update()`` would build its
+    query again on every call, copying it once per field set.
+    """
+    db = ChargingSession._meta.db
+    dialect = db.capabilities.dialect
+    names = tuple(values)
+    parameters = _db_values(ChargingSession, values)
+    parameters += [_db_value(ChargingSession, "id", session_id), sample_count]
+    if sample is not None and dialect == "postgres":
+        parameters += _db_values(ChargingSample, sample)
+        _, inserted = await db.execute_query(
+            _advance_sql(dialect, names, tuple(sample)), parameters
+        )
+        return bool(inserted)
+    changed, _ = await db.execute_query(_advance_sql(dialect, names, ()), parameters)
+    if changed and sample is not None:
+        await ChargingSample.create(session_id=session_id, **sample)
+    return changed > 0
+
+
+def _db_value(model: type[Model], name: str, value: Any) -> Any:
+    return model._meta.fields_map[name].to_db_value(value, model)
+
+
+def _db_values(model: type[Model], values: dict[str, Any]) -> list[Any]:
+    return [_db_value(model, name, value) for name, value in values.items()]
+
+
+def _advance_sql(dialect: str, names: tuple[str, ...], sample: tuple[str, ...]) -> str:
+    """The compare-and-set setting ``names``; with ``sample`` (PostgreSQL), the insert
+    of a sample of those fields for the session it moved, if it moved one."""
+    sql = _ADVANCE.get((dialect, names, sample))
+    if sql is None:
+        count = len(names) + 2 + len(sample)
+        marks = [f"${i}" for i in range(1, count + 1)] if dialect == "postgres" else ["?"] * count
+        session_columns = ChargingSession._meta.fields_db_projection
+        sample_columns = ChargingSample._meta.fields_db_projection
+        # Only the models' own table and column names go into the text.
+        assignments = ", ".join(
+            f'"{session_columns[name]}" = {mark}' for name, mark in zip(names, marks, strict=False)
+        )
+        id_mark, count_mark = marks[len(names)], marks[len(names) + 1]
+        update = " ".join(
+            [
+                f'UPDATE "{ChargingSession._meta.db_table}" SET {assignments}',  # noqa: S608
+                f'WHERE "id" = {id_mark} AND "sample_count" = {count_mark}',
+                'AND "ended_at" IS NULL',
+            ]
+        )
+        sql = update
+        if sample:
+            columns = ", ".join(f'"{sample_columns[name]}"' for name in sample)
+            sql = " ".join(
+                [
+                    f'WITH moved AS ({update} RETURNING "id")',
+                    f'INSERT INTO "{ChargingSample._meta.db_table}" ("session_id", {columns})',
+                    f'SELECT "id", {", ".join(marks[len(names) + 2 :])} FROM moved',  # noqa: S608
+                    'RETURNING "id"',
+                ]
+            )
+        _ADVANCE[(dialect, names, sample)] = sql
+    return sql
 
 
 class ChargingSample(Model):

@@ -2,7 +2,8 @@
 
 Every charge state that :mod:`evlink.resolvers.vehicles` accepts (a poll, a
 webhook, the simulator's step, the watcher's read) comes to :func:`record_state`,
-in the same call that wrote it. The rules:
+in the transaction that writes it (one commit for the car, its charge state, the
+session and its sample). The rules:
 
 - **Open.** A state with ``isCharging`` true opens a session when the car has
   none open. ``startedBy`` is EVLINK (with the command) when a PENDING or
@@ -34,12 +35,11 @@ in the same call that wrote it. The rules:
 Energy: ``energyKwh`` is the integrated power when the session has at least two
 samples with a charge rate, else the battery's change times its capacity; both
 estimates are kept (:class:`Summary`). Changes are published on the car's
-``vehicle:<id>:charging-session`` topic.
+``vehicle:<id>:charging-session`` topic once they are committed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -55,12 +55,14 @@ from evlink.domain import ChargeStateData, ChargingAction
 from evlink.errors import BadRequest, NotFound
 from evlink.events import charging_session_topic
 from evlink.models import ChargingCommand, CommandState, User, Vehicle
+from evlink.models.backends import transaction
 from evlink.models.sessions import (
     ChargingSample,
     ChargingSession,
     EndReason,
     StartedBy,
     UserTariff,
+    advance_session,
 )
 from evlink.services import Services
 from evlink.tariffs import Period, Tariff
@@ -76,6 +78,7 @@ __all__ = [
     "get_tariff",
     "interval_energy",
     "list_sessions",
+    "publish",
     "record_state",
     "samples_of",
     "set_tariff",
@@ -190,15 +193,18 @@ async def record_state(
     vehicle: Vehicle,
     previous: ChargeStateData | None,
     state: ChargeStateData,
-) -> None:
-    """Take a newly stored charge state into the car's sessions (see the module's rules).
+) -> list[ChargingSession]:
+    """Take a newly stored charge state into the car's sessions (see the module's rules),
+    in the transaction that stores it; the sessions it changed, for :func:`publish` once
+    that is committed.
 
     ``previous``: the state it replaced. When neither is charging no session can be
     open or open now: nothing is read, and this process forgets the one it remembers.
     """
+    changed: list[ChargingSession] = []
     if state.is_charging is not True and (previous is None or previous.is_charging is not True):
         services.open_sessions.pop(vehicle.id, None)
-        return
+        return changed
     now = _now()
     sample = _Sample(state.last_updated or now, state)
     stale = timedelta(seconds=services.settings.session_stale_after)
@@ -209,22 +215,24 @@ async def record_state(
         if session is None:
             session = await _open_session(vehicle.id)
         if session is not None and sample.at - session.last_sample_at > stale:
-            if await _end(services, session, EndReason.UNREACHABLE, session.last_sample_at):
-                session = None
-            else:
+            if not await _end(session, EndReason.UNREACHABLE, session.last_sample_at):
                 continue  # another writer moved it: look again
+            changed.append(session)
+            session = None
         if session is None:
             if state.is_charging is not True:
-                return
-            if await _open(services, vehicle, sample, now):
-                return
+                return changed
+            opened = await _open(services, vehicle, sample, now)
+            if opened is not None:
+                return [*changed, opened]
             continue  # another instance opened it: add to that one
         if sample.at <= session.last_sample_at:
             _remember(services, session)
-            return  # already counted, or older than what is counted
+            return changed  # already counted, or older than what is counted
         if await _grow(services, session, sample, now):
-            return
+            return [*changed, session]
     logger.warning("vehicle %s: a charge state was not taken into its session", vehicle.id)
+    return changed
 
 
 async def _open_session(vehicle_id: UUID) -> ChargingSession | None:
@@ -243,40 +251,42 @@ def _remember(services: Services, session: ChargingSession) -> None:
     memory[vehicle_id] = session
 
 
-async def _open(services: Services, vehicle: Vehicle, sample: _Sample, now: datetime) -> bool:
-    """A new session from its first sample; False when the car has one open already."""
+async def _open(
+    services: Services, vehicle: Vehicle, sample: _Sample, now: datetime
+) -> ChargingSession | None:
+    """A new session from its first sample; None when the car has one open already."""
     state = sample.state
     command = await _starting_command(services, vehicle, now)
     tariff = await get_tariff_of(vehicle.user_id)  # type: ignore[attr-defined]
     try:
-        session = await ChargingSession.create(
-            vehicle_id=vehicle.id,
-            started_at=sample.at,
-            started_by=StartedBy.EVLINK if command is not None else StartedBy.OTHER,
-            command_id=command,
-            battery_start=state.battery_level,
-            battery_end=state.battery_level,
-            range_start=state.range,
-            range_end=state.range,
-            battery_capacity=state.battery_capacity,
-            energy_from_power=0.0,
-            cost_from_power=0.0 if tariff is not None else None,
-            peak_power=state.charge_rate,
-            sample_count=1,
-            rated_sample_count=1 if state.charge_rate is not None else 0,
-            last_sample_at=sample.at,
-            last_rate=state.charge_rate,
-            last_recorded_at=now,
-            tariff=tariff.to_json() if tariff is not None else None,
-            location=vehicle.location,
-        )
+        async with transaction():  # a savepoint: its failure leaves the rest standing
+            session = await ChargingSession.create(
+                vehicle_id=vehicle.id,
+                started_at=sample.at,
+                started_by=StartedBy.EVLINK if command is not None else StartedBy.OTHER,
+                command_id=command,
+                battery_start=state.battery_level,
+                battery_end=state.battery_level,
+                range_start=state.range,
+                range_end=state.range,
+                battery_capacity=state.battery_capacity,
+                energy_from_power=0.0,
+                cost_from_power=0.0 if tariff is not None else None,
+                peak_power=state.charge_rate,
+                sample_count=1,
+                rated_sample_count=1 if state.charge_rate is not None else 0,
+                last_sample_at=sample.at,
+                last_rate=state.charge_rate,
+                last_recorded_at=now,
+                tariff=tariff.to_json() if tariff is not None else None,
+                location=vehicle.location,
+            )
     except IntegrityError:
-        return False
-    await _add_sample(session, sample)
+        return None
+    await ChargingSample.create(session_id=session.id, **_row(sample))
     _remember(services, session)
     await _prune_samples(services, vehicle, now)
-    await _publish(services, session)
-    return True
+    return session
 
 
 async def _starting_command(services: Services, vehicle: Vehicle, now: datetime) -> UUID | None:
@@ -324,16 +334,11 @@ async def _grow(
     if reason is not None:
         values["ended_at"] = sample.at
         values["end_reason"] = reason
-    changed = await ChargingSession.filter(
-        id=session.id, ended_at=None, sample_count=session.sample_count
-    ).update(**values)
-    if not changed:
+    if not await advance_session(session.id, session.sample_count, values, _row(sample)):
         return False
-    await _add_sample(session, sample)
     for name, value in values.items():  # the row as written, without reading it back
         setattr(session, name, value)
     _remember(services, session)
-    await _publish(services, session)
     return True
 
 
@@ -341,30 +346,27 @@ def _latest(value: Any, stored: Any) -> Any:
     return stored if value is None else value
 
 
-async def _add_sample(session: ChargingSession, sample: _Sample) -> None:
+def _row(sample: _Sample) -> dict[str, Any]:
+    """The sample's stored fields but its session. A sample is stored by the writer
+    whose compare-and-set counted it, in the same transaction: never twice."""
     state = sample.state
-    with contextlib.suppress(IntegrityError):  # the same sample, stored by another writer
-        await ChargingSample.create(
-            session_id=session.id,
-            at=sample.at,
-            battery_level=state.battery_level,
-            range=state.range,
-            charge_rate=state.charge_rate,
-            is_plugged_in=state.is_plugged_in,
-            is_charging=state.is_charging,
-        )
+    return {
+        "at": sample.at,
+        "battery_level": state.battery_level,
+        "range": state.range,
+        "charge_rate": state.charge_rate,
+        "is_plugged_in": state.is_plugged_in,
+        "is_charging": state.is_charging,
+    }
 
 
-async def _end(
-    services: Services, session: ChargingSession, reason: EndReason, at: datetime
-) -> bool:
-    changed = await ChargingSession.filter(
-        id=session.id, ended_at=None, sample_count=session.sample_count
-    ).update(ended_at=at, end_reason=reason)
-    if changed:
-        await session.refresh_from_db()
-        await _publish(services, session)
-    return bool(changed)
+async def _end(session: ChargingSession, reason: EndReason, at: datetime) -> bool:
+    """End the session by compare-and-set; False when another writer changed it first."""
+    values = {"ended_at": at, "end_reason": reason}
+    if not await advance_session(session.id, session.sample_count, values):
+        return False
+    await session.refresh_from_db()
+    return True
 
 
 async def _prune_samples(services: Services, vehicle: Vehicle, now: datetime) -> None:
@@ -377,11 +379,14 @@ async def _prune_samples(services: Services, vehicle: Vehicle, now: datetime) ->
         await ChargingSample.filter(session_id__in=list(ended)).delete()
 
 
-async def _publish(services: Services, session: ChargingSession) -> None:
-    vehicle_id = session.vehicle_id  # type: ignore[attr-defined]
-    await services.events.publish(
-        charging_session_topic(vehicle_id), {"vehicleId": str(vehicle_id), "id": str(session.id)}
-    )
+async def publish(services: Services, sessions: Iterable[ChargingSession]) -> None:
+    """Tell the subscribers of each session's car that it changed (once it is stored)."""
+    for session in sessions:
+        vehicle_id = session.vehicle_id  # type: ignore[attr-defined]
+        await services.events.publish(
+            charging_session_topic(vehicle_id),
+            {"vehicleId": str(vehicle_id), "id": str(session.id)},
+        )
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -392,8 +397,10 @@ async def close_stale(services: Services, vehicle: Vehicle) -> None:
     within ``EVLINK_SESSION_STALE_AFTER`` (evlink's clock)."""
     session = await _open_session(vehicle.id)
     stale = timedelta(seconds=services.settings.session_stale_after)
-    if session is not None and _now() - session.last_recorded_at > stale:
-        await _end(services, session, EndReason.UNREACHABLE, session.last_sample_at)
+    if session is None or _now() - session.last_recorded_at <= stale:
+        return
+    if await _end(session, EndReason.UNREACHABLE, session.last_sample_at):
+        await publish(services, [session])
 
 
 async def current_session(services: Services, vehicle: Vehicle) -> ChargingSession | None:

@@ -35,7 +35,8 @@ from evlink.errors import (
     ProviderUnavailable,
 )
 from evlink.events import charge_state_topic
-from evlink.models import ChargeState, User, Vehicle
+from evlink.models import ChargeState, ChargingSession, User, Vehicle
+from evlink.models.backends import transaction
 from evlink.models.vehicles import (
     CHARGE_STATE_FIELDS,
     charge_state_data,
@@ -303,34 +304,46 @@ async def record_vehicle_data(
         if data.is_reachable is not None:
             vehicle.is_reachable = data.is_reachable
     vehicle.refreshed_at = now
-    await vehicle.save(update_fields=_PROVIDER_FIELDS)
     try:
-        return await _record_charge_state(services, vehicle, data.charge_state)
+        # One commit for all of it: the vehicle, its charge state, its session.
+        async with transaction():
+            await vehicle.save(update_fields=_PROVIDER_FIELDS)
+            written = await _record_charge_state(services, vehicle, data.charge_state)
     finally:
         await services.cache.invalidate(vehicle_tag(vehicle.id))
+    if written.changed:  # published once committed, so that a reader finds it stored
+        await _publish(services, vehicle, written.state)
+        await sessions.publish(services, written.sessions)
+    return written.state
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    state: ChargeStateData  # the car's charge state now
+    changed: bool  # the state was new: stored, and taken into the sessions
+    sessions: list[ChargingSession]  # the sessions it changed
 
 
 async def _record_charge_state(
     services: Services, vehicle: Vehicle, incoming: ChargeStateData
-) -> ChargeStateData:
+) -> _Written:
     values = {name: getattr(incoming, name) for name in CHARGE_STATE_FIELDS}
     stored = await ChargeState.get_or_none(vehicle_id=vehicle.id)
     if stored is None:
         try:
-            await ChargeState.create(vehicle_id=vehicle.id, **values)
+            async with transaction():  # a savepoint: its failure leaves the rest standing
+                await ChargeState.create(vehicle_id=vehicle.id, **values)
         except IntegrityError:  # a concurrent writer created it first
             stored = await ChargeState.get(vehicle_id=vehicle.id)
         else:
-            await sessions.record_state(services, vehicle, None, incoming)
-            await _publish(services, vehicle, incoming)
-            return incoming
+            changed = await sessions.record_state(services, vehicle, None, incoming)
+            return _Written(incoming, True, changed)
     current = charge_state_data(stored)
     if _is_older(incoming.last_updated, current.last_updated) or incoming == current:
-        return current
+        return _Written(current, False, [])
     await ChargeState.filter(vehicle_id=vehicle.id).update(**values)
-    await sessions.record_state(services, vehicle, current, incoming)
-    await _publish(services, vehicle, incoming)
-    return incoming
+    changed = await sessions.record_state(services, vehicle, current, incoming)
+    return _Written(incoming, True, changed)
 
 
 def _is_older(incoming: datetime | None, stored: datetime | None) -> bool:

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -20,7 +21,7 @@ import httpx
 import pytest
 import websockets
 
-from evlink.models import ApiKey
+from evlink.models import ApiKey, ChargingSample, ChargingSession
 from evlink.resolvers.auth import KEY_USE_FLUSH_INTERVAL, issue_key
 from evlink.settings import Settings
 from tests.conftest import TIMEOUT, _truncate, run_server
@@ -367,6 +368,122 @@ async def test_a_locked_sqlite_database_answers_503_within_the_timeout(
     told = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == OUTAGE_LOGGER]
     assert [level for level, _ in told] == ["WARNING", "INFO"]
     assert "SQLite: database is locked" in told[0][1]  # SQLite's own wait ran out first
+
+
+@asynccontextmanager
+async def _holding_the_car(database_url: str, vehicle_id: str) -> AsyncIterator[None]:
+    """Another connection holds what a refresh of the car writes until the block ends:
+    PostgreSQL, the car's row (the refresh's transaction waits on its first update);
+    SQLite, the database's write lock (the transaction waits at its start)."""
+    if database_url.startswith("sqlite://"):
+        other = sqlite3.connect(database_url.removeprefix("sqlite://"), isolation_level=None)
+        try:
+            other.execute("BEGIN EXCLUSIVE")
+            yield
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        return
+    connection = await asyncpg.connect(database_url)
+    try:
+        async with connection.transaction():
+            await connection.execute(
+                "SELECT 1 FROM vehicles WHERE id = $1 FOR UPDATE", uuid.UUID(vehicle_id)
+            )
+            yield
+    finally:
+        await connection.close()
+
+
+async def _sessions_consistent(vehicle_id: str) -> None:
+    """Every session of the car counts exactly the samples stored for it."""
+    for session in await ChargingSession.filter(vehicle_id=vehicle_id):
+        assert session.sample_count == await ChargingSample.filter(session=session).count()
+
+
+def _refreshing_settings(settings: Settings) -> Settings:
+    """Every read refreshes the car (max age 0), within a read budget longer than the
+    database's bound: the refresh's failure is the answer."""
+    return replace(
+        settings,
+        database_timeout=DB_TIMEOUT,
+        cache_ttl=0.0,
+        status_max_age=0.0,
+        provider_read_budget=DB_TIMEOUT + TIMEOUT,
+    )
+
+
+async def test_a_database_hung_inside_a_transaction_answers_503_within_the_timeout(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    await _truncate(settings.database_url)
+    bounded = _refreshing_settings(settings)
+    async with run_server(bounded) as server:
+        user, key = await server.user()
+        vehicle = await server.vehicle(user, "charging")
+        vehicle_id = str(vehicle.id)
+        assert (await status(server.http, key, vehicle_id)).status_code == 200
+        await server.clock.advance(60)  # a new charging state: a session and its samples
+        with caplog.at_level(logging.INFO, logger=OUTAGE_LOGGER):
+            async with _holding_the_car(settings.database_url, vehicle_id):
+                answer, took = await timed(status(server.http, key, vehicle_id))
+                _assert_unavailable_rest(answer)
+                assert took < DB_TIMEOUT + SLACK
+            # Nothing of it stayed, nor any connection it held: the next ones are served.
+            for _ in range(3):
+                await server.clock.advance(60)
+                again = await status(server.http, key, vehicle_id)
+                assert again.status_code == 200, again.text
+        await _sessions_consistent(vehicle_id)
+    told = [r.levelname for r in caplog.records if r.name == OUTAGE_LOGGER]
+    assert told == ["WARNING", "INFO"]
+
+
+async def _a_statement_waits_for_a_lock(database_url: str) -> None:
+    """Return once a session of this database waits for a lock (polled: PostgreSQL
+    tells no one), within the test's TIMEOUT."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while not await connection.fetchval(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ):
+                pass
+    finally:
+        await connection.close()
+
+
+@postgres_only
+async def test_a_transaction_cut_short_on_a_frozen_link_leaves_no_connection_behind(
+    settings: Settings,
+) -> None:
+    """The link freezes while a refresh's transaction waits for the car's row: its
+    connection is terminated, not pooled (asyncpg would wait for the frozen server to
+    acknowledge a cancel, and the answer with it)."""
+    await _truncate(settings.database_url)
+    async with TcpProxy(*upstream(settings.database_url)).running() as proxy:
+        bounded = replace(
+            _refreshing_settings(settings),
+            database_url=through(settings.database_url, proxy.port),
+        )
+        async with run_server(bounded) as server:
+            user, key = await server.user()
+            vehicle_id = str((await server.vehicle(user, "charging")).id)
+            assert (await status(server.http, key, vehicle_id)).status_code == 200
+            async with _holding_the_car(settings.database_url, vehicle_id):
+                request = asyncio.create_task(timed(status(server.http, key, vehicle_id)))
+                await _a_statement_waits_for_a_lock(settings.database_url)
+                proxy.freeze()
+                answer, took = await request
+            _assert_unavailable_rest(answer)
+            assert took < DB_TIMEOUT + SLACK
+            proxy.thaw()
+            for _ in range(2):
+                again = await asyncio.gather(
+                    *(status(server.http, key, vehicle_id) for _ in range(8))
+                )
+                assert [a.status_code for a in again] == [200] * 8
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -3,16 +3,21 @@ read over GraphQL, REST and CSV, priced by the user's tariff, pushed to subscrib
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import sqlite3
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
+import asyncpg
 import pytest
+from tortoise.exceptions import IntegrityError
 
 from evlink.domain import ChargeStateData, VehicleData, format_timestamp
-from evlink.models import ChargingCommand, User, Vehicle
+from evlink.models import ChargeState, ChargingCommand, User, Vehicle
 from evlink.models.sessions import ChargingSample, ChargingSession
 from evlink.providers.simulator import ManualClock, Simulator
 from evlink.resolvers import sessions, vehicles
@@ -274,6 +279,61 @@ async def test_a_state_delivered_twice_or_late_counts_once(server: Server) -> No
     assert session.energy_from_power == pytest.approx(10.0 / 6)  # 10 kW for 10 minutes
     assert session.battery_end == 52
     assert await ChargingSample.filter(session_id=session.id).count() == 2
+
+
+@contextlib.asynccontextmanager
+async def _samples_refused(database_url: str) -> AsyncIterator[None]:
+    """The database refuses every new sample (a trigger) until the block ends."""
+    if database_url.startswith("sqlite://"):
+        with sqlite3.connect(database_url.removeprefix("sqlite://")) as other:
+            other.execute(
+                "CREATE TRIGGER refuse_samples BEFORE INSERT ON charging_samples "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        try:
+            yield
+        finally:
+            with sqlite3.connect(database_url.removeprefix("sqlite://")) as other:
+                other.execute("DROP TRIGGER refuse_samples")
+        return
+    other = await asyncpg.connect(database_url)
+    try:
+        await other.execute(
+            "CREATE FUNCTION refuse_samples() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "RAISE EXCEPTION 'refused by the test' USING ERRCODE = 'check_violation'; END $$; "
+            "CREATE TRIGGER refuse_samples BEFORE INSERT ON charging_samples "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_samples()"
+        )
+        try:
+            yield
+        finally:
+            await other.execute(
+                "DROP TRIGGER refuse_samples ON charging_samples; DROP FUNCTION refuse_samples()"
+            )
+    finally:
+        await other.close()
+
+
+async def test_a_state_whose_sample_is_refused_leaves_nothing_of_it_written(
+    server: Server,
+) -> None:
+    """The car, its charge state, the session and its sample are written in one
+    transaction: the last refused, none of them is."""
+    _, _, vehicle = await _car(server)
+    await _push(server, vehicle, 0, charging=True)
+    await _push(server, vehicle, 10, charging=True, battery=52)
+    async with _samples_refused(server.settings.database_url):
+        with pytest.raises(IntegrityError):
+            await _push(server, vehicle, 20, charging=True, battery=54)
+    (session,) = await _sessions(vehicle)
+    assert session.sample_count == 2
+    assert await ChargingSample.filter(session_id=session.id).count() == 2
+    assert (await ChargeState.get(vehicle_id=vehicle.id)).battery_level == 52
+    await vehicle.refresh_from_db()
+    assert vehicle.last_seen == T0 + timedelta(minutes=10)
+    await _push(server, vehicle, 20, charging=True, battery=54)  # delivered again: taken
+    (session,) = await _sessions(vehicle)
+    assert session.sample_count == 3
 
 
 async def test_a_gap_past_the_stale_limit_ends_the_session_unreachable(server: Server) -> None:
