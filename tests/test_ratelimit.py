@@ -398,7 +398,7 @@ async def test_a_websocket_operation_over_quota_gets_rate_limited(
             assert refused.value.errors is not None
             extensions = refused.value.errors[0]["extensions"]
             assert extensions["code"] == "RATE_LIMITED"
-            assert extensions["retryAfter"] == "60"
+            assert extensions["retryAfter"] == 60
 
             clock.advance(60)
             async with aclosing(session.subscribe(request)) as stream:

@@ -99,7 +99,7 @@ def sessions_body(vehicle_id: str, found: list[Summary]) -> dict[str, Any]:
             "energyKwh": round(sum(s.energy_kwh or 0.0 for s in found), 4),
             "cost": round(sum(s.cost or 0.0 for s in found), 4) if one else None,
             "currency": next(iter(currencies)) if one else None,
-            "durationSeconds": sum(s.duration_seconds for s in found),
+            "durationSeconds": round(sum(s.duration_seconds for s in found), 6),
         },
     }
 

@@ -42,7 +42,7 @@ def format_error(error: GraphQLError) -> GraphQLError:
         logger.error("request %s: %s (%s)", current_request_id(), original.code, original.message)
     extensions = {"code": original.code}
     if original.retry_after is not None:
-        extensions["retryAfter"] = str(max(1, round(original.retry_after)))
+        extensions["retryAfter"] = max(1, round(original.retry_after))
     return GraphQLError(
         original.message,
         nodes=error.nodes,

@@ -617,3 +617,25 @@ async def test_a_process_remembers_the_open_sessions_of_a_bounded_number_of_cars
     assert len(memory) == sessions.MAX_REMEMBERED
     assert made[0].vehicle_id not in memory
     assert memory[made[-1].vehicle_id] is made[-1]
+
+
+async def test_the_total_duration_is_rounded_as_each_sessions_is(server: Server) -> None:
+    """Three sessions of 0.1, 0.3 and 0.4 s more than a whole minute: their durations
+    sum, in floating point, to a number with a tail of digits; the total is rounded."""
+    user, key = await server.user()
+    vehicle = await server.vehicle(user, "plugged", battery_level=30.0, charge_rate=11.0)
+    for extra in (0.1, 0.3, 0.4):
+        await _command(server, key, vehicle, "START")
+        await server.clock.advance(1)
+        await server.clock.advance(60 + extra)
+        await _command(server, key, vehicle, "STOP")
+        await server.clock.advance(1)
+
+    body = (await server.http.get(f"/api/ha/sessions/{vehicle.id}", headers=_bearer(key))).json()
+
+    durations = [s["durationSeconds"] for s in body["sessions"]]
+    assert len(durations) == 3
+    assert body["total"]["durationSeconds"] == round(sum(durations), 6)
+    assert repr(body["total"]["durationSeconds"]) == repr(
+        round(body["total"]["durationSeconds"], 6)
+    )
