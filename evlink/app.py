@@ -126,6 +126,17 @@ async def _write_key_uses(uses: KeyUses) -> None:
         logger.warning("key uses not written at shutdown (%s)", exc.code)
 
 
+async def _release_command_leases(watcher: CommandWatcher) -> None:
+    """Hand this instance's command leases back at shutdown, so that another instance
+    follows the commands at once; if the database refuses, they lapse on their own."""
+    try:
+        await watcher.aclose(release=True)
+    except EvlinkError as exc:
+        logger.warning(
+            "command leases not released at shutdown (%s); they lapse on their own", exc.code
+        )
+
+
 def create_app(settings: Settings | None = None, *, provider: Provider | None = None) -> Starlette:
     """The evlink ASGI app. ``provider`` replaces the one the settings name (tests, demos)."""
     settings = settings or Settings.from_env()
@@ -210,7 +221,7 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
                 for refresh in list(services.refreshes.values()):
                     refresh.task.cancel()  # reads served meanwhile; nobody waits on them
                 await services.provider.aclose()
-                await services.watcher.aclose(release=True)
+                await _release_command_leases(services.watcher)
                 await services.events.aclose()
                 await limiter.aclose()
 

@@ -40,7 +40,7 @@ def format_error(error: GraphQLError) -> GraphQLError:
         original = InternalError()
     elif original.status >= 500 and original.log_each:
         logger.error("request %s: %s (%s)", current_request_id(), original.code, original.message)
-    extensions = {"code": original.code}
+    extensions: dict[str, str | int] = {"code": original.code}
     if original.retry_after is not None:
         extensions["retryAfter"] = max(1, round(original.retry_after))
     return GraphQLError(

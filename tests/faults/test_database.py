@@ -513,7 +513,7 @@ async def test_key_uses_a_locked_database_refused_are_written_by_a_later_batch(
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-async def test_key_uses_a_locked_database_refuses_at_shutdown_are_logged(
+async def test_what_a_locked_database_refuses_at_shutdown_is_logged_and_the_rest_closes(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     await _truncate(settings.database_url)
@@ -530,7 +530,11 @@ async def test_key_uses_a_locked_database_refuses_at_shutdown_are_logged(
     finally:
         other.close()
     told = [r.getMessage() for r in caplog.records if r.name == "evlink.app"]
-    assert told == ["key uses not written at shutdown (DATABASE_UNAVAILABLE)"]
+    assert told == [
+        "key uses not written at shutdown (DATABASE_UNAVAILABLE)",
+        "command leases not released at shutdown (DATABASE_UNAVAILABLE); they lapse on their own",
+    ]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 @postgres_only
