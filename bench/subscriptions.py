@@ -230,6 +230,7 @@ async def run_subscriptions(
     processes: int = PROCESSES,
     log: Path,
     profile: Path | None = None,
+    traced: Path | None = None,
 ) -> SubscriptionResult:
     """Connect ``subscribers`` over ``processes``, measure memory, then time ``rounds``
     plug changes."""
@@ -237,6 +238,8 @@ async def run_subscriptions(
     async with httpx.AsyncClient(base_url=base_url, timeout=ROUND_TIMEOUT) as http:
         await _warm(server, offer_deflate, log)
         rss_before = int((await http.post("/bench/memory")).json()["rss_kib"])
+        if traced is not None:  # what the subscriptions hold, by file and line
+            (await http.post("/bench/tracemalloc/start")).raise_for_status()
         started = time.monotonic()
         clients = await _start_all(server, subscribers, processes, offer_deflate, log)
         try:
@@ -245,6 +248,9 @@ async def run_subscriptions(
             )
             connect_seconds = time.monotonic() - started
             rss_after = int((await http.post("/bench/memory")).json()["rss_kib"])
+            if traced is not None:
+                params = {"out": str(traced), "per": str(subscribers)}
+                (await http.post("/bench/tracemalloc/diff", params=params)).raise_for_status()
             result = SubscriptionResult(
                 subscribers,
                 len(clients),
@@ -317,6 +323,7 @@ async def _standalone(args: Any) -> dict[str, Any]:
                 processes=args.processes,
                 log=Path(tmp) / "subscribers.log",
                 profile=args.profile,
+                traced=args.tracemalloc,
             )
             return summary(result)
 
@@ -336,6 +343,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--server-args", nargs="*", default=[])
     parser.add_argument("--profile", type=Path, help="pyinstrument over the rounds, to PATH")
+    parser.add_argument(
+        "--tracemalloc",
+        type=Path,
+        help="what the subscriptions hold once connected (tracemalloc, by file and line, "
+        "per subscription), to PATH; its own memory inflates the RSS figures of that run",
+    )
     args = parser.parse_args(argv)
     raise_nofile_limit()
     print(json.dumps(asyncio.run(_standalone(args))))

@@ -238,8 +238,14 @@ class OpenSockets:
         self.stopping.set()
         for ws in tuple(self._open):
             ws.close(GOING_AWAY, "server going away")
+        await self.until_closed(timeout)
+
+    async def until_closed(self, timeout: float) -> bool:
+        """Wait until no websocket is open (each one's handler has ended, its
+        subscriptions with it), for at most ``timeout`` seconds: whether none is."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._empty.wait(), timeout)
+        return self._empty.is_set()
 
 
 async def serve_until_closed(handler: asyncio.Future[None], ws: OpenSocket, send: Send) -> None:
