@@ -52,9 +52,7 @@ async def test_messages_are_read_in_order_and_an_interruption_raises_in_its_turn
     assert bus.subscribers == {}
 
 
-async def test_a_forwarded_subscription_hands_on_what_waited_first_then_its_interruption() -> (
-    None
-):
+async def test_a_forwarded_subscription_hands_on_what_waited_first_then_its_interruption() -> None:
     """``forward``: the messages not read yet go first, in order, then each as it comes;
     an interruption's error goes to ``ended``, once, and nothing after it
     (evlink.schema.fanout forwards this way)."""
@@ -76,7 +74,7 @@ async def test_a_forwarded_subscription_hands_on_what_waited_first_then_its_inte
     assert ended == [gone]
 
 
-async def test_an_interruption_that_waited_ends_a_forwarded_subscription_after_what_came_first() -> (
+async def test_an_interruption_waiting_ends_a_forwarded_subscription_after_what_came_first() -> (
     None
 ):
     bus = MemoryEventBus()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from dataclasses import replace
 from typing import Any
 from uuid import UUID
 
@@ -21,7 +22,8 @@ from evlink.models import ApiKey, Vehicle
 from evlink.resolvers import accounts
 from evlink.resolvers.auth import hash_key, revoke_key
 from evlink.server import OpenSocket
-from tests.conftest import PROTOCOLS, TIMEOUT, Server
+from evlink.settings import Settings
+from tests.conftest import PROTOCOLS, TIMEOUT, Server, _truncate, run_server
 
 TRANSPORT_WS, LEGACY_WS = PROTOCOLS
 PLUGGED = "subscription($id: ID!) { chargeState(vehicleId: $id) { isPluggedIn } }"
@@ -101,6 +103,13 @@ async def _until_probed(ws: Any, protocol: str, car: Vehicle, operation: str) ->
     pytest.fail("the probe's first state never came")
 
 
+async def _collect_until_closed(ws: Any, into: list[str]) -> None:
+    """The messages before the close, into ``into``; raises ConnectionClosed."""
+    for _ in range(20):  # bounded: the few messages before the close
+        into.append(await _message(ws))
+    pytest.fail("the socket stayed open")
+
+
 async def _change(server: Server, car: Vehicle, plugged: bool) -> None:
     server.simulator.update_vehicle(car.provider_vehicle_id or "", is_plugged_in=plugged)
     await server.clock.advance(1)
@@ -152,6 +161,28 @@ async def test_an_interrupted_subscription_sends_its_error_then_complete_and_let
         assert (_watchers(server, car), _watchers(server, kept)) == (0, 2)
     finally:
         await ws.close()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_an_interrupted_subscription_no_longer_counts_against_the_operations_cap(
+    settings: Settings, protocol: str
+) -> None:
+    await _truncate(settings.database_url)
+    async with run_server(replace(settings, ws_max_operations=2)) as server:
+        owner, key = await server.user()
+        car = await server.vehicle(owner, "plugged")
+        kept = await server.vehicle(owner, "plugged")
+        ws = await _open(server, protocol, key)
+        try:
+            await _subscribed(ws, protocol, "gone", car)
+            await _subscribed(ws, protocol, "kept", kept)
+            await accounts.remove_vehicle(server.services, car)
+            assert await _message(ws) == _error(protocol, "gone", "Vehicle not found", "NOT_FOUND")
+            assert await _message(ws) == _complete(protocol, "gone")
+
+            await _subscribed(ws, protocol, "new", kept)  # two again: within the cap
+        finally:
+            await ws.close()
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -255,8 +286,7 @@ async def test_a_socket_the_server_closes_ends_its_subscriptions_first(
 
     before: list[str] = []
     with pytest.raises(websockets.ConnectionClosed) as closed:
-        for _ in range(20):  # bounded: the few messages before the close
-            before.append(await _message(ws))
+        await _collect_until_closed(ws, before)
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == 4401
     assert before == ([_complete(protocol, "1")] if protocol == LEGACY_WS else [])
