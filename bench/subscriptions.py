@@ -50,6 +50,7 @@ ROUND_TIMEOUT = 30.0  # seconds a round may take before it counts as lost
 STOP_TIMEOUT = 30.0  # seconds the processes may take to close their sockets
 WARM_SUBSCRIBERS = 20  # come and go first, so that first-use costs are paid
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+TRACE_FRAMES = 6  # frames of each allocation's stack that --tracemalloc keeps
 
 
 @dataclass(slots=True)
@@ -239,7 +240,8 @@ async def run_subscriptions(
         await _warm(server, offer_deflate, log)
         rss_before = int((await http.post("/bench/memory")).json()["rss_kib"])
         if traced is not None:  # what the subscriptions hold, by file and line
-            (await http.post("/bench/tracemalloc/start")).raise_for_status()
+            start = await http.post("/bench/tracemalloc/start", params={"frames": TRACE_FRAMES})
+            start.raise_for_status()
         started = time.monotonic()
         clients = await _start_all(server, subscribers, processes, offer_deflate, log)
         try:
@@ -249,7 +251,7 @@ async def run_subscriptions(
             connect_seconds = time.monotonic() - started
             rss_after = int((await http.post("/bench/memory")).json()["rss_kib"])
             if traced is not None:
-                params = {"out": str(traced), "per": str(subscribers)}
+                params = {"out": str(traced), "per": str(subscribers), "top": "80"}
                 (await http.post("/bench/tracemalloc/diff", params=params)).raise_for_status()
             result = SubscriptionResult(
                 subscribers,

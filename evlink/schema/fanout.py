@@ -414,7 +414,7 @@ class _Frames:
     @classmethod
     def of(cls, server_send: object) -> _Frames | None:
         protocol = getattr(server_send, "__self__", None)
-        if WebSocketsSansIOProtocol is None or type(protocol) is not WebSocketsSansIOProtocol:
+        if WebSocketsSansIOProtocol is None or not isinstance(protocol, WebSocketsSansIOProtocol):
             return None
         if not all(hasattr(protocol, name) for name in cls._READS):
             return None
