@@ -7,11 +7,13 @@ memory per idle subscription). uvicorn's protocol keeps, for the socket's life:
   getters, its putters, its items, and its ``join`` event's waiters), 3 KB;
 - an ``asyncio.Event`` that says whether the transport takes writes: one deque more;
 - the handshake's request and response, with their headers, 3 to 4 KB, which it never
-  reads again once the handshake is done.
+  reads again once the handshake is done (the ``websockets`` parser keeps the request
+  too, in its suspended frame).
 
 :class:`LeanWebSocketProtocol` is that protocol with a :class:`_Mailbox` for the queue
 (a list, and one future while the app waits: as evlink's event bus, evlink.events), a
-:class:`_Flag` for the event, and the handshake let go once it is answered. It is what
+:class:`_Flag` for the event, and the handshake let go once it is answered (the
+request's headers emptied in place: the scope has its own copy). It is what
 :func:`evlink.server.server_options` serves websockets with, when uvicorn has that
 protocol and it reads what this replaces (else uvicorn's choice stands).
 """
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+
+from websockets.datastructures import Headers
 
 try:
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -121,6 +125,11 @@ if WebSocketsSansIOProtocol is not None:
         async def send(self, message: Any) -> None:
             await super().send(message)
             if self.handshake_complete and getattr(self, "response", None) is not None:
+                # The websockets parser's frame keeps the request for the connection's
+                # life: its headers (the scope has its own copy) are emptied in place.
+                headers = getattr(self.request, "headers", None)
+                if isinstance(headers, Headers):
+                    headers.clear()
                 for name in _HANDSHAKE:  # never read again once answered
                     setattr(self, name, None)
 
