@@ -25,9 +25,15 @@ the socket frames it: about 200 µs of the server's CPU per subscriber, seconds 
   Strawberry would have sent. A socket that cannot take more (its write buffer is full)
   keeps at most :data:`~evlink.events.MAILBOX` messages, in order, written by one task
   of its own once it can, and drops the oldest past that, as the event bus's mailbox
-  does. An interruption (a revoked key, a lost car, a broken stream) still goes through
-  the subscription's own task, which ends it as before, after dropping what it still
-  held (:meth:`Forwarding.close`).
+  does;
+- the follow then hands its event subscription and vehicle watch over
+  (:meth:`Forwarding.take`) and ends, and so do the resolver, graphql-core's iterator,
+  Strawberry's stream and the operation's task: the :class:`Forwarding` is the
+  subscription from then on. An interruption (a lost car, a broken stream) reaches it
+  from the bus; it lets go of what it holds and its :class:`Owner` (the protocol
+  handler) sends the error, as Strawberry would have (:func:`error_payload`), then
+  ``complete``. A client's ``complete`` or ``stop`` and the socket's end reach it from
+  the handler (:meth:`Forwarding.end`).
 
 The protocol handlers (:mod:`evlink.schema.view`) make each operation's
 :class:`Forwarding` and set it in :data:`_FORWARDING` for the operation's task, where
