@@ -91,7 +91,7 @@ class _TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     A forwarded subscription runs without its operation's task: the operation stays in
     ``operations`` (its id taken, counted against ``EVLINK_WS_MAX_OPERATIONS``) with no
     task, marked ``completed`` so that the task sends nothing at its end, and its
-    :class:`~evlink.schema.fanout.Forwarding` in ``forwarded``. What the task would do at
+    :class:`~evlink.schema.fanout.Forwarding` in ``_forwarded``. What the task would do at
     the subscription's end is done here: an interruption's error then ``complete``
     (:meth:`forwarded_ended`); a client's ``complete`` and the socket's end let it go
     without a message (:meth:`cleanup_operation`), as Strawberry's cancelled task does."""
