@@ -144,18 +144,17 @@ class StatusRead:
 
     def __init__(self, services: Services, vehicle_id: str) -> None:
         self._cache = services.cache
-        try:
-            self._vehicle_id: UUID | None = UUID(vehicle_id)
-        except (ValueError, AttributeError, TypeError):
-            self._vehicle_id = None  # read_status answers 404
+        self._vehicle_id = vehicle_id  # parsed only if the key must be read
         self.began = 0  # the read cache's generation before the statement
         self.row: VehicleRow | None = None  # the vehicle's part, once read
 
     async def lookup(self, key_hash: str) -> ActiveKey | None:
-        if self._vehicle_id is None:
+        try:
+            vehicle_id = parse_vehicle_id(self._vehicle_id)
+        except NotFound:  # read_status answers it, after the key and the limits
             return await active_key_with_user(key_hash)
         self.began = self._cache.begin()
-        found = await active_key_with_vehicle(key_hash, self._vehicle_id)
+        found = await active_key_with_vehicle(key_hash, vehicle_id)
         if found is None:
             return None
         key, self.row = found
