@@ -37,6 +37,10 @@ statement has finished in aiosqlite's thread and is rolled back, in the backgrou
 Inside a transaction, :func:`transaction` is a savepoint of it (what a statement
 that may fail, a unique insert, needs on PostgreSQL to leave the rest standing).
 
+:func:`in_sqlite_thread` runs a function of the sqlite3 connection in aiosqlite's
+thread, so that several statements (a compare-and-set and the insert it allows) cost
+one trip there, bounded as one call (inside a transaction, by the transaction).
+
 Only the server's own calls are bounded: ``evlink.settings.tortoise_config`` selects
 these clients when given a timeout (the app always is; migrations and the CLI are
 not).
@@ -48,9 +52,9 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from typing import Any, TypeVar
 
 import aiosqlite
 import asyncpg  # type: ignore[import-untyped]
@@ -62,17 +66,19 @@ from tortoise.backends.base.client import (
 )
 from tortoise.backends.sqlite.client import SqliteClient, SqliteTransactionWrapper
 from tortoise.connection import connections
-from tortoise.exceptions import OperationalError
+from tortoise.exceptions import IntegrityError, OperationalError
 
 from evlink.errors import DatabaseUnavailable
 
 __all__ = [
+    "SQLITE_ONE_TRIP",
     "BoundedClient",
     "BoundedPostgresClient",
     "BoundedSqliteClient",
     "Outage",
     "database_answers",
     "get_client_class",
+    "in_sqlite_thread",
     "transaction",
 ]
 
@@ -88,6 +94,13 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
 # SQLite's answer when another connection held the lock past ``busy_timeout`` (Tortoise
 # wraps it in its own OperationalError, as it does bad SQL).
 _SQLITE_LOCKED = "database is locked"
+
+T = TypeVar("T")
+
+# aiosqlite runs every call in its connection's thread through ``Connection._execute``
+# (private; there since its first releases, and in 0.22). Where it is missing,
+# SQLITE_ONE_TRIP is False and callers of in_sqlite_thread make a call per statement.
+SQLITE_ONE_TRIP = callable(getattr(aiosqlite.Connection, "_execute", None))
 
 
 def _unavailable(exc: BaseException) -> str | None:
@@ -214,6 +227,25 @@ async def transaction(connection_name: str | None = None) -> AsyncIterator[BaseD
             yield client
         finally:
             connections.reset(token)
+
+
+async def in_sqlite_thread(
+    client: BaseDBAsyncClient, function: Callable[[sqlite3.Connection], T]
+) -> T:
+    """``function(connection)`` in aiosqlite's thread, on the sqlite3 connection of
+    ``client`` (the server's SQLite client, or a transaction of it): one trip to that
+    thread for all of its statements. Bounded as one call outside a transaction (a
+    transaction bounds its own), its errors told as Tortoise's client tells them.
+    Only where :data:`SQLITE_ONE_TRIP`."""
+    bound = client._bound() if isinstance(client, BoundedClient) else nullcontext()
+    async with bound, client.acquire_connection() as connection:
+        try:
+            result: T = await connection._execute(function, connection._conn)
+        except sqlite3.OperationalError as exc:  # as Tortoise's translate_exceptions
+            raise OperationalError(exc) from exc
+        except sqlite3.IntegrityError as exc:
+            raise IntegrityError(exc) from exc
+        return result
 
 
 class _TerminatingPoolConnection(PoolConnectionWrapper[Any]):

@@ -11,6 +11,7 @@ and time: two instances recording the same state store it once.
 
 from __future__ import annotations
 
+import sqlite3
 from enum import StrEnum
 from typing import Any
 from uuid import UUID
@@ -18,6 +19,7 @@ from uuid import UUID
 from tortoise import fields
 from tortoise.models import Model
 
+from evlink.models.backends import SQLITE_ONE_TRIP, in_sqlite_thread
 from evlink.models.users import User
 from evlink.models.vehicles import Vehicle
 
@@ -85,7 +87,10 @@ async def advance_session(
     """Write ``values`` on the session if it is open and still has ``sample_count``
     samples (the compare-and-set of :mod:`evlink.resolvers.sessions`); True if written.
     Then, if written, store ``sample`` (a :class:`ChargingSample`'s fields but its
-    session): on PostgreSQL in the same statement, one round trip for both.
+    session): on PostgreSQL in the same statement, one round trip for both; on SQLite
+    right after it in the same trip to aiosqlite's thread
+    (:func:`~evlink.models.backends.in_sqlite_thread`; a call each where that is
+    missing).
 
     Statements made once per set of fields: Tortoise's ``update()`` would build its
     query again on every call, copying it once per field set.
@@ -94,14 +99,28 @@ async def advance_session(
     dialect = db.capabilities.dialect
     names = tuple(values)
     parameters = _db_values(ChargingSession, values)
-    parameters += [_db_value(ChargingSession, "id", session_id), sample_count]
+    session = _db_value(ChargingSession, "id", session_id)
+    parameters += [session, sample_count]
     if sample is not None and dialect == "postgres":
         parameters += _db_values(ChargingSample, sample)
         _, inserted = await db.execute_query(
             _advance_sql(dialect, names, tuple(sample)), parameters
         )
         return bool(inserted)
-    changed, _ = await db.execute_query(_advance_sql(dialect, names, ()), parameters)
+    update = _advance_sql(dialect, names, ())
+    if sample is not None and dialect == "sqlite" and SQLITE_ONE_TRIP:
+        insert = _insert_sample_sql(tuple(sample))
+        row = [session, *_db_values(ChargingSample, sample)]
+
+        def update_then_insert(connection: sqlite3.Connection) -> bool:
+            # In aiosqlite's thread: both statements in one trip there.
+            if connection.execute(update, parameters).rowcount == 0:
+                return False
+            connection.execute(insert, row)
+            return True
+
+        return await in_sqlite_thread(db, update_then_insert)
+    changed, _ = await db.execute_query(update, parameters)
     if changed and sample is not None:
         await ChargingSample.create(session_id=session_id, **sample)
     return changed > 0
@@ -148,6 +167,18 @@ def _advance_sql(dialect: str, names: tuple[str, ...], sample: tuple[str, ...]) 
                 ]
             )
         _ADVANCE[(dialect, names, sample)] = sql
+    return sql
+
+
+def _insert_sample_sql(sample: tuple[str, ...]) -> str:
+    """SQLite's insert of a sample of those fields (its session first)."""
+    sql = _ADVANCE.get(("sqlite-sample", (), sample))
+    if sql is None:
+        columns = ChargingSample._meta.fields_db_projection
+        names = ", ".join(['"session_id"', *(f'"{columns[name]}"' for name in sample)])
+        marks = ", ".join("?" * (len(sample) + 1))
+        sql = f'INSERT INTO "{ChargingSample._meta.db_table}" ({names}) VALUES ({marks})'  # noqa: S608
+        _ADVANCE[("sqlite-sample", (), sample)] = sql
     return sql
 
 
