@@ -130,8 +130,20 @@ def _db_value(model: type[Model], name: str, value: Any) -> Any:
     return model._meta.fields_map[name].to_db_value(value, model)
 
 
+_CONVERTERS: dict[tuple[type[Model], tuple[str, ...]], list[Any]] = {}  # to_db_value by field
+
+
 def _db_values(model: type[Model], values: dict[str, Any]) -> list[Any]:
-    return [_db_value(model, name, value) for name, value in values.items()]
+    """``values`` as the database takes them, in order (each by its field's
+    ``to_db_value``, looked up once per set of fields)."""
+    names = tuple(values)
+    converters = _CONVERTERS.get((model, names))
+    if converters is None:
+        fields = model._meta.fields_map
+        converters = _CONVERTERS[model, names] = [fields[name].to_db_value for name in names]
+    return [
+        convert(value, model) for convert, value in zip(converters, values.values(), strict=True)
+    ]
 
 
 def _advance_sql(dialect: str, names: tuple[str, ...], sample: tuple[str, ...]) -> str:

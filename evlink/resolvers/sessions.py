@@ -327,8 +327,9 @@ async def _grow(
             (p for p in (session.peak_power, state.charge_rate) if p is not None), default=None
         ),
     }
-    if session.tariff is not None:
-        price = Tariff.from_json(session.tariff).price_at(session.last_sample_at)
+    tariff = _tariff_of(session)
+    if tariff is not None:
+        price = tariff.price_at(session.last_sample_at)
         values["cost_from_power"] = (session.cost_from_power or 0.0) + energy * price
     reason = end_reason(state)
     if reason is not None:
@@ -336,10 +337,30 @@ async def _grow(
         values["end_reason"] = reason
     if not await advance_session(session.id, session.sample_count, values, _row(sample)):
         return False
-    for name, value in values.items():  # the row as written, without reading it back
-        setattr(session, name, value)
+    # The row as written, without reading it back. Plain columns: Tortoise's
+    # __setattr__ adds nothing for them (it checks relations and async defaults).
+    vars(session).update(values)
     _remember(services, session)
     return True
+
+
+_TARIFFS: dict[UUID, tuple[object, Tariff]] = {}  # by session: its tariff's JSON, parsed
+
+
+def _tariff_of(session: ChargingSession) -> Tariff | None:
+    """The session's tariff, parsed once per session and process (while the same JSON
+    object is on it; as many sessions as are remembered)."""
+    raw = session.tariff
+    if raw is None:
+        return None
+    known = _TARIFFS.get(session.id)
+    if known is not None and known[0] is raw:
+        return known[1]
+    tariff = Tariff.from_json(raw)
+    if len(_TARIFFS) >= MAX_REMEMBERED:
+        del _TARIFFS[next(iter(_TARIFFS))]
+    _TARIFFS[session.id] = (raw, tariff)
+    return tariff
 
 
 def _latest(value: Any, stored: Any) -> Any:
