@@ -26,16 +26,19 @@ session and its sample). The rules:
   the samples themselves unique, and one on the open session per car (migration
   0008) makes two instances that both see the start open one session.
 - **Remembered, not trusted.** Each process remembers the open session it last
-  wrote or read per car (``Services.open_sessions``, at most ``MAX_REMEMBERED``
-  cars) and takes a state into it without reading it first: the compare-and-set
-  on its sample count (and ``ended_at`` null) is what proves it current. When it
-  fails (another instance or writer moved or ended it), the session is read
-  again, so a stale memory costs a query, never a count.
+  read, or wrote once that write is committed (:func:`publish`), per car
+  (``Services.open_sessions``, at most ``MAX_REMEMBERED`` cars) and takes a state
+  into it without reading it first: the compare-and-set on its sample count (and
+  ``ended_at`` null) is what proves it current. When it fails (another instance
+  or writer moved or ended it), the session is read again, so a stale memory
+  costs a query, never a count. A write rolled back is never remembered: a
+  memory ahead of the database would take a state delivered again for one
+  already counted.
 
 Energy: ``energyKwh`` is the integrated power when the session has at least two
 samples with a charge rate, else the battery's change times its capacity; both
 estimates are kept (:class:`Summary`). Changes are published on the car's
-``vehicle:<id>:charging-session`` topic once they are committed.
+``vehicle:<id>:charging-session`` topic once they are committed (:func:`publish`).
 """
 
 from __future__ import annotations
@@ -196,7 +199,7 @@ async def record_state(
 ) -> list[ChargingSession]:
     """Take a newly stored charge state into the car's sessions (see the module's rules),
     in the transaction that stores it; the sessions it changed, for :func:`publish` once
-    that is committed.
+    that is committed (this process remembers them then, not before).
 
     ``previous``: the state it replaced. When neither is charging no session can be
     open or open now: nothing is read, and this process forgets the one it remembers.
@@ -229,7 +232,7 @@ async def record_state(
         if sample.at <= session.last_sample_at:
             _remember(services, session)
             return changed  # already counted, or older than what is counted
-        if await _grow(services, session, sample, now):
+        if await _grow(session, sample, now):
             return [*changed, session]
     logger.warning("vehicle %s: a charge state was not taken into its session", vehicle.id)
     return changed
@@ -284,7 +287,6 @@ async def _open(
     except IntegrityError:
         return None
     await ChargingSample.create(session_id=session.id, **_row(sample))
-    _remember(services, session)
     await _prune_samples(services, vehicle, now)
     return session
 
@@ -305,9 +307,7 @@ async def _starting_command(services: Services, vehicle: Vehicle, now: datetime)
     return None if command is None else command.id
 
 
-async def _grow(
-    services: Services, session: ChargingSession, sample: _Sample, now: datetime
-) -> bool:
+async def _grow(session: ChargingSession, sample: _Sample, now: datetime) -> bool:
     """Integrate a later sample (and end the session on a closing one) by compare-and-set
     on the sample count; False when another writer changed the session first."""
     state = sample.state
@@ -340,7 +340,6 @@ async def _grow(
     # The row as written, without reading it back. Plain columns: Tortoise's
     # __setattr__ adds nothing for them (it checks relations and async defaults).
     vars(session).update(values)
-    _remember(services, session)
     return True
 
 
@@ -401,8 +400,12 @@ async def _prune_samples(services: Services, vehicle: Vehicle, now: datetime) ->
 
 
 async def publish(services: Services, sessions: Iterable[ChargingSession]) -> None:
-    """Tell the subscribers of each session's car that it changed (once it is stored)."""
+    """Once the transaction that changed them is committed: remember each session as its
+    car's open one in this process (an ended one forgotten) and tell the subscribers of
+    its car that it changed. Never before the commit: a rolled-back change must neither
+    reach a subscriber nor stay in this process's memory."""
     for session in sessions:
+        _remember(services, session)
         vehicle_id = session.vehicle_id  # type: ignore[attr-defined]
         await services.events.publish(
             charging_session_topic(vehicle_id),

@@ -3,25 +3,36 @@ read over GraphQL, REST and CSV, priced by the user's tariff, pushed to subscrib
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import io
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import asyncpg
 import pytest
 from tortoise.exceptions import IntegrityError
 
 from evlink.domain import ChargeStateData, VehicleData, format_timestamp
+from evlink.events import charging_session_topic
 from evlink.models import ChargeState, ChargingCommand, User, Vehicle
 from evlink.models.sessions import ChargingSample, ChargingSession
 from evlink.providers.simulator import ManualClock, Simulator
 from evlink.resolvers import sessions, vehicles
-from tests.conftest import PROTOCOLS, Server, _truncate, next_result, run_server, subscription
+from tests.conftest import (
+    PROTOCOLS,
+    TIMEOUT,
+    Server,
+    _truncate,
+    next_result,
+    run_server,
+    subscription,
+)
 
 T0 = datetime(2025, 5, 20, 16, 0, tzinfo=UTC)  # the ManualClock's start
 
@@ -334,6 +345,109 @@ async def test_a_state_whose_sample_is_refused_leaves_nothing_of_it_written(
     await _push(server, vehicle, 20, charging=True, battery=54)  # delivered again: taken
     (session,) = await _sessions(vehicle)
     assert session.sample_count == 3
+
+
+@contextlib.asynccontextmanager
+async def _commits_refused(database_url: str) -> AsyncIterator[None]:
+    """Every transaction that stores a sample fails as it commits (a constraint checked
+    at commit: a deferred foreign key on SQLite, a deferred trigger on PostgreSQL), so
+    it is rolled back after all its statements succeeded, until the block ends."""
+    if database_url.startswith("sqlite://"):
+        path = database_url.removeprefix("sqlite://")
+        with contextlib.closing(sqlite3.connect(path)) as other, other:
+            other.executescript(
+                "CREATE TABLE refused_parent (id INTEGER PRIMARY KEY);"
+                "CREATE TABLE refused_child (parent INTEGER REFERENCES refused_parent (id) "
+                "DEFERRABLE INITIALLY DEFERRED);"
+                "CREATE TRIGGER refuse_at_commit AFTER INSERT ON charging_samples "
+                "BEGIN INSERT INTO refused_child VALUES (1); END;"
+            )
+        try:
+            yield
+        finally:
+            with contextlib.closing(sqlite3.connect(path)) as other, other:
+                other.executescript(
+                    "DROP TRIGGER refuse_at_commit; DROP TABLE refused_child; "
+                    "DROP TABLE refused_parent;"
+                )
+        return
+    other = await asyncpg.connect(database_url)
+    try:
+        await other.execute(
+            "CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "RAISE EXCEPTION 'refused by the test' USING ERRCODE = 'check_violation'; END $$; "
+            "CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON charging_samples "
+            "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_at_commit()"
+        )
+        try:
+            yield
+        finally:
+            await other.execute(
+                "DROP TRIGGER refuse_at_commit ON charging_samples; "
+                "DROP FUNCTION refuse_at_commit()"
+            )
+    finally:
+        await other.close()
+
+
+def _committed_sample_count(database_url: str) -> Callable[[str], int | None]:
+    """A reader of a session's sample count as another connection finds it committed,
+    read at once while evlink's event loop waits: what a subscriber that reads the
+    database on an event would find then."""
+    if database_url.startswith("sqlite://"):
+        path = database_url.removeprefix("sqlite://")
+
+        def read_sqlite(session_id: str) -> int | None:
+            with contextlib.closing(sqlite3.connect(path)) as other:
+                row = other.execute(
+                    "SELECT sample_count FROM charging_sessions WHERE id = ?", (session_id,)
+                ).fetchone()
+            return None if row is None else int(row[0])
+
+        return read_sqlite
+
+    async def fetch(session_id: str) -> int | None:
+        other = await asyncpg.connect(database_url)
+        try:
+            count = await other.fetchval(
+                "SELECT sample_count FROM charging_sessions WHERE id = $1", UUID(session_id)
+            )
+        finally:
+            await other.close()
+        return None if count is None else int(count)
+
+    def read_postgres(session_id: str) -> int | None:
+        with ThreadPoolExecutor(1) as reader:  # its own event loop, in its own thread
+            found: int | None = reader.submit(asyncio.run, fetch(session_id)).result(TIMEOUT)
+        return found
+
+    return read_postgres
+
+
+async def test_a_session_change_is_published_once_committed_and_never_when_rolled_back(
+    server: Server,
+) -> None:
+    """A subscriber of a car's sessions that reads the session as each event reaches it
+    finds the change the event tells of committed; a change whose transaction failed as
+    it committed (rolled back after the session's statements succeeded) is never told."""
+    _, _, vehicle = await _car(server)
+    read = _committed_sample_count(server.settings.database_url)
+    found: list[int | None] = []  # per event, the session's sample count committed then
+    async with server.services.events.subscribe(charging_session_topic(vehicle.id)) as events:
+        events.forward(lambda message: found.append(read(message["id"])))
+        await _push(server, vehicle, 0, charging=True)
+        await _push(server, vehicle, 10, charging=True, battery=52)
+        assert found == [1, 2]
+        async with _commits_refused(server.settings.database_url):
+            with pytest.raises(
+                (IntegrityError, sqlite3.IntegrityError, asyncpg.IntegrityConstraintViolationError)
+            ):
+                await _push(server, vehicle, 20, charging=True, battery=54)
+        assert found == [1, 2]  # rolled back: not told
+        (session,) = await _sessions(vehicle)
+        assert session.sample_count == 2
+        await _push(server, vehicle, 20, charging=True, battery=54)  # delivered again: taken
+        assert found == [1, 2, 3]
 
 
 async def test_a_gap_past_the_stale_limit_ends_the_session_unreachable(server: Server) -> None:
