@@ -267,10 +267,10 @@ async def _refreshes(
         )
         with _ingesting(ingestion, services, clock, memories[ingestion]):  # opens its session
             await vehicles.vehicle_status(services, cars[ingestion], max_age=0, within_budget=False)
-    for _ in range(count // CHUNK):
+    for cycle in range(count // CHUNK):
         wall = dict.fromkeys(order, 0.0)
         cpu = dict.fromkeys(order, 0.0)
-        for step in range(CHUNK):
+        for step in range(cycle * CHUNK, (cycle + 1) * CHUNK):
             await clock.advance(30)  # the cars have charged: a new state to record
             for ingestion in _rotated(order, step):
                 with _ingesting(ingestion, services, clock, memories[ingestion]):
@@ -315,10 +315,12 @@ async def _status_polls(
                 await vehicles.read_status(services, user, vehicle_id)
     every = _refresh_every(services)
     reads_before = len(simulator.calls)
-    for _ in range(polls // every):
+    for cycle in range(polls // every):
         wall = dict.fromkeys(order, 0.0)
         cpu = dict.fromkeys(order, 0.0)
-        for step in range(every):
+        # Numbered through the round, so that the step that refreshes (the last of a
+        # cycle) has each way first in turn.
+        for step in range(cycle * every, (cycle + 1) * every):
             await clock.advance(POLL_EVERY)
             for ingestion in _rotated(order, step):
                 with _ingesting(ingestion, services, clock, memories[ingestion]):
