@@ -28,8 +28,11 @@ thread included, PostgreSQL's server not) are measured alike. The verdict is on
 wall time: *within* the target when the whole interval is under it, *OVER* when the
 whole interval is at or above it, else *undecided*.
 
+``--control`` adds a fourth way, a second *without*, and its cost against the first:
+what the method finds where there is none (an A/A check of the machine's noise).
+
 ``python -m bench.sessions [--database URL] [--postgres] [--refreshes N] [--cars N]
-[--polls N] [--rounds N]``; ``make bench`` runs it too (``python -m bench
+[--polls N] [--rounds N] [--control]``; ``make bench`` runs it too (``python -m bench
 --sessions-only`` for just this).
 """
 
@@ -69,6 +72,7 @@ class Ingestion(Enum):
     OFF = "off"  # record_state a no-op
     UNREMEMBERED = "unremembered"  # record_state, the open session read every time
     ON = "on"  # record_state as evlink runs it
+    CONTROL = "control"  # a second OFF (--control): what the method finds with no cost
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +131,16 @@ class SessionsResult:
     cost: Estimate  # of wall time: with over without
     cpu_cost: Estimate  # of this process's CPU time
     unremembered_cost: Estimate  # of wall time, not remembering over without
+    control: tuple[Estimate, Estimate] | None = None  # wall, CPU: control over without
 
     @staticmethod
     def of(database: str, path: str, cycles: Cycles) -> SessionsResult:
+        control = None
+        if Ingestion.CONTROL in cycles.wall:
+            control = (
+                estimate(cycles.costs(cycles.wall, Ingestion.CONTROL)),
+                estimate(cycles.costs(cycles.cpu, Ingestion.CONTROL)),
+            )
         return SessionsResult(
             database,
             path,
@@ -140,6 +151,7 @@ class SessionsResult:
             estimate(cycles.costs(cycles.wall, Ingestion.ON)),
             estimate(cycles.costs(cycles.cpu, Ingestion.ON)),
             estimate(cycles.costs(cycles.wall, Ingestion.UNREMEMBERED)),
+            control,
         )
 
     @property
@@ -151,13 +163,17 @@ class SessionsResult:
         return f"undecided: the interval holds the {TARGET:.0%} target"
 
     def line(self) -> str:
-        return (
+        line = (
             f"sessions ({self.database}), {self.path}: {self.without_sessions_ms:.3f} ms "
             f"without, {self.with_sessions_ms:.3f} ms with ingestion; cost over "
             f"{self.cycles} cycles, median [95 % interval]: wall {self.cost.text()}, "
             f"CPU {self.cpu_cost.text()}: {self.verdict}; not remembering the open "
             f"session: {self.unremembered_ms:.3f} ms, wall {self.unremembered_cost.text()}"
         )
+        if self.control is not None:
+            wall, cpu = self.control
+            line += f"; control (without against without): wall {wall.text()}, CPU {cpu.text()}"
+        return line
 
 
 class _Forgetful(dict[Any, Any]):
@@ -178,8 +194,10 @@ async def run_sessions(
     rounds: int = 5,
     cars: int = 20,
     polls: int = 40,
+    control: bool = False,
 ) -> list[SessionsResult]:
-    """The worst case and the status path, each way's cost measured cycle by cycle."""
+    """The worst case and the status path, each way's cost measured cycle by cycle;
+    with ``control`` also a second *without*, measured against the first."""
     await apply_migrations(database_url)
     clock = ManualClock()
     simulator = Simulator(clock)
@@ -194,9 +212,9 @@ async def run_sessions(
             user, 0.30, "EUR", [parse_period("22:00-06:00=0.12")], "Europe/Oslo"
         )
         worst, status = Cycles(calls=CHUNK), Cycles(calls=cars * _refresh_every(services))
+        ways = [way for way in Ingestion if control or way is not Ingestion.CONTROL]
         for turn in range(rounds):
-            order = list(Ingestion)
-            order = order[turn % 3 :] + order[: turn % 3]  # each first in turn
+            order = _rotated(ways, turn)  # each first in turn
             await _refreshes(services, clock, simulator, user, refreshes, order, worst)
             await _status_polls(services, clock, simulator, user, cars, polls, order, status)
     return [
@@ -224,7 +242,7 @@ def _ingesting(
     """``ingestion`` in force, remembering open sessions in ``memory``, with evlink's
     clock on the ManualClock; all put back after."""
     real_record, real_now = sessions.record_state, vehicles._now
-    off = ingestion is Ingestion.OFF
+    off = ingestion in (Ingestion.OFF, Ingestion.CONTROL)
     sessions.record_state = _no_sessions if off else real_record  # type: ignore[assignment]
     vehicles._now = clock.now  # type: ignore[assignment]
     services.open_sessions = memory
@@ -318,11 +336,12 @@ async def _status_polls(
     for cycle in range(polls // every):
         wall = dict.fromkeys(order, 0.0)
         cpu = dict.fromkeys(order, 0.0)
-        # Numbered through the round, so that the step that refreshes (the last of a
-        # cycle) has each way first in turn.
         for step in range(cycle * every, (cycle + 1) * every):
             await clock.advance(POLL_EVERY)
-            for ingestion in _rotated(order, step):
+            # Turned by the step through the round and by the cycle, so that the step
+            # that refreshes (the last of a cycle) has each way first in turn, for any
+            # number of ways.
+            for ingestion in _rotated(order, step + cycle):
                 with _ingesting(ingestion, services, clock, memories[ingestion]):
                     began, began_cpu = time.perf_counter(), time.process_time()
                     for vehicle_id in fleets[ingestion]:
@@ -353,25 +372,30 @@ def main(argv: list[str] | None = None) -> int:
         "--polls", type=int, default=40, help="status path: reads per car and round (cycles of 4)"
     )
     parser.add_argument("--rounds", type=int, default=5, help="each with new cars")
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="also a second way without ingestion, measured against the first (an A/A check)",
+    )
     args = parser.parse_args(argv)
     sizes = (args.refreshes, args.rounds, args.cars, args.polls)
     with tempfile.TemporaryDirectory() as tmp:
         url = args.database or f"sqlite://{Path(tmp) / 'bench.sqlite3'}"
-        results = asyncio.run(run_sessions(url, *sizes))
+        results = asyncio.run(run_sessions(url, *sizes, control=args.control))
     if args.postgres:
-        results += asyncio.run(_on_postgres(*sizes))
+        results += asyncio.run(_on_postgres(*sizes, control=args.control))
     for result in results:
         print(result.line())
     return 0
 
 
-async def _on_postgres(*sizes: int) -> list[SessionsResult]:
+async def _on_postgres(*sizes: int, control: bool = False) -> list[SessionsResult]:
     """The same on a database of its own on the bench's PostgreSQL; none without one."""
     base = await postgres_base()
     if base is None:
         return []
     async with postgres_database(base) as url:
-        return await run_sessions(url, *sizes)
+        return await run_sessions(url, *sizes, control=control)
 
 
 if __name__ == "__main__":
