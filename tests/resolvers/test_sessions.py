@@ -433,8 +433,9 @@ async def test_a_session_change_is_published_once_committed_and_never_when_rolle
     _, _, vehicle = await _car(server)
     read = _committed_sample_count(server.settings.database_url)
     found: list[int | None] = []  # per event, the session's sample count committed then
+    interrupted: list[Exception] = []
     async with server.services.events.subscribe(charging_session_topic(vehicle.id)) as events:
-        events.forward(lambda message: found.append(read(message["id"])))
+        events.forward(lambda message: found.append(read(message["id"])), interrupted.append)
         await _push(server, vehicle, 0, charging=True)
         await _push(server, vehicle, 10, charging=True, battery=52)
         assert found == [1, 2]
@@ -448,6 +449,7 @@ async def test_a_session_change_is_published_once_committed_and_never_when_rolle
         assert session.sample_count == 2
         await _push(server, vehicle, 20, charging=True, battery=54)  # delivered again: taken
         assert found == [1, 2, 3]
+    assert interrupted == []
 
 
 async def test_a_gap_past_the_stale_limit_ends_the_session_unreachable(server: Server) -> None:
