@@ -35,9 +35,13 @@ from graphql import (
     GraphQLObjectType,
     GraphQLResolveInfo,
     InlineFragmentNode,
+    NamedTypeNode,
+    NonNullTypeNode,
+    OperationDefinitionNode,
     OperationType,
     SelectionSetNode,
     Undefined,
+    VariableNode,
     execute,
     get_operation_ast,
     is_leaf_type,
@@ -92,7 +96,7 @@ def known_query(scope: Scope, body: bytes, view: Any, documents: Any) -> KnownQu
         return None
     if media_type(scope) != "application/json" or raw_header(scope, b"content-length") is None:
         return None
-    if view._get_stream_transport_from_headers(Headers(scope=scope)) is not None:
+    if view._stream_transport_map and view._get_stream_transport_from_headers(Headers(scope=scope)):
         return None
     try:
         data = view.decode_json(body)
@@ -182,7 +186,19 @@ class _Field:
     node: FieldNode | None = None  # the first node, for arguments
     definition: Any = None  # the GraphQLField
     arguments: tuple[tuple[str, str], ...] = ()  # (GraphQL name, Python name)
+    # (Python name, variable) of each argument, when all are variables: no coercion.
+    from_variables: tuple[tuple[str, str], ...] | None = None
     fields: tuple[_Field, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Plan:
+    fields: tuple[_Field, ...]
+    operation: OperationDefinitionNode
+    # The operation's variables, when each is an ID! or a String! without a default and
+    # every resolver's arguments are variables: values given as text are already
+    # coerced (graphql-core would hand on the same strings), nothing else is.
+    text_variables: tuple[str, ...] | None
 
 
 class _Replay(Exception):
@@ -270,6 +286,7 @@ def _compile(
         inner = return_type.of_type if non_null else return_type
         resolver: Callable[..., Awaitable[Any]] | None = None
         arguments: tuple[tuple[str, str], ...] = ()
+        from_variables: tuple[tuple[str, str], ...] | None = None
         if field.base_resolver is not None:
             if (parent.name, name) not in RESOLVED or not field.is_async:
                 return None
@@ -279,6 +296,7 @@ def _compile(
             arguments = tuple((converter.from_argument(a), a.python_name) for a in field.arguments)
             if any(not is_leaf_type(_unwrapped(a.type)) for a in definition.args.values()):
                 return None
+            from_variables = _from_variables(nodes[0], definition, arguments)
         elif any(node.arguments for node in nodes):
             return None
         if is_list_type(inner):
@@ -324,6 +342,7 @@ def _compile(
                     node=nodes[0],
                     definition=definition,
                     arguments=arguments,
+                    from_variables=from_variables,
                     fields=fields,
                 )
             )
@@ -334,13 +353,56 @@ def _compile(
     return tuple(planned)
 
 
+def _from_variables(
+    node: FieldNode, definition: Any, arguments: tuple[tuple[str, str], ...]
+) -> tuple[tuple[str, str], ...] | None:
+    """(Python name, variable) of each argument of ``node`` when every argument the
+    field has is given, each as a variable; else None."""
+    python = dict(arguments)
+    given = {a.name.value: a.value for a in node.arguments or ()}
+    if set(given) != set(definition.args) or not set(given) <= set(python):
+        return None
+    pairs = []
+    for name, value in given.items():
+        if not isinstance(value, VariableNode):
+            return None
+        pairs.append((python[name], value.name.value))
+    return tuple(pairs)
+
+
+def _text_variables(operation: OperationDefinitionNode) -> tuple[str, ...] | None:
+    """The operation's variables if each is declared ``ID!`` or ``String!``, without a
+    default or a directive; else None."""
+    names = []
+    for definition in operation.variable_definitions or ():
+        type_ = definition.type
+        if (
+            not isinstance(type_, NonNullTypeNode)
+            or not isinstance(type_.type, NamedTypeNode)
+            or type_.type.name.value not in ("ID", "String")
+            or definition.default_value is not None
+            or definition.directives
+        ):
+            return None
+        names.append(definition.variable.name.value)
+    return tuple(names)
+
+
+def _all_from_variables(fields: tuple[_Field, ...]) -> bool:
+    return all(
+        (field.kind != _RESOLVED or field.from_variables is not None)
+        and _all_from_variables(field.fields)
+        for field in fields
+    )
+
+
 def _unwrapped(type_: Any) -> Any:
     while is_non_null_type(type_) or is_list_type(type_):
         type_ = type_.of_type
     return type_
 
 
-def compile_plan(schema: Any, query: KnownQuery) -> tuple[_Field, ...] | None:
+def compile_plan(schema: Any, query: KnownQuery) -> _Plan | None:
     """The plan of ``query``'s operation, or None when graphql-core must execute it."""
     operation = get_operation_ast(query.document, query.operation_name)
     root = schema._schema.query_type
@@ -349,7 +411,11 @@ def compile_plan(schema: Any, query: KnownQuery) -> tuple[_Field, ...] | None:
     fragments = {
         d.name.value: d for d in query.document.definitions if isinstance(d, FragmentDefinitionNode)
     }
-    return _compile(schema, root, [operation.selection_set], fragments)
+    fields = _compile(schema, root, [operation.selection_set], fragments)
+    if fields is None:
+        return None
+    texts = _text_variables(operation) if _all_from_variables(fields) else None
+    return _Plan(fields, operation, texts)
 
 
 class Plans:
@@ -362,7 +428,7 @@ class Plans:
         # How many were answered by their plan, how many by graphql-core (/metrics).
         self.answered = {"plan": 0, "graphql-core": 0}
 
-    def plan(self, schema: Any, query: KnownQuery) -> tuple[_Field, ...] | None:
+    def plan(self, schema: Any, query: KnownQuery) -> _Plan | None:
         key = (id(query.document), query.operation_name)
         known = self._plans.get(key)
         if known is not None and known[0] is query.document:
@@ -384,17 +450,20 @@ async def answer_known(
     if plan is None:
         plans.answered["graphql-core"] += 1
         return await execute_known(schema, query, context)
-    operation = get_operation_ast(query.document, query.operation_name)
-    assert operation is not None  # planned
-    variables = get_variable_values(
-        schema._schema, operation.variable_definitions or (), query.variables or {}
-    )
-    if isinstance(variables, list):  # graphql-core reports them
-        plans.answered["graphql-core"] += 1
-        return await execute_known(schema, query, context)
+    given = query.variables or {}
+    variables: Any = None  # the given ones, text each (plan.text_variables)
+    if plan.text_variables is None or not all(
+        isinstance(given.get(name), str) for name in plan.text_variables
+    ):
+        variables = get_variable_values(
+            schema._schema, plan.operation.variable_definitions or (), given
+        )
+        if isinstance(variables, list):  # graphql-core reports them
+            plans.answered["graphql-core"] += 1
+            return await execute_known(schema, query, context)
     outcomes: dict[tuple[str, ...], Any] = {}
     try:
-        data = await _run(plan, None, _Info(context), (), outcomes, variables)
+        data = await _run(plan.fields, None, _Info(context), (), outcomes, variables, given)
     except _Replay:
         plans.answered["graphql-core"] += 1
         return await execute_known(schema, query, context, _replaying(outcomes))
@@ -409,6 +478,7 @@ async def _run(
     path: tuple[str, ...],
     outcomes: dict[tuple[str, ...], Any],
     variables: Any,
+    given: dict[str, Any],
 ) -> dict[str, Any]:
     answer: dict[str, Any] = {}
     for field in fields:
@@ -420,11 +490,17 @@ async def _run(
             assert field.resolver is not None
             assert field.node is not None
             where = (*path, field.key)
-            try:
-                values = get_argument_values(field.definition, field.node, variables)
-            except Exception:
-                raise _Replay() from None
-            arguments = {python: values[name] for name, python in field.arguments if name in values}
+            if variables is None:  # text variables, as graphql-core would coerce them
+                assert field.from_variables is not None
+                arguments = {python: given[name] for python, name in field.from_variables}
+            else:
+                try:
+                    values = get_argument_values(field.definition, field.node, variables)
+                except Exception:
+                    raise _Replay() from None
+                arguments = {
+                    python: values[name] for name, python in field.arguments if name in values
+                }
             try:
                 value = await field.resolver(source, info=info, **arguments)
             except Exception as failed:
@@ -456,7 +532,7 @@ async def _run(
             answer[field.key] = items
         else:
             answer[field.key] = await _run(
-                field.fields, value, info, (*path, field.key), outcomes, variables
+                field.fields, value, info, (*path, field.key), outcomes, variables, given
             )
     return answer
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator
 from json import JSONDecodeError
-from typing import Any
+from typing import Any, cast
 
 import strawberry
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
@@ -274,8 +274,7 @@ class GraphQLView(GraphQL[Context, None]):
         if not isinstance(scope.get(_AUTHENTICATED), Caller):
             return None
         request = Request(scope)
-        sub_response = await self.get_sub_response(request)
-        context = await self.get_context(request, sub_response)
+        context = await self.get_context(request, cast(Response, None))  # it takes no response
         try:
             await context.charge(reads=True)
         except QuotaExceeded as refused:
@@ -285,8 +284,9 @@ class GraphQLView(GraphQL[Context, None]):
         else:
             result = await direct.answer_known(self.schema, self.plans, query, context)
         await self._finish(result, context, query.text)
-        response_data = await self.process_result(request, result)
-        return self.create_response(response_data, sub_response)
+        # Strawberry's create_response, without a sub-response (no resolver sets one).
+        data = await self.process_result(request, result)
+        return Response(self.encode_json(data), status_code=200, media_type="application/json")
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket

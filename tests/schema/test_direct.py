@@ -178,6 +178,7 @@ async def test_resolver_errors_are_graphql_cores_own(client: Client) -> None:
         (STATUS, {"id": theirs}, "FORBIDDEN_OWNER"),  # someone else's car
         (STATUS, {"id": str(uuid.uuid4())}, "NOT_FOUND"),
         (FRAGMENTS, {"id": "not-a-uuid"}, "NOT_FOUND"),
+        (STATUS, {"id": 5}, "NOT_FOUND"),  # an Int for an ID: coerced by graphql-core
     ):
         answer, way = await client.twice(query, variables, key)
         assert way == "graphql-core", code
