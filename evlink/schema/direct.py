@@ -170,7 +170,6 @@ def refused_before_execution(schema: Any, error: Exception) -> ExecutionResult:
 # each reads the caller and one vehicle, and nothing of ``info`` but its context.
 RESOLVED = frozenset({("Query", "vehicle"), ("Vehicle", "chargeState")})
 _TYPENAME, _LEAF, _LEAF_LIST, _OBJECT, _RESOLVED = range(5)
-_PLANS_KEPT = 256
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -419,25 +418,39 @@ def compile_plan(schema: Any, query: KnownQuery) -> _Plan | None:
 
 
 class Plans:
-    """The plans of the known queries (None: not plannable), by document and operation;
-    the oldest forgotten past :data:`_PLANS_KEPT`."""
+    """The plans of the known queries (None: not plannable), by document and operation,
+    least recently made out: at most ``count``, and at most ``text_bytes`` of their
+    documents' text in all, as :class:`~evlink.schema.limits.ValidDocuments` bounds the
+    documents it keeps (a plan keeps its document alive)."""
 
-    def __init__(self) -> None:
-        # id(document) -> (document, operation name, plan): the document kept alive.
-        self._plans: dict[tuple[int, str | None], tuple[DocumentNode, Any]] = {}
+    def __init__(self, count: int = 256, text_bytes: int = 262_144) -> None:
+        self.count = count
+        self.text_bytes = text_bytes
+        # (id(document), operation name) -> (document, plan, its text's length).
+        self._plans: dict[tuple[int, str | None], tuple[DocumentNode, _Plan | None, int]] = {}
+        self._bytes = 0
         # How many were answered by their plan, how many by graphql-core (/metrics).
         self.answered = {"plan": 0, "graphql-core": 0}
+
+    def __len__(self) -> int:
+        return len(self._plans)
 
     def plan(self, schema: Any, query: KnownQuery) -> _Plan | None:
         key = (id(query.document), query.operation_name)
         known = self._plans.get(key)
         if known is not None and known[0] is query.document:
-            return known[1]  # type: ignore[no-any-return]
+            return known[1]
+        if known is not None:  # another document under a reused id
+            self._forget(key)
         plan = compile_plan(schema, query)
-        if len(self._plans) >= _PLANS_KEPT:
-            del self._plans[next(iter(self._plans))]
-        self._plans[key] = (query.document, plan)
+        self._plans[key] = (query.document, plan, len(query.text))
+        self._bytes += len(query.text)
+        while len(self._plans) > self.count or self._bytes > self.text_bytes:
+            self._forget(next(iter(self._plans)))
         return plan
+
+    def _forget(self, key: tuple[int, str | None]) -> None:
+        self._bytes -= self._plans.pop(key)[2]
 
 
 async def answer_known(

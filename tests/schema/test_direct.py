@@ -17,10 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
+from graphql import parse
 
 from evlink.errors import ProviderUnavailable
 from evlink.models import Tier, User
 from evlink.resolvers import accounts
+from evlink.schema import build_schema
+from evlink.schema.direct import KnownQuery, Plans
 from evlink.settings import Settings
 from tests.conftest import Server, _truncate, run_server
 
@@ -296,3 +299,22 @@ async def test_a_resolver_that_failed_runs_once(settings: Settings) -> None:
         assert answer.json()["data"]["vehicle"]["chargeState"] is None
         # Never read: the vehicle's first read, then chargeState's, each once per request.
         assert len(server.simulator.calls) == before + 4
+
+
+def test_plans_are_bounded_by_count_and_by_their_documents_text() -> None:
+    """A plan keeps its document alive: plans are bounded as the valid documents are."""
+    schema = build_schema()
+
+    def known(n: int, padding: int = 0) -> KnownQuery:
+        text = f'query Q{n} {{ vehicle(id: "x") {{ id }} }}' + " " * padding
+        return KnownQuery(text, parse(text), None, None)
+
+    few = Plans(count=3, text_bytes=10_000)
+    for n in range(5):
+        assert few.plan(schema, known(n)) is not None
+    assert len(few) == 3
+
+    small = Plans(count=100, text_bytes=1_000)
+    for n in range(10):
+        small.plan(schema, known(n, padding=300))  # 336 characters each
+    assert len(small) == 2
