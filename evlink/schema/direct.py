@@ -73,6 +73,7 @@ __all__ = [
     "compile_plan",
     "execute_known",
     "known_query",
+    "may_be_known",
     "refused_before_execution",
 ]
 
@@ -87,16 +88,24 @@ class KnownQuery:
     operation_name: str | None
 
 
-def known_query(scope: Scope, body: bytes, view: Any, documents: Any) -> KnownQuery | None:
-    """The known query ``body`` asks for, or None when Strawberry must handle the request.
-
-    ``view`` decodes the body as Strawberry's parsing would (``decode_json``) and says
-    which ``Accept`` would stream; ``documents``: the schema's valid documents."""
-    if documents is None:
-        return None
+def may_be_known(scope: Scope, view: Any) -> bool:
+    """Whether a POST may be a known query, from its headers: JSON, of a declared length
+    (so that reading it first refuses nothing: a body over the limit is refused by its
+    length before the view runs), not asking for a stream the view would serve."""
     if media_type(scope) != "application/json" or raw_header(scope, b"content-length") is None:
-        return None
-    if view._stream_transport_map and view._get_stream_transport_from_headers(Headers(scope=scope)):
+        return False
+    return not (
+        view._stream_transport_map and view._get_stream_transport_from_headers(Headers(scope=scope))
+    )
+
+
+def known_query(scope: Scope, body: bytes, view: Any, documents: Any) -> KnownQuery | None:
+    """The known query ``body`` asks for, or None when Strawberry must handle the request
+    (the headers were found fit by :func:`may_be_known`).
+
+    ``view`` decodes the body as Strawberry's parsing would (``decode_json``);
+    ``documents``: the schema's valid documents."""
+    if documents is None:
         return None
     try:
         data = view.decode_json(body)

@@ -241,7 +241,7 @@ class GraphQLView(GraphQL[Context, None]):
         document is executed directly (:mod:`evlink.schema.direct`)."""
         try:
             response: Response | None = None
-            if self.direct and scope["method"] == "POST":
+            if self.direct and scope["method"] == "POST" and direct.may_be_known(scope, self):
                 body, receive = await read_body(receive)
                 response = await self._direct(scope, body)
             if response is None:
