@@ -327,6 +327,8 @@ class GraphQLView(GraphQL[Context, None]):
         if isinstance(result, ExecutionResult):
             query = request_data.query if isinstance(request_data, GraphQLRequestData) else None
             await self._finish(result, context, query)
+        elif context.authenticated and not context.charged:
+            await context.charge(reads=False)  # as _finish does
         return result
 
     async def _finish(self, result: ExecutionResult, context: Context, query: str | None) -> None:
