@@ -411,8 +411,9 @@ async def run(args: argparse.Namespace) -> Run:
     )
     with tempfile.TemporaryDirectory(prefix="evlink-bench-") as tmp:
         try:
-            await main_phase(measured, args, wrk, Path(tmp))
-            await economy_phase(measured, Path(tmp))
+            if not args.fleet_only:
+                await main_phase(measured, args, wrk, Path(tmp))
+                await economy_phase(measured, Path(tmp))
             if not args.no_fleet:
                 await fleet_phase(measured, args, Path(tmp))
         except WrongAnswer as wrong:
@@ -757,12 +758,34 @@ def _cpu() -> str:
 
 
 def write_report(run: Run, rows: list[Row], args: argparse.Namespace, elapsed: float) -> str:
+    """The table and the run's conditions, to ``results/latest.md`` (``--fleet-only``:
+    to ``results/fleet.md``, leaving the whole run's file as it was)."""
     table = render_table(rows)
-    runs = ", ".join(fmt_rps(r.rps) for r in run.baseline)
-    notes = [
+    when = (
         f"- When: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {_git_revision()}, "
         f"{os.cpu_count()} cores ({_cpu()}), Python {platform.python_version()}; "
-        f"the whole run took {elapsed:.0f} s.",
+        f"the whole run took {elapsed:.0f} s."
+    )
+    if args.fleet_only:
+        document = "\n".join(
+            [
+                "# evlink benchmarks: the fleet scenario alone",
+                "",
+                "Written by `python -m bench --fleet-only`; bench/README.md explains each number.",
+                "",
+                table,
+                "",
+                when,
+                f"- Load average when the run began: {run.load_average}.",
+                "",
+            ]
+        )
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "fleet.md").write_text(document)
+        return table
+    runs = ", ".join(fmt_rps(r.rps) for r in run.baseline)
+    notes = [
+        when,
         f"- Load: {run.generator}, {args.seconds:g} s per measurement after 1 s of warm-up; "
         "20 cars requested in turn. Each load figure is the best of "
         f"{args.repeats} interleaved runs (the machine is shared: noise only slows a run down). "
@@ -827,6 +850,11 @@ def main(argv: list[str] | None = None) -> int:
         "--fleet-quick", action="store_true", help="a small fleet and a short step-up"
     )
     parser.add_argument("--sessions-only", action="store_true", help="only bench/sessions.py")
+    parser.add_argument(
+        "--fleet-only",
+        action="store_true",
+        help="only the fleet scenario (written to bench/results/fleet.md)",
+    )
     args = parser.parse_args(argv)
     sessions_args = [] if args.no_postgres else ["--postgres"]
     if args.sessions_only:
@@ -835,12 +863,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         measured = runner.run(run(args))
-    rows = build_rows(measured, args)
+    rows = fleet_rows(measured) if args.fleet_only else build_rows(measured, args)
     table = write_report(measured, rows, args, time.monotonic() - started)
     print(table)
-    print(f"\n(written to {(RESULTS / 'latest.md').relative_to(REPO)})")
+    written = RESULTS / ("fleet.md" if args.fleet_only else "latest.md")
+    print(f"\n(written to {written.relative_to(REPO)})")
     for failure in measured.failures:
         print(f"FAILED: {failure}", file=sys.stderr)
+    if args.fleet_only:
+        return 1 if measured.failures else 0
     sessions_failed = sessions_main(sessions_args)  # issue #19: what ingestion costs a status
     return 1 if measured.failures or sessions_failed else 0
 

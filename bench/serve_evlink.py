@@ -229,7 +229,9 @@ def bench_routes(
         after = tracemalloc.take_snapshot()
         tracemalloc.stop()
         per = int(request.query_params.get("per", "1"))
-        text = memory_report(traced.pop("before"), after, per)
+        text = memory_report(
+            traced.pop("before"), after, per, int(request.query_params.get("top", "40"))
+        )
         await asyncio.to_thread(Path(request.query_params["out"]).write_text, text)
         return JSONResponse({"tracing": False})
 
@@ -256,20 +258,30 @@ def bench_routes(
     ]
 
 
-def memory_report(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, per: int) -> str:
-    """What was allocated between two snapshots and is still held, by file and by line,
-    in bytes per ``per`` (the subscriptions opened in between)."""
+def memory_report(
+    before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, per: int, top: int = 40
+) -> str:
+    """What was allocated between two snapshots and is still held, by file and by line
+    (and by call stack, when traced with more than one frame), in bytes per ``per`` (the
+    subscriptions opened in between), the ``top`` largest of each."""
     lines = []
-    for key in ("filename", "lineno"):
+    keys = ["filename", "lineno"]
+    if after.traceback_limit > 1:
+        keys.append("traceback")
+    for key in keys:
         stats = after.compare_to(before, key)
         total = sum(stat.size_diff for stat in stats)
         lines.append(f"## by {key}: {total / per:.0f} bytes per subscription in all")
-        for stat in stats[:40]:
+        for stat in stats[:top]:
             where = stat.traceback[0]
             lines.append(
                 f"{stat.size_diff / per:9.0f} B {stat.count_diff / per:7.1f} blocks  "
-                f"{where.filename}:{where.lineno if key == 'lineno' else ''}"
+                f"{where.filename}:{where.lineno if key != 'filename' else ''}"
             )
+            if key == "traceback":
+                lines.extend(
+                    f"{'':30}{frame.filename}:{frame.lineno}" for frame in stat.traceback[1:]
+                )
         lines.append("")
     return "\n".join(lines)
 

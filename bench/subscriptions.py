@@ -50,6 +50,7 @@ ROUND_TIMEOUT = 30.0  # seconds a round may take before it counts as lost
 STOP_TIMEOUT = 30.0  # seconds the processes may take to close their sockets
 WARM_SUBSCRIBERS = 20  # come and go first, so that first-use costs are paid
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+TRACE_FRAMES = 6  # frames of each allocation's stack that --tracemalloc keeps
 
 
 @dataclass(slots=True)
@@ -230,6 +231,7 @@ async def run_subscriptions(
     processes: int = PROCESSES,
     log: Path,
     profile: Path | None = None,
+    traced: Path | None = None,
 ) -> SubscriptionResult:
     """Connect ``subscribers`` over ``processes``, measure memory, then time ``rounds``
     plug changes."""
@@ -237,6 +239,9 @@ async def run_subscriptions(
     async with httpx.AsyncClient(base_url=base_url, timeout=ROUND_TIMEOUT) as http:
         await _warm(server, offer_deflate, log)
         rss_before = int((await http.post("/bench/memory")).json()["rss_kib"])
+        if traced is not None:  # what the subscriptions hold, by file and line
+            start = await http.post("/bench/tracemalloc/start", params={"frames": TRACE_FRAMES})
+            start.raise_for_status()
         started = time.monotonic()
         clients = await _start_all(server, subscribers, processes, offer_deflate, log)
         try:
@@ -245,6 +250,9 @@ async def run_subscriptions(
             )
             connect_seconds = time.monotonic() - started
             rss_after = int((await http.post("/bench/memory")).json()["rss_kib"])
+            if traced is not None:
+                params = {"out": str(traced), "per": str(subscribers), "top": "80"}
+                (await http.post("/bench/tracemalloc/diff", params=params)).raise_for_status()
             result = SubscriptionResult(
                 subscribers,
                 len(clients),
@@ -317,6 +325,7 @@ async def _standalone(args: Any) -> dict[str, Any]:
                 processes=args.processes,
                 log=Path(tmp) / "subscribers.log",
                 profile=args.profile,
+                traced=args.tracemalloc,
             )
             return summary(result)
 
@@ -336,6 +345,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--server-args", nargs="*", default=[])
     parser.add_argument("--profile", type=Path, help="pyinstrument over the rounds, to PATH")
+    parser.add_argument(
+        "--tracemalloc",
+        type=Path,
+        help="what the subscriptions hold once connected (tracemalloc, by file and line, "
+        "per subscription), to PATH; its own memory inflates the RSS figures of that run",
+    )
     args = parser.parse_args(argv)
     raise_nofile_limit()
     print(json.dumps(asyncio.run(_standalone(args))))

@@ -123,9 +123,14 @@ class ReadCache:
         if entry is None:
             self.misses += 1
             return None
-        if entry.expires <= self.clock() or any(
-            self._versions.get(tag, 0) != version for tag, version in entry.tags
-        ):
+        fresh = entry.expires > self.clock()
+        if fresh:
+            versions = self._versions
+            for tag, version in entry.tags:  # a loop, not any(): every read comes here
+                if versions.get(tag, 0) != version:
+                    fresh = False
+                    break
+        if not fresh:
             self._remove(key)
             self.misses += 1
             return None

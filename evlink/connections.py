@@ -113,6 +113,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.limits = _limits_of(config)
         self._head_deadline: asyncio.TimerHandle | None = None
         self._body_deadline: asyncio.TimerHandle | None = None
+        # A head or a body begun and not yet in. Its deadline is armed once the bytes
+        # that came are parsed and it is still not in (counted from then, the same
+        # turn of the loop as the first byte): a request that comes whole in one read,
+        # as a poll does, costs no timer (two timers a request were measured at 2 to
+        # 4 µs each on uvloop, against a cached status read's 35 µs in the app).
+        self._head_pending = False
+        self._body_pending = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -125,15 +132,20 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._head_deadline is None and (self.cycle is None or self.cycle.response_complete):
-            self._await_head()  # the first bytes of the next request on a kept-alive connection
+            # The first bytes of the next request on a kept-alive connection.
+            self._head_pending = True
         super().data_received(data)
+        if self._head_pending and self._head_deadline is None:
+            self._await_head()
+        if self._body_pending and self._body_deadline is None:
+            self._body_deadline = self.loop.call_later(self.limits.body_timeout, self._late)
 
     def on_headers_complete(self) -> None:
         self._head_arrived()
         super().on_headers_complete()
-        # Cancelled when the message ends: at once for a request without a body (a
-        # websocket upgrade among them).
-        self._body_deadline = self.loop.call_later(self.limits.body_timeout, self._late)
+        # Done when the message ends: at once for a request without a body (a
+        # websocket upgrade among them), before any deadline is armed.
+        self._body_pending = True
 
     def on_message_complete(self) -> None:
         self._body_arrived()
@@ -170,11 +182,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head_deadline = self.loop.call_later(self.limits.header_timeout, self._late)
 
     def _head_arrived(self) -> None:
+        self._head_pending = False
         if self._head_deadline is not None:
             self._head_deadline.cancel()
             self._head_deadline = None
 
     def _body_arrived(self) -> None:
+        self._body_pending = False
         if self._body_deadline is not None:
             self._body_deadline.cancel()
             self._body_deadline = None

@@ -118,8 +118,13 @@ class Subscription(Protocol):
         (:class:`StreamInterrupted` by default)."""
         ...
 
-    def forward(self, to: Callable[[Message], None]) -> None:
-        """Hand each message to ``to`` from now on; only interruptions reach the reader."""
+    def forward(self, to: Callable[[Message], None], ended: Callable[[Exception], None]) -> None:
+        """Hand each message to ``to`` from now on, and an interruption's error to ``ended``
+        (then nothing more): the subscription needs no reader."""
+        ...
+
+    def close(self) -> None:
+        """Unsubscribe at once (what ``async with`` does at its end)."""
         ...
 
 
@@ -144,7 +149,7 @@ class _MemorySubscription:
     three deques and a future of its own (bench/README.md, memory per subscription).
     """
 
-    __slots__ = ("_bus", "_forward", "_max_queue", "_messages", "_topics", "_waiter")
+    __slots__ = ("_bus", "_ended", "_forward", "_max_queue", "_messages", "_topics", "_waiter")
 
     def __init__(self, bus: MemoryEventBus, topics: tuple[str, ...], max_queue: int) -> None:
         self._bus = bus
@@ -153,6 +158,7 @@ class _MemorySubscription:
         self._messages: list[Message] = []
         self._waiter: asyncio.Future[None] | None = None
         self._forward: Callable[[Message], None] | None = None
+        self._ended: Callable[[Exception], None] | None = None
 
     async def __aenter__(self) -> _MemorySubscription:
         for topic in self._topics:
@@ -165,6 +171,10 @@ class _MemorySubscription:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Unsubscribe: no message is delivered from now on."""
         for topic in self._topics:
             subscribers = self._bus.subscribers.get(topic)
             if subscribers is not None:
@@ -172,21 +182,26 @@ class _MemorySubscription:
                 if not subscribers:
                     del self._bus.subscribers[topic]
 
-    def forward(self, to: Callable[[Message], None]) -> None:
+    def forward(self, to: Callable[[Message], None], ended: Callable[[Exception], None]) -> None:
         """From now on hand each message to ``to`` as it is delivered, in order, the
-        messages not read yet first; only an interruption still reaches the reader (whose
-        read then raises). ``to`` must not raise (evlink.schema.fanout)."""
-        kept = [message for message in self._messages if _INTERRUPTED in message]
-        waiting, self._messages = self._messages, kept
+        messages not read yet first; an interruption (one waiting, or one to come) goes to
+        ``ended`` with its error, once, and nothing is handed on after it. No reader is
+        needed any more. Neither may raise (evlink.schema.fanout)."""
+        waiting, self._messages = self._messages, []
+        self._forward, self._ended = to, ended
         for message in waiting:
-            if _INTERRUPTED not in message:
-                to(message)
-        self._forward = to
+            self.deliver(message)
 
     def deliver(self, message: Message) -> None:
         forward = self._forward
-        if forward is not None and _INTERRUPTED not in message:
-            forward(message)
+        if forward is not None:
+            if _INTERRUPTED not in message:
+                forward(message)
+                return
+            ended = self._ended
+            self._forward, self._ended = _dropped, None  # nothing more after an interruption
+            if ended is not None:
+                ended(_error_of(message))
             return
         messages = self._messages
         if len(messages) >= self._max_queue:
@@ -238,8 +253,17 @@ RESUBSCRIBE_AFTER = 1.0
 
 def _checked(message: Message) -> Message:
     if _INTERRUPTED in message:
-        raise message.get(_ERROR) or StreamInterrupted(retry_after=RESUBSCRIBE_AFTER)
+        raise _error_of(message)
     return message
+
+
+def _error_of(interruption: Message) -> Exception:
+    error: Exception | None = interruption.get(_ERROR)
+    return error or StreamInterrupted(retry_after=RESUBSCRIBE_AFTER)
+
+
+def _dropped(message: Message) -> None:
+    """Where a forwarded subscription's messages go once it was interrupted."""
 
 
 class MemoryEventBus:

@@ -183,6 +183,7 @@ class Policy:
     window: int = field(init=False, compare=False)
     _key_head: str = field(init=False, compare=False, repr=False)
     _key_tail: str = field(init=False, compare=False, repr=False)
+    _hash: int = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         head, _, tail = self.item.key_for(self.name, "\0").partition("/\0/")
@@ -190,6 +191,12 @@ class Policy:
         object.__setattr__(self, "window", self.item.get_expiry())
         object.__setattr__(self, "_key_head", head + "/")
         object.__setattr__(self, "_key_tail", "/" + tail)
+        object.__setattr__(self, "_hash", hash((self.name, self.item)))
+
+    def __hash__(self) -> int:
+        # Worked out once: limits hashes a rate in Python, and the RateLimit-Policy field
+        # of every answer is looked up by its policies.
+        return self._hash
 
     def key(self, subject: str) -> str:
         """limits' own key for ``subject`` (``item.key_for(name, subject)``): the rate is
@@ -252,6 +259,21 @@ class Quotas:
     reads: Mapping[Tier, RateLimitItem | None]
     commands: Mapping[Tier, RateLimitItem | None]
     auth_failures: RateLimitItem
+    # The policies made once (every request is charged to them): name -> tier -> policy.
+    _made: dict[str, dict[Tier, Policy | None]] = field(init=False, compare=False, repr=False)
+    burst_policy: Policy = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        made: dict[str, dict[Tier, Policy | None]] = {}
+        for name, rates in ((READS, self.reads), (COMMANDS, self.commands)):
+            made[name] = {}
+            for tier in Tier:
+                item = rates.get(tier)
+                made[name][tier] = None if item is None else _policy(name, item)
+        burst = _policy(BURST, self.burst)
+        made[BURST] = dict.fromkeys(Tier, burst)
+        object.__setattr__(self, "_made", made)
+        object.__setattr__(self, "burst_policy", burst)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Quotas:
@@ -265,20 +287,14 @@ class Quotas:
 
     def policies(self, tier: Tier) -> list[Policy]:
         """The policies a user of ``tier`` is held to: burst, then reads and commands."""
-        found = [_policy(BURST, self.burst)]
-        for name, rates in ((READS, self.reads), (COMMANDS, self.commands)):
-            item = rates.get(tier)
-            if item is not None:
-                found.append(_policy(name, item))
-        return found
+        found = [self._made[BURST][tier]]
+        found += [self._made[name][tier] for name in (READS, COMMANDS)]
+        return [policy for policy in found if policy is not None]
 
     def policy(self, name: str, tier: Tier) -> Policy | None:
         """One of :meth:`policies` (None: ``tier`` is not held to it)."""
-        if name == BURST:
-            return _policy(BURST, self.burst)
-        rates = {READS: self.reads, COMMANDS: self.commands}.get(name, {})
-        item = rates.get(tier)
-        return None if item is None else _policy(name, item)
+        by_tier = self._made.get(name)
+        return None if by_tier is None else by_tier[tier]
 
 
 @functools.lru_cache(maxsize=256)
@@ -465,9 +481,10 @@ class Limiter:
     async def admit(self, user: User, key: str, *, reads: bool = True) -> list[LimitState]:
         """Charge one request: ``burst`` for the key, then ``reads`` unless it is a
         mutation or a charging command. Raises :class:`QuotaExceeded` (429)."""
-        checks = [(_policy(BURST, self.quotas.burst), f"key:{key}")]
+        quotas = self.quotas
+        checks = [(quotas.burst_policy, f"key:{key}")]
         if reads:
-            read_policy = self.quotas.policy(READS, user.tier)
+            read_policy = quotas.policy(READS, user.tier)
             if read_policy is not None:
                 checks.append((read_policy, f"user:{user.id}"))
         return await self._charge(checks)
@@ -487,7 +504,7 @@ class Limiter:
 
     async def usage(self, user: User, keys: Sequence[str] = ()) -> list[LimitState]:
         """What ``user`` has spent of each quota (``burst`` per key in ``keys``), uncharged."""
-        burst = _policy(BURST, self.quotas.burst)
+        burst = self.quotas.burst_policy
         states = [await self._peek(burst, f"key:{k}") for k in keys]
         for policy in self.quotas.policies(user.tier):
             if policy.name != BURST:
@@ -501,7 +518,10 @@ class Limiter:
         refused: LimitState | None = None
         for policy, subject in checks:
             if refused is None:
-                state = await self._hit(policy, subject)
+                if self._redis is None:  # no coroutine for a count in memory
+                    state = self._memory_hit(policy, subject)
+                else:
+                    state = await self._hit(policy, subject)
                 refused = state if state.exceeded else None
             else:
                 state = await self._peek(policy, subject)
@@ -511,11 +531,15 @@ class Limiter:
             raise QuotaExceeded(refused)
         return states
 
+    def _memory_hit(self, policy: Policy, subject: str) -> LimitState:
+        # Memory only, on the limiter's clock: no round trip to wrap.
+        count, closes, now = self.memory.hit(policy.key(subject), policy.window)
+        return LimitState(policy, subject, count, closes - now, closes)
+
     async def _hit(self, policy: Policy, subject: str) -> LimitState:
+        if self._redis is None:
+            return self._memory_hit(policy, subject)
         key = policy.key(subject)
-        if self._redis is None:  # memory only, on the limiter's clock: no round trip to wrap
-            count, closes, now = self.memory.hit(key, policy.window)
-            return LimitState(policy, subject, count, closes - now, closes)
 
         async def hit(storage: Storage) -> tuple[int, float]:
             count = await storage.incr(key, policy.window)

@@ -24,6 +24,7 @@ from starlette.types import Send
 from evlink.connections import PROTOCOL
 from evlink.logs import configure_logging
 from evlink.settings import Settings
+from evlink.wsprotocol import websocket_protocol
 
 __all__ = [
     "SERVER_SEND",
@@ -238,8 +239,14 @@ class OpenSockets:
         self.stopping.set()
         for ws in tuple(self._open):
             ws.close(GOING_AWAY, "server going away")
+        await self.until_closed(timeout)
+
+    async def until_closed(self, timeout: float) -> bool:
+        """Wait until no websocket is open (each one's handler has ended, its
+        subscriptions with it), for at most ``timeout`` seconds: whether none is."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._empty.wait(), timeout)
+        return self._empty.is_set()
 
 
 async def serve_until_closed(handler: asyncio.Future[None], ws: OpenSocket, send: Send) -> None:
@@ -333,10 +340,12 @@ def _find_open_sockets(config: uvicorn.Config) -> OpenSockets | None:
 
 def server_options(settings: Settings) -> dict[str, Any]:
     """uvicorn's options from the settings (``evlink serve``, the tests, the benchmarks):
-    the guarded HTTP protocol (:mod:`evlink.connections`), the keep-alive, the websocket
-    limits and whom to believe about forwarded addresses."""
+    the guarded HTTP protocol (:mod:`evlink.connections`), the lighter websocket protocol
+    (:mod:`evlink.wsprotocol`), the keep-alive, the websocket limits and whom to believe
+    about forwarded addresses."""
     return {
         "http": PROTOCOL,
+        "ws": websocket_protocol(),  # lighter per socket (evlink.wsprotocol)
         "timeout_keep_alive": settings.keepalive,
         "ws_max_size": settings.ws_max_message,
         "ws_per_message_deflate": settings.ws_compression,

@@ -52,20 +52,47 @@ async def test_messages_are_read_in_order_and_an_interruption_raises_in_its_turn
     assert bus.subscribers == {}
 
 
-async def test_a_forwarded_subscription_hands_on_what_waited_first_and_keeps_interruptions() -> (
-    None
-):
+async def test_a_forwarded_subscription_hands_on_what_waited_first_then_its_interruption() -> None:
     """``forward``: the messages not read yet go first, in order, then each as it comes;
-    an interruption still reaches the reader (evlink.schema.fanout forwards this way)."""
+    an interruption's error goes to ``ended``, once, and nothing after it
+    (evlink.schema.fanout forwards this way)."""
     bus = MemoryEventBus()
     forwarded: list[dict[str, int]] = []
+    ended: list[Exception] = []
     async with bus.subscribe("topic") as subscription:
         await bus.publish("topic", {"n": 1})
         await bus.publish("topic", {"n": 2})
-        subscription.forward(forwarded.append)
+        subscription.forward(forwarded.append, ended.append)
         await bus.publish("topic", {"n": 3})
         assert forwarded == [{"n": 1}, {"n": 2}, {"n": 3}]
-        subscription.interrupt("gone")
-        with pytest.raises(StreamInterrupted):
-            await subscription.get(timeout=1)
+        assert ended == []
+        gone = LookupError("gone")
+        subscription.interrupt("gone", gone)
+        subscription.interrupt("again")
+        await bus.publish("topic", {"n": 4})
     assert forwarded == [{"n": 1}, {"n": 2}, {"n": 3}]
+    assert ended == [gone]
+
+
+async def test_an_interruption_waiting_ends_a_forwarded_subscription_after_what_came_first() -> (
+    None
+):
+    bus = MemoryEventBus()
+    forwarded: list[dict[str, int]] = []
+    ended: list[Exception] = []
+    async with bus.subscribe("topic") as subscription:
+        await bus.publish("topic", {"n": 1})
+        subscription.interrupt("broken")  # the stream broke: StreamInterrupted
+        await bus.publish("topic", {"n": 2})
+        subscription.forward(forwarded.append, ended.append)
+    assert forwarded == [{"n": 1}]
+    assert [type(error) for error in ended] == [StreamInterrupted]
+
+
+async def test_a_closed_subscription_is_delivered_nothing() -> None:
+    bus = MemoryEventBus()
+    subscription = await bus.subscribe("topic", "other").__aenter__()
+    subscription.close()
+    assert bus.subscribers == {}
+    await bus.publish("topic", {"n": 1})
+    assert await subscription.get(timeout=0) is None

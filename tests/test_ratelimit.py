@@ -38,7 +38,7 @@ from evlink.ratelimit import (
     parse_tier_counts,
     parse_tier_rates,
 )
-from evlink.resolvers.auth import issue_key
+from evlink.resolvers.auth import hash_key, issue_key, key_id, revoke_key
 from evlink.settings import Settings, SettingsError
 from tests.conftest import PROTOCOLS, TIMEOUT, Server, _truncate, free_port, run_server
 
@@ -227,6 +227,41 @@ async def test_burst_is_per_key_and_reads_per_user(make_settings: Any) -> None:
         spent = await server.http.get(ME, headers=bearer(second))
         assert spent.status_code == 429
         assert "reads" in spent.json()["detail"]
+
+
+@pytest.mark.parametrize("cache_ttl", [0.0, 5.0], ids=["cache-off", "cache-on"])
+async def test_a_status_read_judges_the_key_then_the_limits_then_the_vehicle(
+    make_settings: Any, cache_ttl: float
+) -> None:
+    # The key and the vehicle may be read in one statement (resolvers.vehicles.StatusRead);
+    # what each request is answered and charged stays in this order.
+    settings = make_settings(burst="4/minute", auth_failures="100/minute", cache_ttl=cache_ttl)
+    async with limited(settings) as (server, _):
+        owner, key = await server.user(tier=Tier.PRO)
+        other, _ = await server.user()
+        mine, theirs = await server.vehicle(owner), await server.vehicle(other)
+        revoked = await issue_key(owner)
+        await revoke_key(str(revoked.record.id))
+        paths = [f"/api/status/{v}" for v in (mine.id, theirs.id, uuid.uuid4(), "not-a-uuid")]
+
+        # A refused key: 401 whatever the vehicle, counted as a failure, charged nothing.
+        for n, path in enumerate(paths, 1):
+            refused = await server.http.get(path, headers=bearer(revoked.secret))
+            assert refused.status_code == 401, path
+            counted = fields(refused.headers["RateLimit"])
+            assert counted == {"auth-failures": {"r": 100 - n, "t": 60}}
+        spent = await limiter_of(server).usage(owner, [key_id(hash_key(revoked.secret))])
+        assert {s.policy.name: s.used for s in spent}["burst"] == 0
+
+        answers = [await server.http.get(path, headers=bearer(key)) for path in paths]
+        assert [a.status_code for a in answers] == [200, 403, 404, 404]
+        assert [remaining(a, "burst") for a in answers] == [3, 2, 1, 0]  # each one charged
+
+        # Past the limit every read is 429, before its vehicle is judged.
+        for path in paths:
+            late = await server.http.get(path, headers=bearer(key))
+            assert late.status_code == 429, path
+            assert late.json()["code"] == "RATE_LIMITED"
 
 
 async def test_every_authenticated_answer_carries_the_headers(make_settings: Any) -> None:

@@ -27,13 +27,19 @@ def services_of(request: Request) -> Services:
     return services
 
 
-async def authenticated(request: Request, *, reads: bool = True) -> User:
+async def authenticated(
+    request: Request, *, reads: bool = True, lookup: auth.KeyLookup | None = None
+) -> User:
     """The caller (:func:`~evlink.resolvers.auth.authenticate_request`), charged to its
     rate limits (429 past them, :mod:`evlink.ratelimit`); ``reads=False`` for a charging
-    command, which the use case charges to the ``commands`` quota once it is sent."""
+    command, which the use case charges to the ``commands`` quota once it is sent.
+    ``lookup``: the key's read, when the route reads more along with it."""
     services = services_of(request)
     caller = await auth.authenticate_request(
-        services, header(request.scope, b"authorization"), client_address(request)
+        services,
+        header(request.scope, b"authorization"),
+        client_address(request),
+        lookup,
     )
     if services.limiter is not None:
         await services.limiter.admit(caller.user, caller.key_id, reads=reads)
@@ -54,13 +60,20 @@ def _vehicle_status_body(result: vehicles.VehicleStatus) -> dict[str, Any]:
     return vehicle_body(result.vehicle, result.charge_state)
 
 
+async def _read_status(request: Request) -> vehicles.VehicleStatus:
+    """The caller's status of the path's vehicle: on a miss of the read cache the key and
+    the vehicle are read in one statement (:class:`~evlink.resolvers.vehicles.StatusRead`),
+    judged in the same order as before (the key, the rate limits, the vehicle)."""
+    services = services_of(request)
+    vehicle_id = request.path_params["vehicle_id"]
+    along = vehicles.StatusRead(services, vehicle_id)
+    user = await authenticated(request, lookup=along.lookup)
+    return await vehicles.read_status(services, user, vehicle_id, along)
+
+
 async def status(request: Request) -> Response:
     """GET /api/status/{vehicle_id}: the documented status body."""
-    user = await authenticated(request)
-    result = await vehicles.read_status(
-        services_of(request), user, request.path_params["vehicle_id"]
-    )
-    return _status_response(result, status_body)
+    return _status_response(await _read_status(request), status_body)
 
 
 async def ha_me(request: Request) -> JSONResponse:
@@ -81,11 +94,7 @@ async def ha_vehicles(request: Request) -> JSONResponse:
 
 async def ha_status(request: Request) -> Response:
     """GET /api/ha/status/{vehicle_id}: the whole vehicle, charge state fresh."""
-    user = await authenticated(request)
-    result = await vehicles.read_status(
-        services_of(request), user, request.path_params["vehicle_id"]
-    )
-    return _status_response(result, _vehicle_status_body)
+    return _status_response(await _read_status(request), _vehicle_status_body)
 
 
 MAX_WAIT = 60.0

@@ -22,7 +22,7 @@ from evlink.domain import format_timestamp, parse_timestamp
 from evlink.errors import BadRequest
 from evlink.requestheaders import header
 from evlink.resolvers import sessions, vehicles
-from evlink.resolvers.sessions import Summary
+from evlink.resolvers.sessions import Summary, totals
 
 __all__ = ["SESSION_FIELDS", "routes", "session_body", "sessions_body"]
 
@@ -89,17 +89,16 @@ def session_body(found: Summary) -> dict[str, Any]:
 
 def sessions_body(vehicle_id: str, found: list[Summary]) -> dict[str, Any]:
     """The list and its totals (``total.cost`` is null when currencies differ)."""
-    currencies = {s.currency for s in found if s.cost is not None}
-    one = len(currencies) == 1
+    total = totals(found)
     return {
         "vehicleId": vehicle_id,
         "sessions": [session_body(s) for s in found],
         "total": {
-            "count": len(found),
-            "energyKwh": round(sum(s.energy_kwh or 0.0 for s in found), 4),
-            "cost": round(sum(s.cost or 0.0 for s in found), 4) if one else None,
-            "currency": next(iter(currencies)) if one else None,
-            "durationSeconds": round(sum(s.duration_seconds for s in found), 6),
+            "count": total.count,
+            "energyKwh": total.energy_kwh,
+            "cost": total.cost,
+            "currency": total.currency,
+            "durationSeconds": total.duration_seconds,
         },
     }
 

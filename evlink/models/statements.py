@@ -12,17 +12,27 @@ tenth of a status miss's time went there).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from tortoise.fields import DatetimeField
 from tortoise.models import Model
 
-__all__ = ["PerDialect", "columns", "model_from_row", "parse_timestamp_column", "placeholder"]
+__all__ = [
+    "PerDialect",
+    "Row",
+    "columns",
+    "model_from_row",
+    "parse_timestamp_column",
+    "placeholder",
+]
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Model)
+Row = Any
+"""A row as the backend gives it (``sqlite3.Row``, ``asyncpg.Record``; Tortoise types them
+as dicts): the statements here read it by position."""
 
 
 def columns(model: type[Model]) -> tuple[str, ...]:
@@ -30,9 +40,9 @@ def columns(model: type[Model]) -> tuple[str, ...]:
     return tuple(model._meta.fields_db_projection.values())
 
 
-def placeholder(dialect: str) -> str:
-    """The first (and only) parameter's placeholder in ``dialect``."""
-    return "$1" if dialect == "postgres" else "?"
+def placeholder(dialect: str, number: int = 1) -> str:
+    """The placeholder of the ``number``-th parameter (from 1) in ``dialect``."""
+    return f"${number}" if dialect == "postgres" else f"?{number}"
 
 
 class PerDialect(Generic[T]):
@@ -72,10 +82,15 @@ def parse_timestamp_column(value: Any) -> Any:
     return value
 
 
-def model_from_row(model: type[M], row: Mapping[str, Any], names: tuple[str, ...]) -> M:
-    """``model`` of the ``names`` columns of ``row`` (Tortoise's ``_init_from_db``)."""
+def model_from_row(model: type[M], row: Row, names: tuple[str, ...], start: int = 0) -> M:
+    """``model`` of a row whose columns ``start``, ``start + 1``, … are the ``names``
+    columns (Tortoise's ``_init_from_db``). By position: SQLite's rows find a column by
+    name with a case-insensitive scan of all their names (a status row has 50)."""
     timestamps = _TIMESTAMPS.get(model)
     if timestamps is None:
         timestamps = _TIMESTAMPS[model] = _timestamp_columns(model)
-    values = {c: parse_timestamp_column(row[c]) if c in timestamps else row[c] for c in names}
+    values = {
+        c: parse_timestamp_column(row[i]) if c in timestamps else row[i]
+        for i, c in enumerate(names, start)
+    }
     return model._init_from_db(**values)

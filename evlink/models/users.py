@@ -16,6 +16,7 @@ from tortoise.models import Model
 
 from evlink.models.statements import (
     PerDialect,
+    Row,
     columns,
     model_from_row,
     parse_timestamp_column,
@@ -70,11 +71,15 @@ class ActiveKey:
     user: User
 
 
+KEY_COLUMNS = ['k."id" AS "key_id"', 'k."last_used_at" AS "key_last_used_at"']
+"""What a statement selects of the key ``k`` first, then the user's :func:`columns`,
+for :func:`active_key_from_row` (aliased: the user has an ``id`` too)."""
+
+
 def _active_key_statement(dialect: str) -> str:
     """The statement of :func:`active_key_with_user` in ``dialect``: the key's two columns
     under names of their own (the user has an ``id`` too), then the user's."""
-    selected = ['k."id" AS "key_id"', 'k."last_used_at" AS "key_last_used_at"']
-    selected += [f'u."{c}"' for c in columns(User)]
+    selected = KEY_COLUMNS + [f'u."{c}"' for c in columns(User)]
     return " ".join(
         [
             "SELECT",
@@ -95,8 +100,12 @@ async def active_key_with_user(key_hash: str) -> ActiveKey | None:
     _, rows = await db.execute_query(_active_key(db.capabilities.dialect), [key_hash])
     if not rows:
         return None
-    row = rows[0]
-    user = model_from_row(User, row, columns(User))
+    return active_key_from_row(rows[0])
+
+
+def active_key_from_row(row: Row) -> ActiveKey:
+    """The key of a row that starts with :data:`KEY_COLUMNS` and the user's columns."""
+    user = model_from_row(User, row, columns(User), len(KEY_COLUMNS))
     last_used_at = ApiKey._meta.fields_map["last_used_at"]
-    last_used = last_used_at.to_python_value(parse_timestamp_column(row["key_last_used_at"]))
-    return ActiveKey(int(row["key_id"]), last_used, user)
+    last_used = last_used_at.to_python_value(parse_timestamp_column(row[1]))
+    return ActiveKey(int(row[0]), last_used, user)

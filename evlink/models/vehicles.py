@@ -18,8 +18,8 @@ from tortoise import fields
 from tortoise.models import Model
 
 from evlink.domain import ChargeStateData
-from evlink.models.statements import PerDialect, columns, model_from_row, placeholder
-from evlink.models.users import User
+from evlink.models.statements import PerDialect, Row, columns, model_from_row, placeholder
+from evlink.models.users import KEY_COLUMNS, ActiveKey, ApiKey, User, active_key_from_row
 
 
 class Vehicle(Model):
@@ -124,7 +124,83 @@ async def vehicle_with_charge_state(vehicle_id: UUID) -> tuple[Vehicle, ChargeSt
         return None
     row = rows[0]
     vehicle = model_from_row(Vehicle, row, statement.vehicle_columns)
-    if row["vehicle_id"] is None:  # the LEFT JOIN found no charge state
-        return vehicle, None
-    state = model_from_row(ChargeState, row, statement.state_columns)
+    state_start = len(statement.vehicle_columns)
+    if row[state_start + statement.state_columns.index("vehicle_id")] is None:
+        return vehicle, None  # the LEFT JOIN found no charge state
+    state = model_from_row(ChargeState, row, statement.state_columns, state_start)
     return vehicle, state
+
+
+@dataclass(frozen=True, slots=True)
+class _KeyStatement:
+    sql: str
+    vehicle_columns: tuple[str, ...]  # from vehicle_start on, then the charge state's
+    state_columns: tuple[str, ...]
+    vehicle_start: int
+
+
+def _key_with_vehicle_statement(dialect: str) -> _KeyStatement:
+    """The statement of :func:`active_key_with_vehicle` in ``dialect``: the key's and the
+    user's columns as :func:`~evlink.models.users.active_key_with_user` selects them, then
+    the vehicle's and its charge state's (read by position, so their names may overlap
+    the user's)."""
+    vehicle_columns, state_columns = columns(Vehicle), columns(ChargeState)
+    selected = KEY_COLUMNS + [f'u."{c}"' for c in columns(User)]
+    vehicle_start = len(selected)
+    selected += [f'v."{c}"' for c in vehicle_columns] + [f'c."{c}"' for c in state_columns]
+    sql = " ".join(
+        [
+            "SELECT",
+            ", ".join(selected),
+            f'FROM "{ApiKey._meta.db_table}" k',
+            f'JOIN "{User._meta.db_table}" u ON u."id" = k."user_id"',
+            f'LEFT JOIN "{Vehicle._meta.db_table}" v',
+            f'ON v."id" = {placeholder(dialect, 2)} AND v."deleted_at" IS NULL',
+            f'LEFT JOIN "{ChargeState._meta.db_table}" c ON c."vehicle_id" = v."id"',
+            f'WHERE k."hash" = {placeholder(dialect, 1)} AND k."revoked_at" IS NULL',
+        ]
+    )
+    return _KeyStatement(sql, vehicle_columns, state_columns, vehicle_start)
+
+
+_key_with_vehicle = PerDialect(_key_with_vehicle_statement)
+
+
+class VehicleRow:
+    """The vehicle part of :func:`active_key_with_vehicle`'s row, made into models only
+    when asked (a read the read cache answers after all never needs them)."""
+
+    __slots__ = ("_row", "_statement")
+
+    def __init__(self, row: Row, statement: _KeyStatement) -> None:
+        self._row = row
+        self._statement = statement
+
+    def models(self) -> tuple[Vehicle, ChargeState | None] | None:
+        """As :func:`vehicle_with_charge_state` would have answered."""
+        row, statement = self._row, self._statement
+        start = statement.vehicle_start
+        if row[start + statement.vehicle_columns.index("id")] is None:
+            return None  # no such vehicle, or deleted
+        vehicle = model_from_row(Vehicle, row, statement.vehicle_columns, start)
+        state_start = start + len(statement.vehicle_columns)
+        if row[state_start + statement.state_columns.index("vehicle_id")] is None:
+            return vehicle, None
+        state = model_from_row(ChargeState, row, statement.state_columns, state_start)
+        return vehicle, state
+
+
+async def active_key_with_vehicle(
+    key_hash: str, vehicle_id: UUID
+) -> tuple[ActiveKey, VehicleRow] | None:
+    """:func:`~evlink.models.users.active_key_with_user` and
+    :func:`vehicle_with_charge_state` in one statement (one round trip): None when there
+    is no such active key, whatever the vehicle; else the key and the vehicle's row."""
+    db = ApiKey._meta.db
+    statement = _key_with_vehicle(db.capabilities.dialect)
+    value = Vehicle._meta.fields_map["id"].to_db_value(vehicle_id, Vehicle)
+    _, rows = await db.execute_query(statement.sql, [key_hash, value])
+    if not rows:
+        return None
+    row = rows[0]
+    return active_key_from_row(row), VehicleRow(row, statement)

@@ -27,6 +27,7 @@ import logging
 import re
 import secrets
 import zlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING
 from evlink.cache import ReadCache, user_tag
 from evlink.errors import EvlinkError, NotFound, Unauthenticated
 from evlink.models import ApiKey, User
-from evlink.models.users import active_key_with_user
+from evlink.models.users import ActiveKey, active_key_with_user
 
 if TYPE_CHECKING:
     from evlink.services import Services
@@ -45,6 +46,7 @@ __all__ = [
     "KEY_USE_FLUSH_INTERVAL",
     "Caller",
     "IssuedKey",
+    "KeyLookup",
     "KeyUses",
     "authenticate",
     "authenticate_request",
@@ -73,6 +75,9 @@ KEY_USE_FLUSH_INTERVAL = 5.0
 KEY_USE_BATCH = 1000
 
 logger = logging.getLogger(__name__)
+
+KeyLookup = Callable[[str], Awaitable[ActiveKey | None]]
+"""Reads the active key with this :func:`hash_key` (and its user) from the database."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +236,7 @@ async def authenticate(
     *,
     digest: str | None = None,
     uses: KeyUses | None = None,
+    lookup: KeyLookup | None = None,
 ) -> User:
     """The user a key belongs to. Missing, malformed, unknown and revoked keys alike fail.
 
@@ -238,7 +244,10 @@ async def authenticate(
     its user, whom revoking a key or changing the tier invalidates); refused keys
     never are. ``digest``: the key's :func:`hash_key`, when the caller has it already.
     ``uses``: where a use is noted for the next batch (the app's); without it (the
-    CLI, scripts) ``last_used_at`` is written at once.
+    CLI, scripts) ``last_used_at`` is written at once. ``lookup``: how the active key
+    with this hash is read from the database when it must be, if not by
+    :func:`~evlink.models.users.active_key_with_user` (a route that reads more in the
+    same statement, :class:`evlink.resolvers.vehicles.StatusRead`).
     """
     if key is None:
         raise Unauthenticated()
@@ -250,7 +259,7 @@ async def authenticate(
     if not check_key_format(key):
         raise Unauthenticated()
     began = cache.begin() if cache is not None else 0
-    record = await active_key_with_user(digest)
+    record = await (lookup or active_key_with_user)(digest)
     if record is None:
         raise Unauthenticated()
     now = datetime.now(UTC)
@@ -265,7 +274,10 @@ async def authenticate(
 
 
 async def authenticate_request(
-    services: Services, authorization: str | None, address: str | None
+    services: Services,
+    authorization: str | None,
+    address: str | None,
+    lookup: KeyLookup | None = None,
 ) -> Caller:
     """The caller of a request with this ``Authorization``, from client ``address``;
     failed attempts are limited per address.
@@ -281,7 +293,9 @@ async def authenticate_request(
         raise Unauthenticated()
     digest = hash_key(key)
     try:
-        user = await authenticate(key, services.cache, digest=digest, uses=services.key_uses)
+        user = await authenticate(
+            key, services.cache, digest=digest, uses=services.key_uses, lookup=lookup
+        )
         return Caller(user, digest)
     except Unauthenticated:
         pass

@@ -73,8 +73,17 @@ class Forward(Protocol):
     def state(self, state: ChargeStateData) -> None:
         """Take ``state`` now; never raises."""
 
-    def close(self) -> None:
-        """The follow ends: take nothing more."""
+    def take(
+        self,
+        messages: Subscription,
+        watch: AbstractAsyncContextManager[None],
+        passing: Callable[[Message], None],
+    ) -> bool:
+        """From now on the follow's event subscription and its watch are the forward's:
+        it hands each message to ``passing`` (:meth:`Subscription.forward`), ends the
+        subscription as it should end (an interruption included) and lets go of both
+        then; the follow itself ends. False: not taken (the operation is over), the
+        follow goes on with them."""
 
 
 # Given once the first state was taken: where the next ones go, or None (yielded).
@@ -131,29 +140,26 @@ async def follow_charge_state(
     forwarding: Forwarding = _not_forwarded,
 ) -> AsyncGenerator[ChargeStateData, None]:
     """The vehicle's charge state now, then each newer one its events bring: yielded,
-    or handed to what ``forwarding`` gives once the first was taken (then this yields
-    nothing more, and ends as the subscription does: an interruption raises)."""
+    or, once the first was taken, handed to what ``forwarding`` gives, which takes the
+    event subscription and the watch over (:meth:`Forward.take`): then this ends at
+    once, and nothing of it is held while the subscription lasts."""
     vehicle_id = vehicle.id
-    async with (
-        services.events.subscribe(charge_state_topic(vehicle_id)) as messages,
-        watching(vehicle_id, messages),
-    ):
+    messages = services.events.subscribe(charge_state_topic(vehicle_id))
+    watch = watching(vehicle_id, messages)
+    async with contextlib.AsyncExitStack() as held:
+        await held.enter_async_context(messages)
+        await held.enter_async_context(watch)
         newer = _NewerStates((await vehicles.vehicle_status(services, vehicle)).charge_state)
         del vehicle  # not held for the subscription's life (bench/README.md, memory)
         yield newer.last
         forward = forwarding()
-        if forward is None:
-            async for message in messages:
-                state = newer.take(message)
-                if state is not None:
-                    yield state
+        if forward is not None and forward.take(messages, watch, newer.to(forward.state)):
+            held.pop_all()  # the forward's now: it ends them with the subscription
             return
-        try:
-            messages.forward(newer.to(forward.state))
-            async for _ in messages:  # nothing but an interruption comes: it raises
-                pass
-        finally:
-            forward.close()
+        async for message in messages:
+            state = newer.take(message)
+            if state is not None:
+                yield state
 
 
 class _NewerStates:
@@ -161,10 +167,11 @@ class _NewerStates:
     published what it found, and an event published before it may arrive after it:
     neither is passed on again, nor anything older."""
 
-    __slots__ = ("last",)
+    __slots__ = ("forward", "last")
 
     def __init__(self, last: ChargeStateData) -> None:
         self.last = last
+        self.forward: Callable[[ChargeStateData], None] | None = None
 
     def take(self, message: Message) -> ChargeStateData | None:
         """The message's state, if newer (then it is the last one), else None."""
@@ -175,14 +182,15 @@ class _NewerStates:
         return state
 
     def to(self, forward: Callable[[ChargeStateData], None]) -> Callable[[Message], None]:
-        """Each message's state, if newer, handed to ``forward``."""
+        """Each message's state, if newer, handed to ``forward`` (itself, called with a
+        message: no closure held for the subscription's life)."""
+        self.forward = forward
+        return self
 
-        def passing(message: Message) -> None:
-            state = self.take(message)
-            if state is not None:
-                forward(state)
-
-        return passing
+    def __call__(self, message: Message) -> None:
+        state = self.take(message)
+        if state is not None and self.forward is not None:
+            self.forward(state)
 
 
 async def follow_charging_session(

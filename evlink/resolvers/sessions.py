@@ -506,17 +506,42 @@ def bucket_start(instant: datetime, group_by: GroupBy, zone: ZoneInfo) -> dateti
     return day.astimezone(UTC)
 
 
-def _bucket(start: datetime, items: Iterable[Summary]) -> Bucket:
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """What sessions add up to, rounded as each session is (the one rule for REST's
+    ``total`` and GraphQL's statistics buckets)."""
+
+    energy_kwh: float
+    cost: float | None
+    currency: str | None
+    count: int
+    duration_seconds: float
+
+
+def totals(items: Iterable[Summary]) -> Totals:
+    """The sums of ``items``; ``cost`` and ``currency`` are None unless every priced
+    session has the same currency (energy in two currencies has no one price)."""
     items = list(items)
     currencies = {s.currency for s in items if s.cost is not None}
     one = len(currencies) == 1
-    return Bucket(
-        start=start,
+    return Totals(
         energy_kwh=round(sum(s.energy_kwh or 0.0 for s in items), 4),
         cost=round(sum(s.cost or 0.0 for s in items), 4) if one else None,
         currency=next(iter(currencies)) if one else None,
-        session_count=len(items),
-        duration_seconds=sum(s.duration_seconds for s in items),
+        count=len(items),
+        duration_seconds=round(sum(s.duration_seconds for s in items), 6),
+    )
+
+
+def _bucket(start: datetime, items: Iterable[Summary]) -> Bucket:
+    total = totals(items)
+    return Bucket(
+        start=start,
+        energy_kwh=total.energy_kwh,
+        cost=total.cost,
+        currency=total.currency,
+        session_count=total.count,
+        duration_seconds=total.duration_seconds,
     )
 
 

@@ -37,8 +37,11 @@ from evlink.errors import (
 from evlink.events import charge_state_topic
 from evlink.models import ChargeState, ChargingSession, User, Vehicle
 from evlink.models.backends import transaction
+from evlink.models.users import ActiveKey, active_key_with_user
 from evlink.models.vehicles import (
     CHARGE_STATE_FIELDS,
+    VehicleRow,
+    active_key_with_vehicle,
     charge_state_data,
     vehicle_with_charge_state,
 )
@@ -46,6 +49,7 @@ from evlink.resolvers import rules, sessions
 from evlink.services import Refresh, Services
 
 __all__ = [
+    "StatusRead",
     "VehicleStatus",
     "ensure_synced",
     "fresh_for",
@@ -123,16 +127,54 @@ async def get_vehicle_with_state(
     return vehicle, None if state is None else charge_state_data(state)
 
 
+class StatusRead:
+    """A status read that rides along with the key's lookup: passed as the ``lookup`` of
+    :func:`~evlink.resolvers.auth.authenticate_request`, it reads the active key with
+    its user, the vehicle and its stored charge state in one statement
+    (:func:`~evlink.models.vehicles.active_key_with_vehicle`), and :func:`read_status`
+    then takes the vehicle from there instead of reading it.
+
+    Only the database read moves: the key is still judged first (an unknown or revoked
+    key is refused whatever the vehicle), the rate limits are charged between the two as
+    before, and the vehicle is judged after them (404, 403, the read cache, freshness)
+    exactly as a read of its own would be. An id that is no UUID reads the key alone.
+    """
+
+    __slots__ = ("_cache", "_vehicle_id", "began", "row")
+
+    def __init__(self, services: Services, vehicle_id: str) -> None:
+        self._cache = services.cache
+        self._vehicle_id = vehicle_id  # parsed only if the key must be read
+        self.began = 0  # the read cache's generation before the statement
+        self.row: VehicleRow | None = None  # the vehicle's part, once read
+
+    async def lookup(self, key_hash: str) -> ActiveKey | None:
+        try:
+            vehicle_id = parse_vehicle_id(self._vehicle_id)
+        except NotFound:  # read_status answers it, after the key and the limits
+            return await active_key_with_user(key_hash)
+        self.began = self._cache.begin()
+        found = await active_key_with_vehicle(key_hash, vehicle_id)
+        if found is None:
+            return None
+        key, self.row = found
+        return key
+
+
 def _check_owner(user: User, vehicle: Vehicle) -> None:
     if vehicle.user_id != user.id:  # type: ignore[attr-defined]
         raise ForbiddenOwner()
 
 
-async def read_status(services: Services, user: User, vehicle_id: str | UUID) -> VehicleStatus:
+async def read_status(
+    services: Services, user: User, vehicle_id: str | UUID, along: StatusRead | None = None
+) -> VehicleStatus:
     """The user's vehicle with its charge state (:func:`get_vehicle`, :func:`vehicle_status`),
     from the read cache while the stored state is younger than the max age.
 
-    A cached status is never mutated: a refresh reads the vehicle from the database.
+    ``along``: the key's lookup of this request, which may have read the vehicle already
+    (:class:`StatusRead`). A cached status is never mutated: a refresh reads the vehicle
+    from the database.
     """
     # Keyed by the id as asked (parsed only on a miss): a UUID spelt another way is
     # another entry, never another vehicle's.
@@ -142,8 +184,17 @@ async def read_status(services: Services, user: User, vehicle_id: str | UUID) ->
     if cached is not None:
         _check_owner(user, cached.vehicle)
         return cached
-    began = cache.begin()
-    vehicle, stored = await get_vehicle_with_state(user, vehicle_id)
+    if along is not None and along.row is not None:
+        began = along.began
+        found = along.row.models()
+        if found is None:
+            raise NotFound()
+        vehicle, state = found
+        _check_owner(user, vehicle)
+        stored = None if state is None else charge_state_data(state)
+    else:
+        began = cache.begin()
+        vehicle, stored = await get_vehicle_with_state(user, vehicle_id)
     status = await vehicle_status(services, vehicle, stored=stored)
     lifetime = fresh_for(services, status.vehicle)
     if lifetime > 0:

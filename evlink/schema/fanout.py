@@ -25,9 +25,15 @@ the socket frames it: about 200 µs of the server's CPU per subscriber, seconds 
   Strawberry would have sent. A socket that cannot take more (its write buffer is full)
   keeps at most :data:`~evlink.events.MAILBOX` messages, in order, written by one task
   of its own once it can, and drops the oldest past that, as the event bus's mailbox
-  does. An interruption (a revoked key, a lost car, a broken stream) still goes through
-  the subscription's own task, which ends it as before, after dropping what it still
-  held (:meth:`Forwarding.close`).
+  does;
+- the follow then hands its event subscription and vehicle watch over
+  (:meth:`Forwarding.take`) and ends, and so do the resolver, graphql-core's iterator,
+  Strawberry's stream and the operation's task: the :class:`Forwarding` is the
+  subscription from then on. An interruption (a lost car, a broken stream) reaches it
+  from the bus; it lets go of what it holds and its :class:`Owner` (the protocol
+  handler) sends the error, as Strawberry would have (:func:`error_payload`), then
+  ``complete``. A client's ``complete`` or ``stop`` and the socket's end reach it from
+  the handler (:meth:`Forwarding.end`).
 
 The protocol handlers (:mod:`evlink.schema.view`) make each operation's
 :class:`Forwarding` and set it in :data:`_FORWARDING` for the operation's task, where
@@ -37,21 +43,24 @@ the executor and the resolver find it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import json
 import logging
 import weakref
 from collections.abc import Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Protocol
 
-from graphql import ExecutionResult
+from graphql import ExecutionResult, GraphQLError
 from graphql.language import OperationDefinitionNode
 from starlette.types import Message
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from evlink.domain import ChargeStateData
-from evlink.events import MAILBOX, shared
+from evlink.events import MAILBOX, Subscription, shared
+from evlink.events import Message as EventMessage
 from evlink.metrics import Metrics
 from evlink.schema.errors import format_error
 from evlink.schema.types import ChargeState
@@ -62,12 +71,16 @@ except ImportError:  # a uvicorn without it: every message goes through the ASGI
     WebSocketsSansIOProtocol = None  # type: ignore[assignment,misc]
 
 __all__ = [
+    "FORWARDED_FIELD",
     "SHAREABLE",
     "Forwarding",
+    "Owner",
     "SharedEventExecutor",
     "encoded_payload",
+    "error_payload",
     "forward_with",
     "forwarding",
+    "running",
     "shared_payload",
 ]
 
@@ -156,48 +169,102 @@ def encoded_payload(target: Forwarding, payload: object, metrics: Metrics) -> by
     return encoded
 
 
+class Owner(Protocol):
+    """The protocol handler of a forwarded operation's socket (evlink.schema.view): it
+    keeps the operation's id while the subscription lasts without its task, and sends
+    what ends it."""
+
+    def forwarded(self, target: Forwarding) -> bool:
+        """``target``'s operation goes on without its task from now on; False if the
+        operation is already over (stopped by its client: nothing is taken over)."""
+        ...
+
+    async def forwarded_ended(self, target: Forwarding, error: Exception) -> None:
+        """``target``'s subscription was interrupted (and has let go of what it held): send
+        ``error`` as the operation's result (:func:`error_payload`), then ``complete``,
+        and free its id."""
+        ...
+
+
+_OPEN, _TAKEN, _ENDED = 0, 1, 2  # a Forwarding's states: its task runs it, it runs alone, over
+# The subscription field whose events are forwarded (its payload is SHAREABLE's one type).
+FORWARDED_FIELD = "chargeState"
+# Tasks that end interrupted subscriptions (held here: the loop keeps only weak references).
+_ending: set[asyncio.Task[None]] = set()
+
+
 class Forwarding:
     """Where an operation's later events go without its task: the socket's ``send``
     (and, on uvicorn's websockets-sansio protocol, the socket itself: :class:`_Frames`)
     and each message's opening (its id and type), once its first event has been
-    executed at once (:meth:`executing`). Slotted: one per open subscription."""
+    executed at once (:meth:`executing`).
+
+    Once the follow hands it its event subscription and its vehicle watch (:meth:`take`)
+    the operation's task and all it held end, and this is the subscription: it counts in
+    the active-subscription gauge, and it ends on an interruption (its error, then
+    ``complete``: :meth:`Owner.forwarded_ended`) or when its handler ends it (a client's
+    ``complete`` or ``stop``, the socket's end: :meth:`end`), letting go of both.
+    Slotted: one per open subscription."""
 
     __slots__ = (
         "_draining",
         "_pending",
+        "_state",
+        "_subscription",
+        "_watch",
         "executor",
         "frames",
         "key",
         "metrics",
         "opening",
+        "operation_id",
+        "owner",
         "send",
     )
 
-    def __init__(self, send: Send, server_send: object, opening: str, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        send: Send,
+        server_send: object,
+        operation_id: str,
+        opening: str,
+        metrics: Metrics,
+        owner: Owner,
+    ) -> None:
         self.send = send
         self.frames = _Frames.of(server_send)
+        self.operation_id = operation_id
         self.opening = opening.encode()
         self.metrics = metrics
+        self.owner = owner
         self.executor: SharedEventExecutor | None = None
         self.key: _Key | None = None
-        self._pending: list[bytes] = []  # messages the socket could not take yet, in order
+        self._state = _OPEN
+        self._subscription: Subscription | None = None
+        self._watch: AbstractAsyncContextManager[None] | None = None
+        self._pending: list[bytes] | None = None  # messages the socket could not take yet
         self._draining: asyncio.Task[None] | None = None
 
     @classmethod
     def next_message(
-        cls, send: Send, server_send: object, operation_id: str, metrics: Metrics
+        cls, send: Send, server_send: object, operation_id: str, metrics: Metrics, owner: Owner
     ) -> Forwarding:
         """graphql-transport-ws: ``{"id":…,"type":"next","payload":…}``."""
         opening = f'{{"id":{json.dumps(operation_id)},"type":"next","payload":'
-        return cls(send, server_send, opening, metrics)
+        return cls(send, server_send, operation_id, opening, metrics, owner)
 
     @classmethod
     def data_message(
-        cls, send: Send, server_send: object, operation_id: str, metrics: Metrics
+        cls, send: Send, server_send: object, operation_id: str, metrics: Metrics, owner: Owner
     ) -> Forwarding:
         """graphql-ws: ``{"type":"data","id":…,"payload":…}``."""
         opening = f'{{"type":"data","id":{json.dumps(operation_id)},"payload":'
-        return cls(send, server_send, opening, metrics)
+        return cls(send, server_send, operation_id, opening, metrics, owner)
+
+    @property
+    def taken(self) -> bool:
+        """Whether the subscription runs without its operation's task (or did, and ended)."""
+        return self._state != _OPEN
 
     def executing(self, executor: SharedEventExecutor, key: _Key) -> None:
         """Its first event was executed at once by ``executor``: the later ones can be,
@@ -206,6 +273,26 @@ class Forwarding:
         if known is None or known.operation is not executor.operation:
             _executors[key] = known = executor
         self.executor, self.key = known, key
+
+    def take(
+        self,
+        messages: Subscription,
+        watch: AbstractAsyncContextManager[None],
+        passing: Callable[[EventMessage], None],
+    ) -> bool:
+        """The follow's event subscription and vehicle watch are this one's from now on
+        (it hands each message to ``passing``, which calls :meth:`state` with what is
+        newer); the operation's task may end. False when the operation is over already
+        (the follow then lets go of them itself)."""
+        if self._state != _OPEN or not self.owner.forwarded(self):
+            self._state = _ENDED
+            self._stop()
+            return False
+        self._state = _TAKEN
+        self._subscription, self._watch = messages, watch
+        self.metrics.subscriptions.labels(field=FORWARDED_FIELD).inc()
+        messages.forward(passing, self._interrupted)
+        return True
 
     def state(self, state: ChargeStateData) -> None:
         """Send ``state`` now (the bus calls this as it delivers; it never raises)."""
@@ -218,11 +305,65 @@ class Forwarding:
             return
         self._write(self.opening + encoded)
 
+    async def end(self) -> None:
+        """The subscription ends without a message of its own (its client stopped it, its
+        socket ended): nothing more is sent, and what it held is let go."""
+        if self._state != _TAKEN:
+            self._state = _ENDED
+            self._stop()
+            return
+        self._state = _ENDED
+        self._stop()
+        await self._let_go()
+
+    def _interrupted(self, error: Exception) -> None:
+        """The bus says the subscription is interrupted (a revoked car, a broken stream):
+        nothing more is sent but its error and ``complete``, by a task of its own."""
+        if self._state != _TAKEN:
+            return
+        self._state = _ENDED
+        self._stop()
+        # A fresh context: the delivering task's own (another operation's) is not this one's.
+        ending = asyncio.get_running_loop().create_task(
+            self._end_interrupted(error), context=contextvars.Context()
+        )
+        _ending.add(ending)
+        ending.add_done_callback(_ending.discard)
+
+    async def _end_interrupted(self, error: Exception) -> None:
+        try:
+            await self._let_go()
+        finally:
+            await self.owner.forwarded_ended(self, error)
+
+    def _stop(self) -> None:
+        """Nothing more is sent (what waits is dropped)."""
+        self._pending = None
+        if self._draining is not None:
+            self._draining.cancel()
+        self.executor = None
+
+    async def _let_go(self) -> None:
+        """Let go of the event subscription, the watch and the gauge, as the follow and
+        the operation's task would have at their end."""
+        subscription, watch = self._subscription, self._watch
+        self._subscription = self._watch = None
+        try:
+            if subscription is not None:
+                subscription.close()
+            if watch is not None:
+                await watch.__aexit__(None, None, None)
+        finally:
+            self.metrics.subscriptions.labels(field=FORWARDED_FIELD).dec()
+
     def _write(self, message: bytes) -> None:
         if self._draining is not None:  # messages are waiting: this one after them
-            if len(self._pending) >= MAILBOX:
-                del self._pending[0]  # as the bus's mailbox: the oldest goes
-            self._pending.append(message)
+            pending = self._pending
+            if pending is None:
+                pending = self._pending = []
+            if len(pending) >= MAILBOX:
+                del pending[0]  # as the bus's mailbox: the oldest goes
+            pending.append(message)
             return
         if self.frames is not None and self.frames.write(message):
             return
@@ -240,16 +381,19 @@ class Forwarding:
             while self._pending:
                 await self.send(_text(self._pending.pop(0)))
         except Exception:  # the socket is closing: its handler ends the operation
-            self._pending.clear()
+            self._pending = None
         finally:
             self._draining = None
 
-    def close(self) -> None:
-        """The subscription ends: nothing more is sent (what waits is dropped)."""
-        self._pending.clear()
-        if self._draining is not None:
-            self._draining.cancel()
-        self.executor = None
+
+def error_payload(error: Exception) -> dict[str, object]:
+    """The payload of the result that ends an interrupted subscription, as Strawberry
+    makes it of an error its stream raised: no data, and the error as evlink shows it
+    (:func:`~evlink.schema.errors.format_error`)."""
+    graphql_error = (
+        error if isinstance(error, GraphQLError) else GraphQLError(str(error), original_error=error)
+    )
+    return {"data": None, "errors": [format_error(graphql_error).formatted]}
 
 
 def _text(message: bytes) -> Message:
@@ -276,7 +420,7 @@ class _Frames:
     @classmethod
     def of(cls, server_send: object) -> _Frames | None:
         protocol = getattr(server_send, "__self__", None)
-        if WebSocketsSansIOProtocol is None or type(protocol) is not WebSocketsSansIOProtocol:
+        if WebSocketsSansIOProtocol is None or not isinstance(protocol, WebSocketsSansIOProtocol):
             return None
         if not all(hasattr(protocol, name) for name in cls._READS):
             return None
@@ -352,6 +496,11 @@ def forwarding() -> Forwarding | None:
     """The running operation's :class:`Forwarding`, once its events can be forwarded."""
     target = _FORWARDING.get()
     return target if target is not None and target.executor is not None else None
+
+
+def running() -> Forwarding | None:
+    """The :class:`Forwarding` of the operation whose task runs this (None elsewhere)."""
+    return _FORWARDING.get()
 
 
 def _variables_key(variables: dict[str, Any]) -> str:

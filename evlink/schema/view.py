@@ -5,6 +5,7 @@ A browser's ``GET /graphql`` gets the self-hosted playground (:mod:`evlink.playg
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator
 from json import JSONDecodeError
 from typing import Any, cast
@@ -25,10 +26,21 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
 )
-from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    CompleteMessage as TransportComplete,
+)
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    ConnectionInitMessage,
+    NextMessage,
+    NextMessagePayload,
+)
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.types import (
+    CompleteMessage,
     ConnectionErrorMessage,
+    DataMessage,
+    DataMessagePayload,
+    OperationMessage,
 )
 from strawberry.subscriptions.protocols.graphql_ws.types import (
     ConnectionInitMessage as LegacyConnectionInitMessage,
@@ -76,13 +88,66 @@ _REJECTION_CODES = {"UNAUTHENTICATED": 4401, "RATE_LIMITED": 4429}
 
 
 class _TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    """Strawberry's graphql-transport-ws, with forwarded subscriptions (schema.fanout).
+
+    A forwarded subscription runs without its operation's task: the operation stays in
+    ``operations`` (its id taken, counted against ``EVLINK_WS_MAX_OPERATIONS``) with no
+    task, marked ``completed`` so that the task sends nothing at its end, and its
+    :class:`~evlink.schema.fanout.Forwarding` in ``_forwarded``. What the task would do at
+    the subscription's end is done here: an interruption's error then ``complete``
+    (:meth:`forwarded_ended`); a client's ``complete`` and the socket's end let it go
+    without a message (:meth:`cleanup_operation`), as Strawberry's cancelled task does."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._forwarded: dict[str, fanout.Forwarding] = {}
+
     async def run_operation(self, operation: Operation[Context, None]) -> None:
         """Strawberry's, with the operation's later events forwarded (schema.fanout)."""
         metrics = self.context.services.metrics
-        fanout.forward_with(
-            fanout.Forwarding.next_message(*_sends_of(self.websocket), operation.id, metrics)
+        target = fanout.Forwarding.next_message(
+            *_sends_of(self.websocket), operation.id, metrics, self
         )
-        await super().run_operation(operation)
+        fanout.forward_with(target)
+        try:
+            await super().run_operation(operation)
+        finally:
+            if self._forwarded.get(operation.id) is target:
+                operation.task = None  # over: the subscription goes on without it
+
+    def forwarded(self, target: fanout.Forwarding) -> bool:
+        operation = self.operations.get(target.operation_id)
+        if operation is None or operation.completed:
+            return False  # the client's complete came first
+        operation.completed = True  # its task sends no complete at its end
+        self._forwarded[target.operation_id] = target
+        return True
+
+    async def forwarded_ended(self, target: fanout.Forwarding, error: Exception) -> None:
+        operation_id = target.operation_id
+        if self._forwarded.get(operation_id) is not target:
+            return  # its client's complete or the socket's end came first
+        del self._forwarded[operation_id]
+        try:
+            with contextlib.suppress(Exception):  # the socket is closing
+                payload = cast("NextMessagePayload", fanout.error_payload(error))
+                await self.send_message(NextMessage(id=operation_id, type="next", payload=payload))
+        finally:
+            self.operations.pop(operation_id, None)  # its id is free before complete
+        with contextlib.suppress(Exception):
+            await self.send_message(TransportComplete(id=operation_id, type="complete"))
+
+    async def cleanup_operation(self, operation_id: str) -> None:
+        """A client's ``complete`` or the socket's end: Strawberry's, and a forwarded
+        subscription let go."""
+        target = self._forwarded.pop(operation_id, None)
+        operation = self.operations.get(operation_id)
+        if operation is not None and operation.task is None:  # forwarded, its task over
+            del self.operations[operation_id]
+        else:
+            await super().cleanup_operation(operation_id)  # its task ends (cancelled)
+        if target is not None:
+            await target.end()
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
         try:
@@ -94,6 +159,21 @@ class _TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
 
 
 class _LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
+    """Strawberry's graphql-ws, with forwarded subscriptions (schema.fanout).
+
+    A forwarded subscription runs without its operation's task: its id stays in ``tasks``
+    (taken, counted against ``EVLINK_WS_MAX_OPERATIONS``, ended by a ``start`` of the same
+    id) with a future that is done in place of the task, which sends no ``complete`` at
+    its end; its :class:`~evlink.schema.fanout.Forwarding` is in ``_forwarded``. What the
+    task would do at the subscription's end is done here: an interruption's error then
+    ``complete`` (:meth:`forwarded_ended`); a client's ``stop``, a ``start`` of the same
+    id and the socket's end let it go and send ``complete`` (:meth:`cleanup_operation`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._forwarded: dict[str, fanout.Forwarding] = {}
+        self._over: asyncio.Future[None] | None = None  # in ``tasks`` for forwarded ones
+
     async def handle_async_results(
         self,
         operation_id: str,
@@ -103,10 +183,66 @@ class _LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
     ) -> None:
         """Strawberry's, with the operation's later events forwarded (schema.fanout)."""
         metrics = self.context.services.metrics
-        fanout.forward_with(
-            fanout.Forwarding.data_message(*_sends_of(self.websocket), operation_id, metrics)
+        target = fanout.Forwarding.data_message(
+            *_sends_of(self.websocket), operation_id, metrics, self
         )
-        await super().handle_async_results(operation_id, query, operation_name, variables)
+        fanout.forward_with(target)
+        try:
+            await super().handle_async_results(operation_id, query, operation_name, variables)
+        finally:
+            if self._forwarded.get(operation_id) is target:  # Strawberry forgot its id
+                self.tasks[operation_id] = self._forwarded_task()
+
+    def _forwarded_task(self) -> asyncio.Task[None]:
+        """What stands in ``tasks`` for a forwarded subscription: done, nothing to cancel."""
+        if self._over is None:
+            self._over = asyncio.get_running_loop().create_future()
+            self._over.set_result(None)
+        return self._over  # type: ignore[return-value]
+
+    def forwarded(self, target: fanout.Forwarding) -> bool:
+        if self.tasks.get(target.operation_id) is not asyncio.current_task():
+            return False  # stopped, or replaced by a start of the same id
+        self._forwarded[target.operation_id] = target
+        return True
+
+    async def send_message(self, message: OperationMessage) -> None:
+        """Strawberry's; a forwarded operation's task sends no ``complete`` at its end."""
+        target = fanout.running()
+        if (
+            message["type"] == "complete"
+            and target is not None
+            and target.owner is self
+            and target.taken
+            and target.operation_id == message.get("id")
+        ):
+            return
+        await super().send_message(message)
+
+    async def forwarded_ended(self, target: fanout.Forwarding, error: Exception) -> None:
+        operation_id = target.operation_id
+        if self._forwarded.get(operation_id) is not target:
+            return  # its client's stop or the socket's end came first
+        del self._forwarded[operation_id]
+        try:
+            with contextlib.suppress(Exception):  # the socket is closing
+                payload = cast("DataMessagePayload", fanout.error_payload(error))
+                await self.send_message(DataMessage(type="data", id=operation_id, payload=payload))
+                await self.send_message(CompleteMessage(type="complete", id=operation_id))
+        finally:
+            if self.tasks.get(operation_id) is self._over:
+                del self.tasks[operation_id]
+
+    async def cleanup_operation(self, operation_id: str) -> None:
+        """A client's ``stop``, a ``start`` of the same id or the socket's end:
+        Strawberry's, and a forwarded subscription let go, then ``complete`` as Strawberry's
+        cancelled task sends it."""
+        target = self._forwarded.pop(operation_id, None)
+        await super().cleanup_operation(operation_id)
+        if target is not None:
+            await target.end()
+            with contextlib.suppress(Exception):  # the socket is closing
+                await self.send_message(CompleteMessage(type="complete", id=operation_id))
 
     async def handle_connection_init(self, message: LegacyConnectionInitMessage) -> None:
         try:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 from evlink.models import ApiKey, ChargeState, User, Vehicle
 from evlink.models.users import active_key_with_user
-from evlink.models.vehicles import vehicle_with_charge_state
+from evlink.models.vehicles import active_key_with_vehicle, vehicle_with_charge_state
 from evlink.resolvers.auth import hash_key
 from tests.conftest import Server
 
@@ -45,3 +46,56 @@ async def test_the_hot_reads_give_what_tortoise_s_own_queries_give(server: Serve
     assert _fields(active.user) == _fields(await User.get(id=user.id))
     stored_key = await ApiKey.get(hash=hash_key(key))
     assert (active.id, active.last_used_at) == (stored_key.id, when)
+
+
+async def test_the_key_and_the_vehicle_in_one_statement_are_what_each_read_gives(
+    server: Server,
+) -> None:
+    user, key = await server.user()
+    other, _ = await server.user()
+    vehicle = await server.vehicle(user, "charging")
+    theirs = await server.vehicle(other)  # never read: no charge state stored
+    gone = await server.vehicle(user)
+    headers = {"Authorization": f"Bearer {key}"}
+    assert (await server.http.get(f"/api/status/{vehicle.id}", headers=headers)).is_success
+    await Vehicle.filter(id=gone.id).update(deleted_at=datetime.now(UTC))
+    digest = hash_key(key)
+    alone = await active_key_with_user(digest)
+    assert alone is not None
+
+    found = await active_key_with_vehicle(digest, vehicle.id)
+    assert found is not None
+    active, row = found
+    assert (active.id, active.last_used_at) == (alone.id, alone.last_used_at)
+    assert _fields(active.user) == _fields(alone.user)
+    models = row.models()
+    read = await vehicle_with_charge_state(vehicle.id)
+    assert models is not None
+    assert read is not None
+    assert models[1] is not None
+    assert read[1] is not None
+    assert _fields(models[0]) == _fields(read[0])
+    assert _fields(models[1]) == _fields(read[1])
+
+    # Another user's vehicle is read as it is (the caller judges it), one without a
+    # state has none, a deleted or unknown one is none.
+    for vehicle_id, expected in (
+        (theirs.id, await vehicle_with_charge_state(theirs.id)),
+        (gone.id, None),
+        (uuid.uuid4(), None),
+    ):
+        found = await active_key_with_vehicle(digest, vehicle_id)
+        assert found is not None
+        models = found[1].models()
+        if expected is None:
+            assert models is None
+        else:
+            assert models is not None
+            assert models[1] is None
+            assert expected[1] is None
+            assert _fields(models[0]) == _fields(expected[0])
+
+    # No active key: nothing, whatever the vehicle.
+    await ApiKey.filter(hash=digest).update(revoked_at=datetime.now(UTC))
+    assert await active_key_with_vehicle(digest, vehicle.id) is None
+    assert await active_key_with_vehicle(hash_key("evl_unknown"), vehicle.id) is None

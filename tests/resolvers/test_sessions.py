@@ -620,11 +620,12 @@ async def test_a_process_remembers_the_open_sessions_of_a_bounded_number_of_cars
 
 
 async def test_the_total_duration_is_rounded_as_each_sessions_is(server: Server) -> None:
-    """Three sessions of 0.1, 0.3 and 0.4 s more than a whole minute: their durations
-    sum, in floating point, to a number with a tail of digits; the total is rounded."""
+    """Three sessions of 0.2, 0.4 and 0.3 s more than a whole minute: their durations
+    sum, in floating point and in either order, to a number with a tail of digits; the
+    total is rounded, in REST's ``total`` and in GraphQL's statistics bucket alike."""
     user, key = await server.user()
     vehicle = await server.vehicle(user, "plugged", battery_level=30.0, charge_rate=11.0)
-    for extra in (0.1, 0.3, 0.4):
+    for extra in (0.2, 0.4, 0.3):
         await _command(server, key, vehicle, "START")
         await server.clock.advance(1)
         await server.clock.advance(60 + extra)
@@ -639,3 +640,11 @@ async def test_the_total_duration_is_rounded_as_each_sessions_is(server: Server)
     assert repr(body["total"]["durationSeconds"]) == repr(
         round(body["total"]["durationSeconds"], 6)
     )
+    query = """query($id: ID!, $from: DateTime!, $to: DateTime!) {
+      vehicle(id: $id) { chargingStatistics(from: $from, to: $to, groupBy: MONTH) {
+        sessionCount durationSeconds } } }"""
+    window = {"from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}
+    stats = await server.graphql(query, {"id": str(vehicle.id), **window}, key=key)
+    (bucket,) = stats["data"]["vehicle"]["chargingStatistics"]
+    assert bucket["sessionCount"] == 3
+    assert repr(bucket["durationSeconds"]) == repr(body["total"]["durationSeconds"])
