@@ -6,7 +6,8 @@ subscriptions, charging commands by end state, provider calls and errors.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sized
+from collections.abc import Awaitable, Callable, Mapping, Sized
+from functools import partial
 from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -84,6 +85,13 @@ class Metrics:
             "Valid GraphQL documents kept parsed, by their text",
             registry=self.registry,
         )
+        self.known_queries = Gauge(
+            "evlink_graphql_known_queries",
+            "POST queries of known documents answered without Strawberry's operation "
+            "since start, by way: plan (no graphql-core) or graphql-core",
+            ["way"],
+            registry=self.registry,
+        )
         # Bounded: routes x methods x statuses (unmatched paths share one route label).
         self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
@@ -96,6 +104,11 @@ class Metrics:
     def watch_documents(self, documents: Sized) -> None:
         """Report how many parsed GraphQL documents are kept (schema.limits.ValidDocuments)."""
         self.documents_kept.set_function(lambda: len(documents))
+
+    def watch_known_queries(self, answered: Mapping[str, int]) -> None:
+        """Report the known queries answered directly (schema.direct.Plans.answered)."""
+        for way in answered:
+            self.known_queries.labels(way=way).set_function(partial(answered.__getitem__, way))
 
     def observe_request(self, scope: Scope, method: str, status: int, elapsed: float) -> None:
         """Count and time one HTTP request, by its route's path template."""

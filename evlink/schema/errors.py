@@ -14,7 +14,7 @@ from strawberry.types.execution import StreamExecutionResult
 from evlink.errors import BadRequest, EvlinkError, InternalError
 from evlink.requestid import current_request_id
 
-__all__ = ["ErrorCodes", "format_error", "without_schema_names"]
+__all__ = ["ErrorCodes", "format_error", "rewrite_errors", "without_schema_names"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,8 @@ def without_schema_names(message: str) -> str:
     return message
 
 
-def _rewrite(result: object) -> None:
+def rewrite_errors(result: object) -> None:
+    """The errors of ``result`` (any result with ``errors``) as :func:`format_error` has them."""
     errors = getattr(result, "errors", None)
     if errors:
         result.errors = [format_error(e) for e in errors]  # type: ignore[attr-defined]
@@ -115,8 +116,8 @@ class ErrorCodes(SchemaExtension):
 
     def on_operation(self) -> Iterator[None]:
         yield
-        _rewrite(self.execution_context.result)
+        rewrite_errors(self.execution_context.result)
 
     def on_stream_result(self, result: StreamExecutionResult) -> Iterator[None]:
-        _rewrite(result)
+        rewrite_errors(result)
         yield

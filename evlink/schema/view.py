@@ -54,10 +54,12 @@ from evlink.compat_rest.errors import error_response
 from evlink.errors import DatabaseUnavailable, EvlinkError, RateLimited, code_for_status
 from evlink.metrics import Metrics
 from evlink.playground.page import playground_response
+from evlink.ratelimit import QuotaExceeded
 from evlink.requestheaders import client_address, header
 from evlink.resolvers.auth import Caller, authenticate_request
-from evlink.schema import fanout
+from evlink.schema import direct, fanout
 from evlink.schema.context import Context
+from evlink.schema.limits import ValidDocuments
 from evlink.schema.results import ResultCache, capturing, read_body
 from evlink.schema.socket_messages import message_problem
 from evlink.server import SERVER_SEND, Admission, OpenSocket, OpenSockets, serve_until_closed
@@ -299,6 +301,12 @@ class GraphQLView(GraphQL[Context, None]):
     def __init__(self, schema: strawberry.Schema, **kwargs: Any) -> None:
         super().__init__(schema, **kwargs)
         self.results = ResultCache(schema._schema)
+        self.plans = direct.Plans()
+        # Known queries skip Strawberry's operation (schema.direct) only while nothing of
+        # it acts per field: no extension with a resolve hook, no schema directive.
+        self.direct = isinstance(getattr(schema, "documents", None), ValidDocuments) and not (
+            schema.directives or any(e._implements_resolve() for e in schema.get_extensions())
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -365,9 +373,15 @@ class GraphQLView(GraphQL[Context, None]):
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Strawberry's HTTP handling, with its refusals of a malformed request (no query,
         a body that is not JSON, a batch, an unsupported content type) answered as JSON
-        in the GraphQL error shape rather than Strawberry's plain text."""
+        in the GraphQL error shape rather than Strawberry's plain text. A query of a known
+        document is executed directly (:mod:`evlink.schema.direct`)."""
         try:
-            response = await self.run(Request(scope=scope, receive=receive))
+            response: Response | None = None
+            if self.direct and scope["method"] == "POST" and direct.may_be_known(scope, self):
+                body, receive = await read_body(receive)
+                response = await self._direct(scope, body)
+            if response is None:
+                response = await self.run(Request(scope=scope, receive=receive))
         except HTTPException as refused:
             response = request_error(
                 refused.status_code, _REASONS.get(refused.reason, refused.reason)
@@ -380,6 +394,35 @@ class GraphQLView(GraphQL[Context, None]):
                 headers=unavailable.headers(),
             )
         await response(scope, receive, send)
+
+    async def _direct(self, scope: Scope, body: bytes) -> Response | None:
+        """The answer to a known query (:mod:`evlink.schema.direct`), or None for
+        Strawberry. The steps are the ones Strawberry's way takes for it, in its order:
+        the context (the key, authenticated once: a refused or missing one goes
+        Strawberry's way, which adopts the outcome), the charge
+        (:class:`~evlink.schema.quotas.OperationQuotas`), the execution, the view's
+        checks of the result (:meth:`_finish`), the JSON answer."""
+        query = direct.known_query(scope, body, self, getattr(self.schema, "documents", None))
+        if query is None:
+            return None
+        if _AUTHENTICATED not in scope:
+            await _authenticate(scope, scope["app"].state.services)
+        if not isinstance(scope.get(_AUTHENTICATED), Caller):
+            return None
+        request = Request(scope)
+        context = await self.get_context(request, cast(Response, None))  # it takes no response
+        try:
+            await context.charge(reads=True)
+        except QuotaExceeded as refused:
+            raise refused from None  # the exception handlers answer 429, as _finish would
+        except Exception as failed:
+            result = direct.refused_before_execution(self.schema, failed)
+        else:
+            result = await direct.answer_known(self.schema, self.plans, query, context)
+        await self._finish(result, context, query.text)
+        # Strawberry's create_response, without a sub-response (no resolver sets one).
+        data = await self.process_result(request, result)
+        return Response(self.encode_json(data), status_code=200, media_type="application/json")
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
@@ -417,21 +460,29 @@ class GraphQLView(GraphQL[Context, None]):
         )
         if context.refusal is not None:
             raise context.refusal  # the exception handlers answer 429 with Retry-After
-        if isinstance(result, ExecutionResult) and _failed_on_database(result):
+        if isinstance(result, ExecutionResult):
+            query = request_data.query if isinstance(request_data, GraphQLRequestData) else None
+            await self._finish(result, context, query)
+        elif context.authenticated and not context.charged:
+            await context.charge(reads=False)  # as _finish does
+        return result
+
+    async def _finish(self, result: ExecutionResult, context: Context, query: str | None) -> None:
+        """The view's checks of an HTTP operation's result: a failure on the database is
+        a 503; an operation that never executed is charged its burst; a clean answer may
+        go to the answer cache."""
+        if _failed_on_database(result):
             raise DatabaseUnavailable()  # the whole answer is 503, not data with holes
         if context.authenticated and not context.charged:
             await context.charge(reads=False)  # it never executed (invalid): burst only
         pending = context.pending
         if (
             pending is not None
-            and isinstance(result, ExecutionResult)
             and not result.errors
-            and isinstance(request_data, GraphQLRequestData)
-            and request_data.query is not None
+            and query is not None
             and context.authenticated
         ):
-            pending.cacheable = self.results.document_cacheable(request_data.query)
-        return result
+            pending.cacheable = self.results.document_cacheable(query)
 
     async def execute_single(
         self,
