@@ -115,11 +115,17 @@ async def get_vehicle(user: User, vehicle_id: str | UUID) -> Vehicle:
 
 
 async def get_vehicle_with_state(
-    user: User, vehicle_id: str | UUID
+    user: User, vehicle_id: str | UUID, along: StatusRead | None = None
 ) -> tuple[Vehicle, ChargeStateData | None]:
     """The user's vehicle as :func:`get_vehicle` finds it, with its stored charge state
-    read in the same statement (:func:`~evlink.models.vehicles.vehicle_with_charge_state`)."""
-    found = await vehicle_with_charge_state(parse_vehicle_id(vehicle_id))
+    read in the same statement (:func:`~evlink.models.vehicles.vehicle_with_charge_state`).
+
+    ``along``: the key's lookup of this request, which may have read this vehicle
+    already (:class:`StatusRead`, GraphQL's known ``vehicle(id:)`` query); its row is
+    taken once, and only for the id it was read for."""
+    parsed = parse_vehicle_id(vehicle_id)
+    row = along.take(parsed) if along is not None else None
+    found = row.models() if row is not None else await vehicle_with_charge_state(parsed)
     if found is None:
         raise NotFound()
     vehicle, state = found
@@ -138,13 +144,17 @@ class StatusRead:
     key is refused whatever the vehicle), the rate limits are charged between the two as
     before, and the vehicle is judged after them (404, 403, the read cache, freshness)
     exactly as a read of its own would be. An id that is no UUID reads the key alone.
+
+    GraphQL's known ``vehicle(id:)`` query uses it the same way (the view passes it as
+    the lookup, its ``vehicle`` resolver takes the row: :func:`get_vehicle_with_state`).
     """
 
-    __slots__ = ("_cache", "_vehicle_id", "began", "row")
+    __slots__ = ("_cache", "_read_id", "_vehicle_id", "began", "row")
 
     def __init__(self, services: Services, vehicle_id: str) -> None:
         self._cache = services.cache
         self._vehicle_id = vehicle_id  # parsed only if the key must be read
+        self._read_id: UUID | None = None  # the id the row was read for
         self.began = 0  # the read cache's generation before the statement
         self.row: VehicleRow | None = None  # the vehicle's part, once read
 
@@ -158,7 +168,14 @@ class StatusRead:
         if found is None:
             return None
         key, self.row = found
+        self._read_id = vehicle_id
         return key
+
+    def take(self, vehicle_id: UUID) -> VehicleRow | None:
+        """The row read for ``vehicle_id``, handed out once (a later read of it reads
+        the database); None when none was read, or for another id."""
+        row, self.row = self.row, None
+        return row if row is not None and self._read_id == vehicle_id else None
 
 
 def _check_owner(user: User, vehicle: Vehicle) -> None:

@@ -49,6 +49,9 @@ class Context:
     refusal: RateLimited | None = None
     # HTTP: the query's answer may go to the read cache; the resolvers note what it shows.
     pending: PendingResult | None = None
+    # HTTP: the key's lookup, when it read the asked vehicle too (a known query's
+    # ``vehicle(id:)``: schema.view); the resolver takes the row (vehicles.StatusRead).
+    along: vehicles.StatusRead | None = None
     _refused: bool = field(default=False, repr=False)
     # The Authorization the caller was accepted with: a socket's operations are checked
     # against it, whatever a later connection_init says.

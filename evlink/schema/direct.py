@@ -40,6 +40,7 @@ from graphql import (
     OperationDefinitionNode,
     OperationType,
     SelectionSetNode,
+    StringValueNode,
     Undefined,
     VariableNode,
     execute,
@@ -75,6 +76,7 @@ __all__ = [
     "known_query",
     "may_be_known",
     "refused_before_execution",
+    "vehicle_asked",
 ]
 
 
@@ -424,6 +426,26 @@ def compile_plan(schema: Any, query: KnownQuery) -> _Plan | None:
         return None
     texts = _text_variables(operation) if _all_from_variables(fields) else None
     return _Plan(fields, operation, texts)
+
+
+def vehicle_asked(plan: _Plan | None, query: KnownQuery) -> str | None:
+    """The id a planned query's root ``vehicle(id:)`` asks for, as given (text, from a
+    variable given as text or a string literal), or None: the view reads that vehicle
+    with the key (:class:`~evlink.resolvers.vehicles.StatusRead`). Only a guess: the
+    resolver takes what was read only for the id it is asked, once."""
+    if plan is None:
+        return None
+    for field in plan.fields:
+        if field.kind != _RESOLVED or field.node is None or field.node.name.value != "vehicle":
+            continue
+        if field.from_variables is not None:
+            variable = dict(field.from_variables).get("id")
+            given = (query.variables or {}).get(variable) if variable else None
+            return given if isinstance(given, str) else None
+        for argument in field.node.arguments or ():
+            if argument.name.value == "id" and isinstance(argument.value, StringValueNode):
+                return argument.value.value
+    return None
 
 
 class Plans:

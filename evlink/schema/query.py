@@ -43,7 +43,7 @@ class Query:
     @strawberry.field(description="One of the caller's vehicles.")
     async def vehicle(self, info: Info, id: strawberry.ID) -> Vehicle:
         user = await info.context.user()
-        vehicle, stored = await vehicles.get_vehicle_with_state(user, str(id))
+        vehicle, stored = await vehicles.get_vehicle_with_state(user, str(id), info.context.along)
         if vehicle.refreshed_at is None:
             stored = None  # ensure_synced reads it from its provider now: not what is stored
         await vehicles.ensure_synced(info.context.services, [vehicle])

@@ -56,6 +56,7 @@ from evlink.metrics import Metrics
 from evlink.playground.page import playground_response
 from evlink.ratelimit import QuotaExceeded
 from evlink.requestheaders import client_address, header
+from evlink.resolvers import vehicles
 from evlink.resolvers.auth import Caller, authenticate_request
 from evlink.schema import direct, fanout
 from evlink.schema.context import Context
@@ -405,12 +406,18 @@ class GraphQLView(GraphQL[Context, None]):
         query = direct.known_query(scope, body, self, getattr(self.schema, "documents", None))
         if query is None:
             return None
+        along: vehicles.StatusRead | None = None
         if _AUTHENTICATED not in scope:
-            await _authenticate(scope, scope["app"].state.services)
+            services: Services = scope["app"].state.services
+            asked = direct.vehicle_asked(self.plans.plan(self.schema, query), query)
+            if asked is not None:  # the key's statement reads the vehicle too
+                along = vehicles.StatusRead(services, asked)
+            await _authenticate(scope, services, along)
         if not isinstance(scope.get(_AUTHENTICATED), Caller):
             return None
         request = Request(scope)
         context = await self.get_context(request, cast(Response, None))  # it takes no response
+        context.along = along
         try:
             await context.charge(reads=True)
         except QuotaExceeded as refused:
@@ -597,16 +604,22 @@ _AUTHENTICATED = "evlink.authenticated"
 _INIT_TIMEOUT = 4408  # as Strawberry closes a late graphql-transport-ws
 
 
-async def _authenticate(scope: Scope, services: Services) -> Caller | None:
-    """The caller of a POST with ``Authorization``, for the answer cache; the outcome,
-    a refusal included, is kept in the scope for the context (:meth:`Context.adopt`),
-    so the request is authenticated (and a refused key counted) once."""
+async def _authenticate(
+    scope: Scope, services: Services, along: vehicles.StatusRead | None = None
+) -> Caller | None:
+    """The caller of a POST with ``Authorization``, for the answer cache or a known
+    query; the outcome, a refusal included, is kept in the scope for the context
+    (:meth:`Context.adopt`), so the request is authenticated (and a refused key counted)
+    once. ``along``: a known query's ``vehicle(id:)``, read in the key's statement."""
     authorization = header(scope, b"authorization")
     if authorization is None:
         return None
     try:
         caller = await authenticate_request(
-            services, authorization, client_address(HTTPConnection(scope))
+            services,
+            authorization,
+            client_address(HTTPConnection(scope)),
+            along.lookup if along is not None else None,
         )
     except EvlinkError as refused:
         scope[_AUTHENTICATED] = refused

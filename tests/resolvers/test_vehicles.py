@@ -9,10 +9,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from evlink.domain import VehicleData
-from evlink.errors import ProviderUnavailable
+from evlink.errors import ForbiddenOwner, ProviderUnavailable
 from evlink.models import ChargeState, Vehicle
 from evlink.providers.simulator import ManualClock, Simulator
+from evlink.resolvers.auth import hash_key
 from evlink.resolvers.charging import ingest_provider_update
+from evlink.resolvers.vehicles import StatusRead, get_vehicle_with_state
 from evlink.settings import Settings
 from tests.conftest import Server, _truncate, run_server
 
@@ -256,3 +258,33 @@ async def test_graphql_serves_a_never_synced_vehicle_what_its_provider_says_not_
 
     assert server.simulator.calls == [f"get_vehicle {vehicle.provider_vehicle_id}"]
     assert answer["data"]["vehicle"]["chargeState"]["batteryLevel"] == 61
+
+
+async def test_the_row_read_with_the_key_serves_only_its_vehicle_and_only_once(
+    server: Server,
+) -> None:
+    # GraphQL's known vehicle(id:) hands the key's lookup to its resolver: the row read
+    # there stands in for the resolver's own read of that vehicle, never of another.
+    user, key = await server.user()
+    mine = await server.vehicle(user, "charging")
+    other = await server.vehicle(user, "plugged")
+    stranger, _ = await server.user()
+    theirs = await server.vehicle(stranger, "plugged")
+
+    along = StatusRead(server.services, str(mine.id))
+    assert await along.lookup(hash_key(key)) is not None
+    await Vehicle.filter(id=mine.id).update(name="Renamed")  # after the key's statement
+    vehicle, _ = await get_vehicle_with_state(user, str(mine.id), along)
+    assert vehicle.name != "Renamed"  # the row read with the key
+    again, _ = await get_vehicle_with_state(user, str(mine.id), along)
+    assert again.name == "Renamed"  # taken once: a second read reads the database
+
+    along = StatusRead(server.services, str(mine.id))
+    assert await along.lookup(hash_key(key)) is not None
+    vehicle, _ = await get_vehicle_with_state(user, str(other.id), along)
+    assert vehicle.id == other.id  # another id: read, not the row
+
+    along = StatusRead(server.services, str(theirs.id))
+    assert await along.lookup(hash_key(key)) is not None
+    with pytest.raises(ForbiddenOwner):  # judged by the resolver, as its own read is
+        await get_vehicle_with_state(user, str(theirs.id), along)

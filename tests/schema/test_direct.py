@@ -10,6 +10,7 @@ unknown variant of it, and compares the answers byte for byte, with the charge o
 from __future__ import annotations
 
 import json
+import logging
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from graphql import parse
 from evlink.errors import ProviderUnavailable
 from evlink.models import Tier, User
 from evlink.resolvers import accounts
+from evlink.resolvers.auth import issue_key, revoke_key
 from evlink.schema import build_schema
 from evlink.schema.direct import KnownQuery, Plans
 from evlink.settings import Settings
@@ -322,6 +324,109 @@ async def test_a_resolver_that_failed_runs_once(settings: Settings) -> None:
         assert answer.json()["data"]["vehicle"]["chargeState"] is None
         # Never read: the vehicle's first read, then chargeState's, each once per request.
         assert len(server.simulator.calls) == before + 4
+
+
+# A known vehicle(id:) query whose key is not in the read cache: the key, its user, the
+# vehicle and its charge state in one statement (resolvers.vehicles.StatusRead), judged
+# in the order Strawberry's way judges them.
+_TABLES = ("api_keys", "users", "vehicles", "charge_states")
+
+
+def _reads(records: list[logging.LogRecord]) -> list[str]:
+    """The SELECTs Tortoise ran (its debug log) on the key's and the vehicle's tables."""
+    messages = [r.getMessage() for r in records if r.name == "tortoise.db_client"]
+    return [
+        m for m in messages if "SELECT" in m and any(f'"{table}"' in m for table in _TABLES)
+    ]
+
+
+async def test_a_known_vehicle_query_reads_the_key_and_the_vehicle_in_one_statement(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, key, car = await _car(client)
+    literal = f'{{ vehicle(id: "{car}") {{ id name chargeState {{ batteryLevel }} }} }}'
+    for query, variables in ((STATUS, {"id": car}), (literal, None)):
+        first = await client.post(query, variables, key)  # unknown: Strawberry's way
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="tortoise.db_client"):
+            second = await client.post(query, variables, key)  # known: its plan
+        assert_same(first, second)
+        assert second.json()["data"]["vehicle"]["chargeState"]["batteryLevel"] is not None
+        assert len(_reads(caplog.records)) == 1, _reads(caplog.records)
+
+    # An id that is no UUID reads the key alone (NOT_FOUND after the charge, as before).
+    await client.post(FRAGMENTS, {"id": "not-a-uuid"}, key)
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="tortoise.db_client"):
+        answer = await client.post(FRAGMENTS, {"id": "not-a-uuid"}, key)
+    assert answer.json()["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+    reads = _reads(caplog.records)
+    assert len(reads) == 1 and '"vehicles"' not in reads[0], reads
+
+
+async def test_a_known_vehicle_query_judges_the_key_then_the_limits_then_the_vehicle(
+    settings: Settings,
+) -> None:
+    """Each answer of the known way (one statement) is the unknown way's, byte for byte,
+    with the same charge: a refused key is refused whatever the vehicle and counted as a
+    failure; an accepted one is charged, then told about the vehicle; past its limit
+    every read is the same 429, whatever the vehicle."""
+    await _truncate(settings.database_url)
+    limited = replace(settings, cache_ttl=0.0, burst="8/minute", auth_failures="100/minute")
+    async with run_server(limited) as server:
+        client = Client(server)
+        owner, key = await server.user(tier=Tier.PRO)
+        stranger, _ = await server.user()
+        mine = str((await server.vehicle(owner, "charging")).id)
+        theirs = str((await server.vehicle(stranger, "plugged")).id)
+        revoked = await issue_key(owner)
+        await revoke_key(str(revoked.record.id))
+        ids = [mine, theirs, str(uuid.uuid4()), "not-a-uuid"]
+
+        for n, car in enumerate(ids, 1):
+            answer, way = await client.twice(STATUS, {"id": car}, revoked.secret)
+            assert way == "strawberry", car  # a refusal goes Strawberry's way, as before
+            assert answer.status_code == 200
+            assert answer.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+            assert _failures_left(answer) == 100 - 2 * n  # two refusals counted, one each
+
+        codes = []
+        for car in ids:
+            answer, _ = await client.twice(STATUS, {"id": car}, key)
+            body = answer.json()
+            codes.append(body["errors"][0]["extensions"]["code"] if "errors" in body else None)
+        assert codes == [None, "FORBIDDEN_OWNER", "NOT_FOUND", "NOT_FOUND"]
+        assert _remaining(answer.headers["ratelimit"])["burst"] == 0  # each one charged
+
+        before = await client.known()
+        without_retry = re.compile(rb"\d+")
+        for car in ids:
+            known = await client.post(STATUS, {"id": car}, key)
+            unknown = await client.post(f"{STATUS}\n# {uuid.uuid4()}", {"id": car}, key)
+            assert known.status_code == unknown.status_code == 429, car
+            assert without_retry.sub(b"N", known.content) == without_retry.sub(
+                b"N", unknown.content
+            )
+        assert await client.known() == before  # refused before any execution
+
+
+def _failures_left(answer: httpx.Response) -> int:
+    found = re.fullmatch(r'"auth-failures";r=(\d+);t=\d+', answer.headers["ratelimit"])
+    assert found, answer.headers["ratelimit"]
+    return int(found[1])
+
+
+async def test_a_key_revoked_is_refused_on_the_next_known_query(client: Client) -> None:
+    owner, _, car = await _car(client)
+    issued = await issue_key(owner)
+    answer, way = await client.twice(STATUS, {"id": car}, issued.secret)
+    assert way == "plan"
+
+    await revoke_key(str(issued.record.id))  # no cache to tell: EVLINK_CACHE_TTL=0
+
+    refused = await client.post(STATUS, {"id": car}, issued.secret)
+    assert refused.json()["data"] is None
+    assert refused.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
 
 
 def test_plans_are_bounded_by_count_and_by_their_documents_text() -> None:
