@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
+from urllib.parse import parse_qsl, urlsplit
 
 from tortoise.backends.base.config_generator import expand_db_url
 
@@ -425,10 +426,19 @@ def _choice(choices: tuple[str, ...], *, upper: bool = False) -> Callable[[str],
     return parse
 
 
+# SQLite's values for ``PRAGMA synchronous`` (names or numbers): anything else SQLite
+# ignores without a word, leaving the server's default in force.
+SQLITE_SYNCHRONOUS = frozenset({"OFF", "NORMAL", "FULL", "EXTRA", "0", "1", "2", "3"})
+
+
 def _database_url(raw: str) -> str:
-    scheme, sep, _ = raw.partition("://")
+    scheme, sep, rest = raw.partition("://")
     if not sep or scheme not in DB_SCHEMES:
         raise ValueError("expected sqlite://PATH or postgres://USER@HOST:PORT/DB")
+    if scheme == "sqlite":
+        for name, value in parse_qsl(urlsplit(f"x://{rest}").query, keep_blank_values=True):
+            if name == "synchronous" and value.upper() not in SQLITE_SYNCHRONOUS:
+                raise ValueError(f"synchronous={value!r}: expected OFF, NORMAL, FULL or EXTRA")
     return raw
 
 

@@ -128,6 +128,7 @@ def test_a_missing_env_file_is_not_an_error(tmp_path: Path) -> None:
         ("EVLINK_LOG_LEVEL", "verbose"),
         ("EVLINK_DATABASE_URL", "mysql://x"),
         ("EVLINK_DATABASE_URL", "var/evlink.sqlite3"),
+        ("EVLINK_DATABASE_URL", "sqlite://var/evlink.sqlite3?synchronous=ful"),
         ("EVLINK_GRAPHQL_INTROSPECTION", "sometimes"),
         ("EVLINK_FORWARDED_ALLOW_IPS", "10.0.0.300"),
         ("EVLINK_FORWARDED_ALLOW_IPS", "proxy.internal"),
@@ -142,6 +143,12 @@ def test_a_bad_value_is_one_line_naming_the_variable(name: str, value: str) -> N
     assert "\n" not in message
     assert "\r" not in message
     assert message.startswith(f"{name}: ")
+
+
+@pytest.mark.parametrize("value", ["FULL", "full", "2", "normal", "EXTRA", "off"])
+def test_sqlite_s_synchronous_modes_are_taken_in_any_case(value: str) -> None:
+    url = f"sqlite://var/evlink.sqlite3?synchronous={value}"
+    assert from_env({"EVLINK_DATABASE_URL": url}).database_url == url
 
 
 def test_a_bad_value_in_the_env_file_names_the_variable(tmp_path: Path) -> None:

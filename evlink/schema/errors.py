@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from graphql import GraphQLError
 from strawberry.extensions import SchemaExtension
-from strawberry.schema.exceptions import InvalidOperationTypeError
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types.execution import StreamExecutionResult
 
 from evlink.errors import BadRequest, EvlinkError, InternalError
@@ -30,6 +30,9 @@ def format_error(error: GraphQLError) -> GraphQLError:
             f"{original.operation_type.value} operations are not served here; "
             "send queries and mutations over HTTP or graphql-transport-ws"
         )
+    if isinstance(original, CannotGetOperationTypeError):
+        # An operationName the document does not have (websockets; HTTP answers 400).
+        original = BadRequest(original.as_http_error_reason())
     if not isinstance(original, EvlinkError):
         logger.error(
             "request %s: unexpected error in %s",

@@ -174,6 +174,7 @@ class _LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
         super().__init__(*args, **kwargs)
         self._forwarded: dict[str, fanout.Forwarding] = {}
         self._over: asyncio.Future[None] | None = None  # in ``tasks`` for forwarded ones
+        self._init_received = False
 
     async def handle_async_results(
         self,
@@ -246,6 +247,12 @@ class _LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
                 await self.send_message(CompleteMessage(type="complete", id=operation_id))
 
     async def handle_connection_init(self, message: LegacyConnectionInitMessage) -> None:
+        # One per socket, as graphql-transport-ws has it: Strawberry's graphql-ws acks
+        # every one and starts another keep-alive task for each, without limit.
+        if self._init_received:
+            await self.websocket.close(4429, "Too many initialisation requests")
+            return
+        self._init_received = True
         try:
             await super().handle_connection_init(message)
         except DatabaseUnavailable as unavailable:

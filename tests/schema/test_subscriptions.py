@@ -245,6 +245,72 @@ async def test_a_query_over_legacy_graphql_ws_is_a_clear_client_error(server: Se
     assert answer["payload"]["extensions"]["code"] == "BAD_REQUEST"
 
 
+async def _keep_alives_only(socket: websockets.ClientConnection) -> None:
+    """Read what comes (bounded: a few keep-alives at most) until the socket closes."""
+    for _ in range(5):
+        message = json.loads(await asyncio.wait_for(socket.recv(), TIMEOUT))
+        assert message["type"] == "ka", message
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_a_second_connection_init_closes_the_socket_on_both_protocols(
+    server: Server, protocol: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """graphql-ws acked every ``connection_init`` (even with a bad key) and started a
+    keep-alive task for each, which filled the log with tracebacks after the close."""
+    _, key = await server.user()
+    async with websockets.connect(
+        server.ws_url, subprotocols=[websockets.Subprotocol(protocol)]
+    ) as socket:
+        for payload in ({"Authorization": f"Bearer {key}"}, {"Authorization": "Bearer evl_x"}):
+            await socket.send(json.dumps({"type": "connection_init", "payload": payload}))
+        assert json.loads(await asyncio.wait_for(socket.recv(), TIMEOUT))["type"] == (
+            "connection_ack"
+        )
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await _keep_alives_only(socket)
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (
+        4429,
+        "Too many initialisation requests",
+    )
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_an_unknown_operation_name_is_the_client_s_mistake_on_both_protocols(
+    server: Server, protocol: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As HTTP's 400: a BAD_REQUEST error naming the operation, not an internal error
+    with a traceback in the server's log for every such message."""
+    _, key = await server.user()
+    document = 'subscription A { chargeState(vehicleId: "1") { range } } ' + (
+        'subscription B { chargeState(vehicleId: "1") { batteryLevel } }'
+    )
+    start = "subscribe" if protocol == "graphql-transport-ws" else "start"
+    async with websockets.connect(
+        server.ws_url, subprotocols=[websockets.Subprotocol(protocol)]
+    ) as socket:
+        await socket.send(
+            json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {key}"}})
+        )
+        assert json.loads(await asyncio.wait_for(socket.recv(), TIMEOUT))["type"] == (
+            "connection_ack"
+        )
+        payload = {"query": document, "operationName": "X"}
+        await socket.send(json.dumps({"id": "1", "type": start, "payload": payload}))
+        answer = {"type": "ka"}
+        for _ in range(5):  # bounded: keep-alives may come first
+            answer = json.loads(await asyncio.wait_for(socket.recv(), TIMEOUT))
+            if answer["type"] != "ka":
+                break
+    assert answer["type"] == "error", answer
+    (error,) = answer["payload"] if isinstance(answer["payload"], list) else [answer["payload"]]
+    assert error["message"] == 'Unknown operation named "X".'
+    assert error["extensions"] == {"code": "BAD_REQUEST"}
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 PLUGGED = "subscription($id: ID!) { chargeState(vehicleId: $id) { isPluggedIn } }"
 PLUGGED_AND_STATE = (
     "subscription($id: ID!) { chargeState(vehicleId: $id) { isPluggedIn powerDeliveryState } }"
