@@ -445,7 +445,8 @@ async def fleet_phase(run: Run, args: argparse.Namespace, tmp: Path) -> None:
         "bench.serve_evlink",
         [
             "--database-url",
-            f"sqlite://{tmp / 'fleet.sqlite3'}",
+            f"sqlite://{tmp / 'fleet.sqlite3'}"
+            + (f"?synchronous={args.fleet_sqlite_sync}" if args.fleet_sqlite_sync else ""),
             "--vehicles",
             "1",
             "--fleet",
@@ -686,7 +687,8 @@ def fleet_rows(run: Run) -> list[Row]:
         Row(
             f"{label}: server CPU s per 1,000 answered requests",
             now=f"{fleet.cpu_per_1000:.2f} ({fleet.server_cpu_seconds:.1f} CPU s, "
-            f"{fleet.answered:,} answers; {fleet.changes} cars changed)",
+            f"{fleet.answered:,} answers; {fleet.changes} cars changed; "
+            f"{fleet.full_gcs} full GCs, longest {fleet.longest_gc_ms:.0f} ms)",
         ),
         Row(
             f"{label}: load generator ({fleet.processes} processes): busiest's CPU share, "
@@ -850,6 +852,11 @@ def main(argv: list[str] | None = None) -> int:
         "--fleet-quick", action="store_true", help="a small fleet and a short step-up"
     )
     parser.add_argument("--sessions-only", action="store_true", help="only bench/sessions.py")
+    parser.add_argument(
+        "--fleet-sqlite-sync",
+        choices=("FULL", "NORMAL"),
+        help="the fleet's SQLite synchronous mode (default: evlink's, NORMAL)",
+    )
     parser.add_argument(
         "--fleet-only",
         action="store_true",

@@ -208,6 +208,8 @@ class FleetResult:
     reconnects: int
     processes: int
     changes: int = 0  # cars the simulator changed during the run
+    full_gcs: int = 0  # the server's full garbage collections in the window
+    longest_gc_ms: float = 0.0
     latencies_ms: list[float] = field(default_factory=list, repr=False)
 
     @property
@@ -288,8 +290,10 @@ async def run_fleet(
     changes_before = await _changes(base_url)
     await _sleep_until(start_at + warmup)
     cpu_begin = cpu_seconds(pid)
+    await _collections(base_url)  # forget the warm-up's
     await _sleep_until(start_at + warmup + seconds)
     cpu_end = cpu_seconds(pid)
+    collections = await _collections(base_url)
     changes = await _changes(base_url) - changes_before
     outputs = []
     for child in children:
@@ -297,7 +301,21 @@ async def run_fleet(
         if child.returncode != 0:
             raise RuntimeError(f"fleet generator failed ({child.returncode})")
         outputs.append(json.loads(out.decode().strip().splitlines()[-1]))
-    return _merge(outputs, vehicles, seconds, cpu_end - cpu_begin, changes)
+    result = _merge(outputs, vehicles, seconds, cpu_end - cpu_begin, changes)
+    result.full_gcs = int(collections["count"])
+    result.longest_gc_ms = float(collections["max_ms"])
+    return result
+
+
+async def _collections(base_url: str) -> dict[str, Any]:
+    """The server's full garbage collections since the last call (and their longest
+    pause), forgotten by the server as they are told."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+        answer = await http.post("/bench/gc")
+        answer.raise_for_status()
+        return dict(answer.json())
 
 
 async def _changes(base_url: str) -> int:
