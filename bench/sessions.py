@@ -69,7 +69,7 @@ RESAMPLES = 2000  # bootstrap resamples of the cycles' costs
 
 
 class Ingestion(Enum):
-    OFF = "off"  # record_state a no-op
+    OFF = "off"  # record_state a no-op (but the charge state's write it carries)
     UNREMEMBERED = "unremembered"  # record_state, the open session read every time
     ON = "on"  # record_state as evlink runs it
     CONTROL = "control"  # a second OFF (--control): what the method finds with no cost
@@ -184,7 +184,11 @@ class _Forgetful(dict[Any, Any]):
         return None
 
 
-async def _no_sessions(*_: Any) -> list[Any]:
+async def _no_sessions(*_: Any, along: Any = None) -> list[Any]:
+    """``record_state`` without sessions: the state's write it is given, alone (what
+    evlink would do without sessions), and nothing else."""
+    if along is not None:
+        await along.run()
     return []
 
 
