@@ -2,8 +2,9 @@
 
 In one process over one database (SQLite, or PostgreSQL when given), each path is
 measured three ways, interleaved read by read (each way first in turn): with session
-ingestion, without it (``record_state`` swapped for a no-op in this bench process
-only), and with it but remembering no open session. The user has a time-of-use
+ingestion, without it (``record_state`` swapped in this bench process only for a
+function that runs the charge state's write it is handed, alone, and nothing
+else), and with it but remembering no open session. The user has a time-of-use
 tariff, so every interval is priced.
 
 - **worst case**: one charging simulated car per way refreshed from its provider on
