@@ -242,6 +242,8 @@ async def _record(
     now = _now()
     sample = _Sample(state.last_updated or now, state)
     stale = timedelta(seconds=services.settings.session_stale_after)
+    # Every way through the first try runs ``along`` before its first statement, or
+    # carries it in the compare-and-set's call (a failed one too): never left over.
     for _ in range(MAX_TRIES):
         # What this process remembers is taken out: after a failed compare-and-set
         # (another writer was first) the next try finds nothing and reads the database.
@@ -258,7 +260,6 @@ async def _record(
         if session is None:
             if state.is_charging is not True:
                 return changed
-            await along.run()
             opened = await _open(services, vehicle, sample, now)
             if opened is not None:
                 return [*changed, opened]
@@ -269,7 +270,6 @@ async def _record(
             return changed  # already counted, or older than what is counted
         if await _grow(session, sample, now, along.take()):
             return [*changed, session]
-    await along.run()
     logger.warning("vehicle %s: a charge state was not taken into its session", vehicle.id)
     return changed
 
