@@ -2,8 +2,9 @@
 
 In one process over one database (SQLite, or PostgreSQL when given), each path is
 measured three ways, interleaved read by read (each way first in turn): with session
-ingestion, without it (``record_state`` swapped for a no-op in this bench process
-only), and with it but remembering no open session. The user has a time-of-use
+ingestion, without it (``record_state`` swapped in this bench process only for a
+function that runs the charge state's write it is handed, alone, and nothing
+else), and with it but remembering no open session. The user has a time-of-use
 tariff, so every interval is priced.
 
 - **worst case**: one charging simulated car per way refreshed from its provider on
@@ -69,7 +70,7 @@ RESAMPLES = 2000  # bootstrap resamples of the cycles' costs
 
 
 class Ingestion(Enum):
-    OFF = "off"  # record_state a no-op
+    OFF = "off"  # record_state a no-op (but the charge state's write it carries)
     UNREMEMBERED = "unremembered"  # record_state, the open session read every time
     ON = "on"  # record_state as evlink runs it
     CONTROL = "control"  # a second OFF (--control): what the method finds with no cost
@@ -184,7 +185,11 @@ class _Forgetful(dict[Any, Any]):
         return None
 
 
-async def _no_sessions(*_: Any) -> list[Any]:
+async def _no_sessions(*_: Any, along: Any = None) -> list[Any]:
+    """``record_state`` without sessions: the state's write it is given, alone (what
+    evlink would do without sessions), and nothing else."""
+    if along is not None:
+        await along.run()
     return []
 
 

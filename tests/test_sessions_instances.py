@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from evlink.domain import ChargeStateData, VehicleData
-from evlink.models import Vehicle
+from evlink.models import ChargeState, Vehicle
 from evlink.models.sessions import ChargingSample, ChargingSession
 from evlink.resolvers import vehicles
 from evlink.resolvers.sessions import interval_energy
@@ -151,6 +151,8 @@ async def test_an_instance_whose_remembered_session_is_stale_counts_each_state_o
         assert await ChargingSample.filter(session_id=session.id).count() == 5
         assert session.energy_from_power == pytest.approx(6.0 * 20 / 60)
         assert session.battery_end == 70
+        # A's state was written in its failed compare-and-set's statement: stored all the same.
+        assert (await ChargeState.get(vehicle_id=vehicle.id)).battery_level == 70
         assert a.services.open_sessions[vehicle.id].sample_count == 5
         await vehicles.ingest_vehicle_update(
             b.services, _report(vehicle, 25, charging=False, battery=72)

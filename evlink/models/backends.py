@@ -40,6 +40,8 @@ that may fail, a unique insert, needs on PostgreSQL to leave the rest standing).
 :func:`in_sqlite_thread` runs a function of the sqlite3 connection in aiosqlite's
 thread, so that several statements (a compare-and-set and the insert it allows) cost
 one trip there, bounded as one call (inside a transaction, by the transaction).
+:class:`RowUpdate` is an update not run yet, that another write of the same
+transaction may carry in its own database call (one trip for both).
 
 Only the server's own calls are bounded: ``evlink.settings.tortoise_config`` selects
 these clients when given a timeout (the app always is; migrations and the CLI are
@@ -54,6 +56,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -67,6 +70,7 @@ from tortoise.backends.base.client import (
 from tortoise.backends.sqlite.client import SqliteClient, SqliteTransactionWrapper
 from tortoise.connection import connections
 from tortoise.exceptions import IntegrityError, OperationalError
+from tortoise.models import Model
 
 from evlink.errors import DatabaseUnavailable
 
@@ -76,6 +80,7 @@ __all__ = [
     "BoundedPostgresClient",
     "BoundedSqliteClient",
     "Outage",
+    "RowUpdate",
     "database_answers",
     "get_client_class",
     "in_sqlite_thread",
@@ -246,6 +251,60 @@ async def in_sqlite_thread(
         except sqlite3.IntegrityError as exc:
             raise IntegrityError(exc) from exc
         return result
+
+
+_UPDATES: dict[tuple[Any, ...], str] = {}  # RowUpdate's statements, by model, fields, dialect
+
+
+@dataclass(frozen=True, slots=True)
+class RowUpdate:
+    """``UPDATE`` of the row of ``model`` whose ``key`` is ``key_value`` to ``values``,
+    not run yet: alone (:meth:`run`), or in the database call of another write of the
+    same transaction (:func:`evlink.models.sessions.advance_session`: one trip to
+    aiosqlite's thread, one statement on PostgreSQL, for both). Its statement is made
+    once per set of fields (Tortoise's ``update()`` builds its query on every call)."""
+
+    model: type[Model]
+    key: str  # a column of ``model``: the row's key
+    key_value: Any
+    values: dict[str, Any]
+
+    def sql(self, dialect: str, first: int = 1) -> str:
+        """The statement; on PostgreSQL its parameters numbered from ``first``."""
+        names = tuple(self.values)
+        known = (self.model, self.key, names, dialect, first)
+        sql = _UPDATES.get(known)
+        if sql is None:
+            count = len(names) + 1
+            if dialect == "postgres":
+                marks = [f"${i}" for i in range(first, first + count)]
+            else:
+                marks = ["?"] * count
+            columns = self.model._meta.fields_db_projection
+            # Only the model's own table and column names go into the text.
+            assignments = ", ".join(
+                f'"{columns[name]}" = {mark}' for name, mark in zip(names, marks, strict=False)
+            )
+            sql = (
+                f'UPDATE "{self.model._meta.db_table}" SET {assignments} '  # noqa: S608
+                f'WHERE "{columns[self.key]}" = {marks[-1]}'
+            )
+            _UPDATES[known] = sql
+        return sql
+
+    def parameters(self) -> list[Any]:
+        """The values as the database takes them (each by its field), then the key."""
+        fields = self.model._meta.fields_map
+        model = self.model
+        return [
+            *(fields[name].to_db_value(value, model) for name, value in self.values.items()),
+            fields[self.key].to_db_value(self.key_value, model),
+        ]
+
+    async def run(self) -> None:
+        """The update alone, in a call of its own."""
+        db = self.model._meta.db
+        await db.execute_query(self.sql(db.capabilities.dialect), self.parameters())
 
 
 class _TerminatingPoolConnection(PoolConnectionWrapper[Any]):

@@ -19,7 +19,7 @@ from uuid import UUID
 from tortoise import fields
 from tortoise.models import Model
 
-from evlink.models.backends import SQLITE_ONE_TRIP, in_sqlite_thread
+from evlink.models.backends import SQLITE_ONE_TRIP, RowUpdate, in_sqlite_thread
 from evlink.models.users import User
 from evlink.models.vehicles import Vehicle
 
@@ -75,7 +75,7 @@ class ChargingSession(Model):
         indexes = (("vehicle_id", "started_at"),)
 
 
-_ADVANCE: dict[tuple[str, tuple[str, ...], tuple[str, ...]], str] = {}  # by dialect, fields
+_ADVANCE: dict[tuple[Any, ...], str] = {}  # by dialect, fields, what it carries
 
 
 async def advance_session(
@@ -83,6 +83,7 @@ async def advance_session(
     sample_count: int,
     values: dict[str, Any],
     sample: dict[str, Any] | None = None,
+    along: RowUpdate | None = None,
 ) -> bool:
     """Write ``values`` on the session if it is open and still has ``sample_count``
     samples (the compare-and-set of :mod:`evlink.resolvers.sessions`); True if written.
@@ -91,6 +92,11 @@ async def advance_session(
     right after it in the same trip to aiosqlite's thread
     (:func:`~evlink.models.backends.in_sqlite_thread`; a call each where that is
     missing).
+
+    ``along``: another write of the same transaction (the car's charge state), run
+    first and whatever the compare-and-set finds, in the same database call: on
+    PostgreSQL one more data-modifying ``WITH`` of the statement, on SQLite one more
+    statement of the trip.
 
     Statements made once per set of fields: Tortoise's ``update()`` would build its
     query again on every call, copying it once per field set.
@@ -103,27 +109,47 @@ async def advance_session(
     parameters += [session, sample_count]
     if sample is not None and dialect == "postgres":
         parameters += _db_values(ChargingSample, sample)
-        _, inserted = await db.execute_query(
-            _advance_sql(dialect, names, tuple(sample)), parameters
-        )
+        sql = _advance_sql(dialect, names, tuple(sample))
+        if along is not None:
+            sql = _carrying(sql, along, len(parameters))
+            parameters += along.parameters()
+        _, inserted = await db.execute_query(sql, parameters)
         return bool(inserted)
     update = _advance_sql(dialect, names, ())
     if sample is not None and dialect == "sqlite" and SQLITE_ONE_TRIP:
         insert = _insert_sample_sql(tuple(sample))
         row = [session, *_db_values(ChargingSample, sample)]
+        first = (along.sql(dialect), along.parameters()) if along is not None else None
 
         def update_then_insert(connection: sqlite3.Connection) -> bool:
-            # In aiosqlite's thread: both statements in one trip there.
+            # In aiosqlite's thread: all the statements in one trip there.
+            if first is not None:
+                connection.execute(*first)
             if connection.execute(update, parameters).rowcount == 0:
                 return False
             connection.execute(insert, row)
             return True
 
         return await in_sqlite_thread(db, update_then_insert)
+    if along is not None:
+        await along.run()
     changed, _ = await db.execute_query(update, parameters)
     if changed and sample is not None:
         await ChargingSample.create(session_id=session_id, **sample)
     return changed > 0
+
+
+def _carrying(sql: str, along: RowUpdate, before: int) -> str:
+    """PostgreSQL's ``sql`` (a ``WITH``) carrying ``along`` as one more data-modifying
+    ``WITH``, its parameters numbered after the ``before`` of ``sql``. PostgreSQL runs
+    every data-modifying ``WITH`` to completion, read or not."""
+    known = ("carrying", sql, along.model, along.key, tuple(along.values))
+    carried = _ADVANCE.get(known)
+    if carried is None:
+        assert sql.startswith("WITH ")
+        carried = f"WITH along AS ({along.sql('postgres', before + 1)}), {sql[len('WITH ') :]}"
+        _ADVANCE[known] = carried
+    return carried
 
 
 def _db_value(model: type[Model], name: str, value: Any) -> Any:

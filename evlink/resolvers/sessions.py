@@ -58,7 +58,7 @@ from evlink.domain import ChargeStateData, ChargingAction
 from evlink.errors import BadRequest, NotFound
 from evlink.events import charging_session_topic
 from evlink.models import ChargingCommand, CommandState, User, Vehicle
-from evlink.models.backends import transaction
+from evlink.models.backends import RowUpdate, transaction
 from evlink.models.sessions import (
     ChargingSample,
     ChargingSession,
@@ -196,6 +196,7 @@ async def record_state(
     vehicle: Vehicle,
     previous: ChargeStateData | None,
     state: ChargeStateData,
+    along: RowUpdate | None = None,
 ) -> list[ChargingSession]:
     """Take a newly stored charge state into the car's sessions (see the module's rules),
     in the transaction that stores it; the sessions it changed, for :func:`publish` once
@@ -203,21 +204,55 @@ async def record_state(
 
     ``previous``: the state it replaced. When neither is charging no session can be
     open or open now: nothing is read, and this process forgets the one it remembers.
+    ``along``: the write of that state, not run yet: run here before any statement of
+    the sessions, in the same database call as the session's compare-and-set when the
+    open session is remembered (one trip for both), else alone.
     """
+    return await _record(services, vehicle, previous, state, _Along(along))
+
+
+@dataclass(slots=True)
+class _Along:
+    """A write to run before the sessions' statements, taken by the first of them."""
+
+    update: RowUpdate | None
+
+    def take(self) -> RowUpdate | None:
+        update, self.update = self.update, None
+        return update
+
+    async def run(self) -> None:
+        update = self.take()
+        if update is not None:
+            await update.run()
+
+
+async def _record(
+    services: Services,
+    vehicle: Vehicle,
+    previous: ChargeStateData | None,
+    state: ChargeStateData,
+    along: _Along,
+) -> list[ChargingSession]:
     changed: list[ChargingSession] = []
     if state.is_charging is not True and (previous is None or previous.is_charging is not True):
         services.open_sessions.pop(vehicle.id, None)
+        await along.run()
         return changed
     now = _now()
     sample = _Sample(state.last_updated or now, state)
     stale = timedelta(seconds=services.settings.session_stale_after)
+    # Every way through the first try runs ``along`` before its first statement, or
+    # carries it in the compare-and-set's call (a failed one too): never left over.
     for _ in range(MAX_TRIES):
         # What this process remembers is taken out: after a failed compare-and-set
         # (another writer was first) the next try finds nothing and reads the database.
         session = services.open_sessions.pop(vehicle.id, None)
         if session is None:
+            await along.run()
             session = await _open_session(vehicle.id)
         if session is not None and sample.at - session.last_sample_at > stale:
+            await along.run()
             if not await _end(session, EndReason.UNREACHABLE, session.last_sample_at):
                 continue  # another writer moved it: look again
             changed.append(session)
@@ -230,9 +265,10 @@ async def record_state(
                 return [*changed, opened]
             continue  # another instance opened it: add to that one
         if sample.at <= session.last_sample_at:
+            await along.run()
             _remember(services, session)
             return changed  # already counted, or older than what is counted
-        if await _grow(session, sample, now):
+        if await _grow(session, sample, now, along.take()):
             return [*changed, session]
     logger.warning("vehicle %s: a charge state was not taken into its session", vehicle.id)
     return changed
@@ -307,9 +343,12 @@ async def _starting_command(services: Services, vehicle: Vehicle, now: datetime)
     return None if command is None else command.id
 
 
-async def _grow(session: ChargingSession, sample: _Sample, now: datetime) -> bool:
+async def _grow(
+    session: ChargingSession, sample: _Sample, now: datetime, along: RowUpdate | None
+) -> bool:
     """Integrate a later sample (and end the session on a closing one) by compare-and-set
-    on the sample count; False when another writer changed the session first."""
+    on the sample count; False when another writer changed the session first. ``along``
+    runs first in the same database call, whatever the compare-and-set finds."""
     state = sample.state
     seconds = (sample.at - session.last_sample_at).total_seconds()
     energy = interval_energy(session.last_rate, state.charge_rate, seconds)
@@ -335,7 +374,7 @@ async def _grow(session: ChargingSession, sample: _Sample, now: datetime) -> boo
     if reason is not None:
         values["ended_at"] = sample.at
         values["end_reason"] = reason
-    if not await advance_session(session.id, session.sample_count, values, _row(sample)):
+    if not await advance_session(session.id, session.sample_count, values, _row(sample), along):
         return False
     # The row as written, without reading it back. Plain columns: Tortoise's
     # __setattr__ adds nothing for them (it checks relations and async defaults).

@@ -36,7 +36,7 @@ from evlink.errors import (
 )
 from evlink.events import charge_state_topic
 from evlink.models import ChargeState, ChargingSession, User, Vehicle
-from evlink.models.backends import transaction
+from evlink.models.backends import RowUpdate, transaction
 from evlink.models.users import ActiveKey, active_key_with_user
 from evlink.models.vehicles import (
     CHARGE_STATE_FIELDS,
@@ -409,8 +409,10 @@ async def _record_charge_state(
     current = charge_state_data(stored)
     if _is_older(incoming.last_updated, current.last_updated) or incoming == current:
         return _Written(current, False, [])
-    await ChargeState.filter(vehicle_id=vehicle.id).update(**values)
-    changed = await sessions.record_state(services, vehicle, current, incoming)
+    # The state's write goes with the sessions' first statement (one database call for
+    # both when the car's open session is remembered).
+    write = RowUpdate(ChargeState, "vehicle_id", vehicle.id, values)
+    changed = await sessions.record_state(services, vehicle, current, incoming, along=write)
     return _Written(incoming, True, changed)
 
 

@@ -292,6 +292,73 @@ async def test_a_state_delivered_twice_or_late_counts_once(server: Server) -> No
     assert await ChargingSample.filter(session_id=session.id).count() == 2
 
 
+async def test_every_way_through_the_sessions_stores_the_charge_state(server: Server) -> None:
+    """The charge state's write is handed to the sessions' ingestion, to share the
+    session's database call: whatever the sessions do with the state (nothing, open,
+    grow, drop as counted, read first, end stale, close), the state is stored."""
+    _, _, vehicle = await _car(server)
+
+    async def stored() -> int | None:
+        return (await ChargeState.get(vehicle_id=vehicle.id)).battery_level
+
+    steps: list[tuple[float, bool, int]] = [
+        (1, False, 41),  # neither this state nor the one before charges: no session
+        (2, True, 42),  # opens one
+        (3, True, 43),  # grows the remembered one
+        (3, True, 44),  # the same time again: not counted twice
+        (4, True, 45),  # read first: this process remembers nothing (cleared below)
+        (4 + 31, True, 46),  # past the stale limit: ended UNREACHABLE, a new one opened
+        (36, False, 47),  # closes it
+    ]
+    await _push(server, vehicle, 0, charging=False, battery=40)
+    for minute, charging, battery in steps:
+        if minute == 4:
+            server.services.open_sessions.clear()  # as after a restart
+        await _push(server, vehicle, minute, charging=charging, battery=battery)
+        assert await stored() == battery, (minute, charging, battery)
+    first, second = await _sessions(vehicle)
+    assert (first.sample_count, first.end_reason) == (3, "UNREACHABLE")
+    assert (second.sample_count, second.end_reason) == (2, "STOPPED")
+
+
+async def _end_elsewhere(database_url: str, session_id: UUID) -> None:
+    """Another writer (another instance) ends the session, behind this one's back."""
+    sql = "UPDATE charging_sessions SET ended_at = last_sample_at, end_reason = 'STOPPED'"
+    if database_url.startswith("sqlite://"):
+        path = database_url.removeprefix("sqlite://")
+        with contextlib.closing(sqlite3.connect(path)) as other, other:
+            other.execute(f"{sql} WHERE id = ?", (str(session_id),))
+        return
+    other = await asyncpg.connect(database_url)
+    try:
+        await other.execute(f"{sql} WHERE id = $1", session_id)
+    finally:
+        await other.close()
+
+
+async def test_a_state_is_stored_when_its_remembered_session_was_moved_elsewhere(
+    server: Server,
+) -> None:
+    """The charge state's write goes in the database call of the remembered session's
+    compare-and-set; when that fails (another writer ended the session), the state is
+    stored all the same, and counted once, in a new session."""
+    _, _, vehicle = await _car(server)
+    await _push(server, vehicle, 0, charging=True)
+    await _push(server, vehicle, 10, charging=True, battery=52)
+    assert vehicle.id in server.services.open_sessions  # its next state goes in one call
+    (first,) = await _sessions(vehicle)
+    await _end_elsewhere(server.settings.database_url, first.id)
+    await _push(server, vehicle, 20, charging=True, battery=54)
+    assert (await ChargeState.get(vehicle_id=vehicle.id)).battery_level == 54
+    ended, opened = await _sessions(vehicle)
+    assert (ended.id, ended.sample_count, ended.end_reason) == (first.id, 2, "STOPPED")
+    assert (opened.sample_count, opened.battery_start, opened.ended_at) == (1, 54, None)
+    await _push(server, vehicle, 30, charging=True, battery=56)  # remembered again: one call
+    assert (await ChargeState.get(vehicle_id=vehicle.id)).battery_level == 56
+    (_, grown) = await _sessions(vehicle)
+    assert grown.sample_count == 2
+
+
 @contextlib.asynccontextmanager
 async def _samples_refused(database_url: str) -> AsyncIterator[None]:
     """The database refuses every new sample (a trigger) until the block ends."""
