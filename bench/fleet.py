@@ -281,8 +281,9 @@ async def run_fleet(
             str(start_at),
             "--seed",
             str(seed * 100 + n),
+            "--out",
+            str(fleet_file.with_name(f"generator-{n}.json")),
             cwd=REPO,
-            stdout=asyncio.subprocess.PIPE,
         )
         for n, (first, count) in enumerate(zip(firsts, shares, strict=True))
         if count
@@ -296,11 +297,10 @@ async def run_fleet(
     collections = await _collections(base_url)
     changes = await _changes(base_url) - changes_before
     outputs = []
-    for child in children:
-        out, _ = await child.communicate()
-        if child.returncode != 0:
+    for n, child in enumerate(children):  # the empty shares are the last ones: n matches
+        if await child.wait() != 0:
             raise RuntimeError(f"fleet generator failed ({child.returncode})")
-        outputs.append(json.loads(out.decode().strip().splitlines()[-1]))
+        outputs.append(json.loads(fleet_file.with_name(f"generator-{n}.json").read_text()))
     result = _merge(outputs, vehicles, seconds, cpu_end - cpu_begin, changes)
     result.full_gcs = int(collections["count"])
     result.longest_gc_ms = float(collections["max_ms"])
