@@ -55,7 +55,7 @@ FLEET_WARMUP = 10.0  # seconds: the fleet is seeded in a steady state, this warm
 FLEET_SECONDS = 60.0
 FLEET_PROCESSES = 2  # load-generator processes
 FLEET_CEILING = 40_000  # the largest fleet the step-up tries (seeded up front)
-FLEET_STEP_START = 1000
+FLEET_STEP_FLOOR = 1000  # the smallest fleet the step-up tries
 FLEET_STEP_WARMUP = 5.0
 FLEET_STEP_SECONDS = 20.0
 FLEET_STEP_BUDGET = 120.0  # seconds the step-up may take
@@ -481,7 +481,9 @@ async def fleet_phase(run: Run, args: argparse.Namespace, tmp: Path) -> None:
             server.base_url,
             server.pid,
             fleet_file,
-            start=FLEET_STEP_START if not args.fleet_quick else 500,
+            known=fleet,
+            start=sizes["cars"],
+            floor=FLEET_STEP_FLOOR if not args.fleet_quick else 500,
             ceiling=sizes["ceiling"],
             warmup=FLEET_STEP_WARMUP,
             seconds=FLEET_STEP_SECONDS,

@@ -380,7 +380,9 @@ async def step_up(
     pid: int,
     fleet_file: Path,
     *,
+    known: FleetResult | None,
     start: int,
+    floor: int,
     ceiling: int,
     warmup: float,
     seconds: float,
@@ -390,10 +392,15 @@ async def step_up(
 ) -> StepUp:
     """Double the fleet from ``start`` while it is served, then halve the gap between the
     largest served and the smallest failed size, within ``budget`` seconds and
-    ``ceiling`` cars. A step with a wrong answer raises (the run fails)."""
+    ``ceiling`` cars, never below ``floor``. ``known``: the fleet already run at
+    ``start`` (the scenario's own, longer run), taken as the first step. A step with a
+    wrong answer raises (the run fails)."""
     found = StepUp()
     deadline = time.monotonic() + budget
     size = start
+    if known is not None:
+        found.steps.append(known)
+        size = _next_size(found, start, floor, ceiling)
     while size:
         if time.monotonic() + START_DELAY + warmup + seconds > deadline:
             found.budget_spent = True
@@ -416,18 +423,19 @@ async def step_up(
         )
         if result.errors:
             raise RuntimeError(f"fleet step {size}: {result.errors} errors: {result.samples}")
-        size = _next_size(found, start, ceiling)
+        size = _next_size(found, start, floor, ceiling)
     return found
 
 
-def _next_size(found: StepUp, start: int, ceiling: int) -> int:
-    """The next size to try, or 0 when the answer is within a tenth (or the ceiling)."""
+def _next_size(found: StepUp, start: int, floor: int, ceiling: int) -> int:
+    """The next size to try, or 0 when the answer is within a tenth (or the ceiling, or
+    nothing down to ``floor`` is served)."""
     low, high = found.largest, found.smallest_failed
     if high is None:
         nxt = min(max(low, start) * 2, ceiling)
         return 0 if nxt <= low else nxt
     if low == 0:
-        return 0 if high <= start // 4 else high // 2
+        return 0 if high <= floor else max(high // 2, floor)
     if high - low <= max(low // 10, 100):
         return 0
     return (low + high) // 2
