@@ -29,6 +29,7 @@ from uuid import UUID
 import redis.asyncio
 
 from evlink.errors import StreamInterrupted
+from evlink.mailbox import Mailbox
 
 __all__ = [
     "EventBus",
@@ -141,22 +142,17 @@ class EventBus(Protocol):
     async def aclose(self) -> None: ...
 
 
-class _MemorySubscription:
-    """A subscription's mailbox: the messages not read yet, and the reader's waiter.
+class _MemorySubscription(Mailbox[Message]):
+    """A subscription's mailbox (evlink.mailbox): the messages not read yet, and the
+    reader's waiter."""
 
-    Not an ``asyncio.Queue``: an idle subscription (the usual state of thousands of
-    them) holds an empty list and, while its reader waits, one future; a queue holds
-    three deques and a future of its own (bench/README.md, memory per subscription).
-    """
-
-    __slots__ = ("_bus", "_ended", "_forward", "_max_queue", "_messages", "_topics", "_waiter")
+    __slots__ = ("_bus", "_ended", "_forward", "_max_queue", "_topics")
 
     def __init__(self, bus: MemoryEventBus, topics: tuple[str, ...], max_queue: int) -> None:
+        super().__init__()
         self._bus = bus
         self._topics = topics
         self._max_queue = max_queue
-        self._messages: list[Message] = []
-        self._waiter: asyncio.Future[None] | None = None
         self._forward: Callable[[Message], None] | None = None
         self._ended: Callable[[Exception], None] | None = None
 
@@ -187,7 +183,7 @@ class _MemorySubscription:
         messages not read yet first; an interruption (one waiting, or one to come) goes to
         ``ended`` with its error, once, and nothing is handed on after it. No reader is
         needed any more. Neither may raise (evlink.schema.fanout)."""
-        waiting, self._messages = self._messages, []
+        waiting, self._items = self._items, []
         self._forward, self._ended = to, ended
         for message in waiting:
             self.deliver(message)
@@ -203,42 +199,25 @@ class _MemorySubscription:
             if ended is not None:
                 ended(_error_of(message))
             return
-        messages = self._messages
+        messages = self._items
         if len(messages) >= self._max_queue:
             # A slow reader loses the oldest message, never the newest state.
             del messages[0]
             logger.warning("events: slow subscriber on %s dropped a message", self._topics)
-        messages.append(message)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self.put(message)
 
     def interrupt(self, reason: str, error: Exception | None = None) -> None:
         """Tell the reader its stream ended: the next read raises ``error``, by default
         :class:`StreamInterrupted` (the stream broke). Never leaves the process."""
         self.deliver({_INTERRUPTED: reason, _ERROR: error})
 
-    async def _next(self) -> Message:
-        """The oldest message not read yet, waiting for one. A message stays in the
-        mailbox until its reader takes it: a read cancelled meanwhile loses nothing."""
-        while not self._messages:
-            waiter = self._waiter
-            if waiter is None or waiter.done():
-                waiter = self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await waiter
-            finally:
-                if self._waiter is waiter:
-                    self._waiter = None
-        return self._messages.pop(0)
-
     async def __aiter__(self) -> AsyncIterator[Message]:
         while True:
-            yield _checked(await self._next())
+            yield _checked(await self.take())
 
     async def get(self, timeout: float | None = None) -> Message | None:
         try:
-            return _checked(await asyncio.wait_for(self._next(), timeout))
+            return _checked(await asyncio.wait_for(self.take(), timeout))
         except TimeoutError:
             return None
 

@@ -11,8 +11,8 @@ memory per idle subscription). uvicorn's protocol keeps, for the socket's life:
   too, in its suspended frame).
 
 :class:`LeanWebSocketProtocol` is that protocol with a :class:`_Mailbox` for the queue
-(a list, and one future while the app waits: as evlink's event bus, evlink.events), a
-:class:`_Flag` for the event, and the handshake let go once it is answered (the
+(a list, and one future while the app waits: evlink.mailbox, as under evlink's event
+bus), a :class:`_Flag` for the event, and the handshake let go once it is answered (the
 request's headers emptied in place: the scope has its own copy). It is what
 :func:`evlink.server.server_options` serves websockets with, when uvicorn has that
 protocol and it reads what this replaces (else uvicorn's choice stands).
@@ -25,6 +25,8 @@ from typing import Any
 
 from websockets.datastructures import Headers
 
+from evlink.mailbox import Mailbox
+
 try:
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 except ImportError:  # a uvicorn without it: uvicorn's own choice of protocol
@@ -33,34 +35,15 @@ except ImportError:  # a uvicorn without it: uvicorn's own choice of protocol
 __all__ = ["LeanWebSocketProtocol", "websocket_protocol"]
 
 
-class _Mailbox:
+class _Mailbox(Mailbox[Any]):
     """What the protocol's ``queue`` is used as: ``put_nowait``, ``get``, ``empty``. One
     reader (the app's ``receive``); a message stays until it is taken, so a ``get``
     cancelled after it came loses nothing."""
 
-    __slots__ = ("_items", "_waiter")
+    __slots__ = ()
 
-    def __init__(self) -> None:
-        self._items: list[Any] = []
-        self._waiter: asyncio.Future[None] | None = None
-
-    def put_nowait(self, item: Any) -> None:
-        self._items.append(item)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def get(self) -> Any:
-        while not self._items:
-            waiter = self._waiter
-            if waiter is None or waiter.done():
-                waiter = self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await waiter
-            finally:
-                if self._waiter is waiter:
-                    self._waiter = None
-        return self._items.pop(0)
+    put_nowait = Mailbox.put
+    get = Mailbox.take
 
     def empty(self) -> bool:
         return not self._items
