@@ -88,7 +88,30 @@ class _Rejected(Exception):
 _REJECTION_CODES = {"UNAUTHENTICATED": 4401, "RATE_LIMITED": 4429}
 
 
-class _TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+class _Forwarder:
+    """What both protocols' handlers do alike with forwarded subscriptions
+    (schema.fanout's ``Owner``): each one's :class:`~evlink.schema.fanout.Forwarding` in
+    ``_forwarded`` by its operation id, and its end on an interruption, once, unless its
+    client or the socket's end let it go first (then ``cleanup_operation`` has it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._forwarded: dict[str, fanout.Forwarding] = {}
+
+    async def forwarded_ended(self, target: fanout.Forwarding, error: Exception) -> None:
+        operation_id = target.operation_id
+        if self._forwarded.get(operation_id) is not target:
+            return  # its client's complete or stop, or the socket's end, came first
+        del self._forwarded[operation_id]
+        await self._send_ended(operation_id, error)
+
+    async def _send_ended(self, operation_id: str, error: Exception) -> None:
+        """The protocol's messages for ``error`` and ``complete``, as the operation's
+        task would send them, and its id let go."""
+        raise NotImplementedError
+
+
+class _TransportWSHandler(_Forwarder, BaseGraphQLTransportWSHandler[Context, None]):
     """Strawberry's graphql-transport-ws, with forwarded subscriptions (schema.fanout).
 
     A forwarded subscription runs without its operation's task: the operation stays in
@@ -98,10 +121,6 @@ class _TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     the subscription's end is done here: an interruption's error then ``complete``
     (:meth:`forwarded_ended`); a client's ``complete`` and the socket's end let it go
     without a message (:meth:`cleanup_operation`), as Strawberry's cancelled task does."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._forwarded: dict[str, fanout.Forwarding] = {}
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:
         """Strawberry's, with the operation's later events forwarded (schema.fanout)."""
@@ -124,11 +143,7 @@ class _TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         self._forwarded[target.operation_id] = target
         return True
 
-    async def forwarded_ended(self, target: fanout.Forwarding, error: Exception) -> None:
-        operation_id = target.operation_id
-        if self._forwarded.get(operation_id) is not target:
-            return  # its client's complete or the socket's end came first
-        del self._forwarded[operation_id]
+    async def _send_ended(self, operation_id: str, error: Exception) -> None:
         try:
             with contextlib.suppress(Exception):  # the socket is closing
                 payload = cast("NextMessagePayload", fanout.error_payload(error))
@@ -159,7 +174,7 @@ class _TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             await self.websocket.close(rejected.code, rejected.reason)
 
 
-class _LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
+class _LegacyWSHandler(_Forwarder, BaseGraphQLWSHandler[Context, None]):
     """Strawberry's graphql-ws, with forwarded subscriptions (schema.fanout).
 
     A forwarded subscription runs without its operation's task: its id stays in ``tasks``
@@ -172,7 +187,6 @@ class _LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._forwarded: dict[str, fanout.Forwarding] = {}
         self._over: asyncio.Future[None] | None = None  # in ``tasks`` for forwarded ones
         self._init_received = False
 
@@ -221,11 +235,7 @@ class _LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
             return
         await super().send_message(message)
 
-    async def forwarded_ended(self, target: fanout.Forwarding, error: Exception) -> None:
-        operation_id = target.operation_id
-        if self._forwarded.get(operation_id) is not target:
-            return  # its client's stop or the socket's end came first
-        del self._forwarded[operation_id]
+    async def _send_ended(self, operation_id: str, error: Exception) -> None:
         try:
             with contextlib.suppress(Exception):  # the socket is closing
                 payload = cast("DataMessagePayload", fanout.error_payload(error))
