@@ -127,52 +127,44 @@ async def handle(
     """Run one switch message; never raises (a failure is one log line). ``limiter``
     (one per bridge, :data:`DROPPED_INTERVAL`) paces the "dropped" lines."""
     try:
-        await _handle(services, topics, topic, payload, retained=retained, limiter=limiter)
+        target = topics.parse_charging_set(topic)
+        dropped = await _run(services, target, payload, retained=retained)
+        if dropped is not None:
+            _dropped(limiter, topic, payload, dropped)
     except Exception:
         logger.exception("mqtt: the command on %s failed", shown(topic))
 
 
-async def _handle(
-    services: Services,
-    topics: Topics,
-    topic: str,
-    payload: bytes,
-    *,
-    retained: bool,
-    limiter: LogLimiter,
-) -> None:
-    target = topics.parse_charging_set(topic)
+async def _run(
+    services: Services, target: tuple[str, str] | None, payload: bytes, *, retained: bool
+) -> str | None:
+    """Run the switch message to ``target`` (its topic id and vehicle id): why it was
+    dropped, or None."""
     if target is None:
-        _dropped(limiter, topic, payload, "not a charging switch's topic")
-        return
+        return "not a charging switch's topic"
     if retained:
-        _dropped(limiter, topic, payload, "retained; a command must be sent, not stored")
-        return
+        return "retained; a command must be sent, not stored"
     action = parse_switch(payload)
     if action is None:
-        _dropped(limiter, topic, payload, "expected ON or OFF")
-        return
+        return "expected ON or OFF"
     topic_id, vehicle_id = target
     if not is_topic_id(topic_id):
-        _dropped(limiter, topic, payload, "not a topic id of evlink's form")
-        return
+        return "not a topic id of evlink's form"
     if not _is_uuid(vehicle_id):
-        _dropped(limiter, topic, payload, "not a vehicle id (a UUID)")
-        return
+        return "not a vehicle id (a UUID)"
     user = await publishing_user(topic_id)
     if user is None:
-        _dropped(limiter, topic, payload, "no user publishes under this topic id")
-        return
+        return "no user publishes under this topic id"
     try:
         requested = await set_charging(services, user, vehicle_id, action)
     except (NotFound, ForbiddenOwner):
-        _dropped(limiter, topic, payload, "no such car of this user")
-        return
+        return "no such car of this user"
     except EvlinkError as refused:
         logger.info("mqtt: %s on vehicle %s refused: %s", action.value, vehicle_id, refused.code)
         message = {"action": action.value, "code": refused.code, "message": refused.message}
         await services.events.publish(outcome_topic(vehicle_id), {OUTCOME: REFUSED, **message})
-        return
+        return None
     await services.events.publish(
         outcome_topic(vehicle_id), {OUTCOME: MADE, "commandId": str(requested.command.id)}
     )
+    return None
