@@ -210,6 +210,34 @@ async def next_result(stream: Any) -> dict[str, Any]:
     return result
 
 
+PLUGGED = "subscription($id: ID!) { chargeState(vehicleId: $id) { isPluggedIn } }"
+PLUGGED_AND_STATE = (
+    "subscription($id: ID!) { chargeState(vehicleId: $id) { isPluggedIn powerDeliveryState } }"
+)
+
+
+@contextlib.asynccontextmanager
+async def plugged_subscribers(
+    server: Server, key: str, *wanted: tuple[str, Vehicle]
+) -> AsyncIterator[list[Any]]:
+    """A subscription to each (document, car) of ``wanted`` with ``key``, each on a
+    socket of its own (the second graphql-ws, the others graphql-transport-ws), the
+    sockets opened first; each one's first result read, the car plugged in."""
+    protocols = [PROTOCOLS[1] if index == 1 else PROTOCOLS[0] for index in range(len(wanted))]
+    async with contextlib.AsyncExitStack() as stack:
+        sessions = [
+            await stack.enter_async_context(server.gql_client(key, protocol))
+            for protocol in protocols
+        ]
+        streams = [
+            await stack.enter_async_context(subscription(session, document, id=str(car.id)))
+            for session, (document, car) in zip(sessions, wanted, strict=True)
+        ]
+        for stream in streams:
+            assert (await next_result(stream))["chargeState"]["isPluggedIn"] is True
+        yield streams
+
+
 def _listening_socket() -> socket.socket:
     # IPPROTO_TCP: asyncio then turns Nagle off on accepted connections (40 ms per answer).
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)

@@ -18,12 +18,16 @@ import websockets
 from evlink.events import MAILBOX, charge_state_topic
 from evlink.models import ChargeState
 from evlink.models.vehicles import charge_state_data
-from tests.conftest import PROTOCOLS, TIMEOUT, Server, next_result, subscription
-
-PLUGGED = "subscription($id: ID!) { chargeState(vehicleId: $id) { isPluggedIn } }"
-PLUGGED_AND_STATE = (
-    "subscription($id: ID!) { chargeState(vehicleId: $id) { isPluggedIn powerDeliveryState } }"
+from tests.conftest import (
+    PLUGGED,
+    PLUGGED_AND_STATE,
+    PROTOCOLS,
+    TIMEOUT,
+    Server,
+    next_result,
+    plugged_subscribers,
 )
+
 EVERYTHING = """subscription($id: ID!) { chargeState(vehicleId: $id) {
   batteryLevel range isPluggedIn isCharging batteryCapacity chargeLimit chargeRate
   chargeTimeRemaining isFullyCharged lastUpdated powerDeliveryState maxCurrent
@@ -45,18 +49,9 @@ async def test_one_change_is_encoded_once_per_document_for_all_its_subscribers(
     change is encoded twice, not four times, and each gets its own selection."""
     owner, key = await server.user()
     car = await server.vehicle(owner, "plugged")
-    async with (
-        server.gql_client(key, PROTOCOLS[0]) as a_session,
-        server.gql_client(key, PROTOCOLS[1]) as b_session,
-        server.gql_client(key, PROTOCOLS[0]) as c_session,
-        server.gql_client(key, PROTOCOLS[0]) as d_session,
-        subscription(a_session, PLUGGED, id=str(car.id)) as a,
-        subscription(b_session, PLUGGED, id=str(car.id)) as b,
-        subscription(c_session, PLUGGED, id=str(car.id)) as c,
-        subscription(d_session, PLUGGED_AND_STATE, id=str(car.id)) as d,
-    ):
-        for stream in (a, b, c, d):
-            assert (await next_result(stream))["chargeState"]["isPluggedIn"] is True
+    async with plugged_subscribers(
+        server, key, (PLUGGED, car), (PLUGGED, car), (PLUGGED, car), (PLUGGED_AND_STATE, car)
+    ) as (a, b, c, d):
         before = await _encoded(server)
         server.simulator.update_vehicle(car.provider_vehicle_id or "", is_plugged_in=False)
         await server.clock.advance(1)

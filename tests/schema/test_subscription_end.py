@@ -23,10 +23,9 @@ from evlink.resolvers import accounts
 from evlink.resolvers.auth import hash_key, revoke_key
 from evlink.server import OpenSocket
 from evlink.settings import Settings
-from tests.conftest import PROTOCOLS, TIMEOUT, Server, _truncate, run_server
+from tests.conftest import PLUGGED, PROTOCOLS, TIMEOUT, Server, _truncate, run_server
 
 TRANSPORT_WS, LEGACY_WS = PROTOCOLS
-PLUGGED = "subscription($id: ID!) { chargeState(vehicleId: $id) { isPluggedIn } }"
 _ACTIVE = re.compile(rb'^evlink_active_subscriptions\{field="chargeState"\} ([0-9.]+)$', re.M)
 
 

@@ -19,11 +19,14 @@ from evlink.models import ChargeState, Tier
 from evlink.models.vehicles import charge_state_data
 from evlink.settings import Settings
 from tests.conftest import (
+    PLUGGED,
+    PLUGGED_AND_STATE,
     PROTOCOLS,
     TIMEOUT,
     Server,
     _truncate,
     next_result,
+    plugged_subscribers,
     run_server,
     subscription,
 )
@@ -311,30 +314,15 @@ async def test_an_unknown_operation_name_is_the_client_s_mistake_on_both_protoco
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
-PLUGGED = "subscription($id: ID!) { chargeState(vehicleId: $id) { isPluggedIn } }"
-PLUGGED_AND_STATE = (
-    "subscription($id: ID!) { chargeState(vehicleId: $id) { isPluggedIn powerDeliveryState } }"
-)
-
-
 async def test_subscribers_of_one_change_each_get_their_own_selection(server: Server) -> None:
     """One change is executed once per document and variables (schema.fanout): subscribers
     with the same document share the result, others get theirs, other cars are apart."""
     owner, key = await server.user()
     car = await server.vehicle(owner, "plugged")
     other_car = await server.vehicle(owner, "plugged")
-    async with (
-        server.gql_client(key, PROTOCOLS[0]) as a_session,
-        server.gql_client(key, PROTOCOLS[1]) as b_session,
-        server.gql_client(key, PROTOCOLS[0]) as c_session,
-        server.gql_client(key, PROTOCOLS[0]) as d_session,
-        subscription(a_session, PLUGGED, id=str(car.id)) as a,
-        subscription(b_session, PLUGGED, id=str(car.id)) as b,
-        subscription(c_session, PLUGGED_AND_STATE, id=str(car.id)) as c,
-        subscription(d_session, PLUGGED, id=str(other_car.id)) as d,
-    ):
-        for stream in (a, b, c, d):
-            assert (await next_result(stream))["chargeState"]["isPluggedIn"] is True
+    async with plugged_subscribers(
+        server, key, (PLUGGED, car), (PLUGGED, car), (PLUGGED_AND_STATE, car), (PLUGGED, other_car)
+    ) as (a, b, c, d):
         server.simulator.update_vehicle(car.provider_vehicle_id or "", is_plugged_in=False)
         await server.clock.advance(1)
         assert await next_result(a) == {"chargeState": {"isPluggedIn": False}}
