@@ -55,6 +55,16 @@ def _state(protocol: str, operation: str, plugged: bool) -> str:
     return _compact({"type": "data", "id": operation, "payload": payload})
 
 
+async def _socket_and_cars(
+    server: Server, protocol: str, cars: int = 1
+) -> tuple[Any, list[Vehicle]]:
+    """A new user's socket, its ``connection_init`` acknowledged, and ``cars`` of the
+    user's cars, plugged in."""
+    owner, key = await server.user()
+    vehicles = [await server.vehicle(owner, "plugged") for _ in range(cars)]
+    return await _open(server, protocol, key), vehicles
+
+
 async def _open(server: Server, protocol: str, key: str) -> Any:
     ws = await websockets.connect(server.ws_url, subprotocols=[websockets.Subprotocol(protocol)])
     init = {"type": "connection_init", "payload": {"Authorization": f"Bearer {key}"}}
@@ -76,6 +86,15 @@ async def _start(ws: Any, protocol: str, operation: str, car: Vehicle) -> None:
     kind = "subscribe" if protocol == TRANSPORT_WS else "start"
     payload = {"query": PLUGGED, "variables": {"id": str(car.id)}}
     await ws.send(json.dumps({"id": operation, "type": kind, "payload": payload}))
+
+
+async def _remove_and_see_it_end(
+    server: Server, ws: Any, protocol: str, car: Vehicle, operation: str
+) -> None:
+    """Remove ``car``: its subscription ``operation`` gets its error, then ``complete``."""
+    await accounts.remove_vehicle(server.services, car)
+    assert await _message(ws) == _error(protocol, operation, "Vehicle not found", "NOT_FOUND")
+    assert await _message(ws) == _complete(protocol, operation)
 
 
 async def _stop(ws: Any, protocol: str, operation: str) -> None:
@@ -141,20 +160,14 @@ async def test_an_interrupted_subscription_sends_its_error_then_complete_and_let
 ) -> None:
     """Its car removed: the error, then ``complete``, nothing more for it; the socket and
     the other subscription go on, and the id can be used again."""
-    owner, key = await server.user()
-    car = await server.vehicle(owner, "plugged")
-    kept = await server.vehicle(owner, "plugged")
-    ws = await _open(server, protocol, key)
+    ws, (car, kept) = await _socket_and_cars(server, protocol, 2)
     try:
         await _subscribed(ws, protocol, "gone", car)
         await _subscribed(ws, protocol, "kept", kept)
         await _change(server, car, False)  # forwarded
         assert await _message(ws) == _state(protocol, "gone", False)
 
-        await accounts.remove_vehicle(server.services, car)
-
-        assert await _message(ws) == _error(protocol, "gone", "Vehicle not found", "NOT_FOUND")
-        assert await _message(ws) == _complete(protocol, "gone")
+        await _remove_and_see_it_end(server, ws, protocol, car, "gone")
         assert await _until_probed(ws, protocol, kept, "gone") == []  # its id is free again
         assert (await _active(server), _bus_subscribers(server, car)) == (2, 0)
         assert (_watchers(server, car), _watchers(server, kept)) == (0, 2)
@@ -168,16 +181,11 @@ async def test_an_interrupted_subscription_no_longer_counts_against_the_operatio
 ) -> None:
     await _truncate(settings.database_url)
     async with run_server(replace(settings, ws_max_operations=2)) as server:
-        owner, key = await server.user()
-        car = await server.vehicle(owner, "plugged")
-        kept = await server.vehicle(owner, "plugged")
-        ws = await _open(server, protocol, key)
+        ws, (car, kept) = await _socket_and_cars(server, protocol, 2)
         try:
             await _subscribed(ws, protocol, "gone", car)
             await _subscribed(ws, protocol, "kept", kept)
-            await accounts.remove_vehicle(server.services, car)
-            assert await _message(ws) == _error(protocol, "gone", "Vehicle not found", "NOT_FOUND")
-            assert await _message(ws) == _complete(protocol, "gone")
+            await _remove_and_see_it_end(server, ws, protocol, car, "gone")
 
             await _subscribed(ws, protocol, "new", kept)  # two again: within the cap
         finally:
@@ -191,9 +199,7 @@ async def test_a_subscription_its_client_stops_sends_nothing_more_and_lets_go(
     """``complete`` (graphql-transport-ws: no answer) or ``stop`` (graphql-ws: answered
     ``complete``): its later states are not sent, what it held is let go, its id is
     free again."""
-    owner, key = await server.user()
-    car = await server.vehicle(owner, "plugged")
-    ws = await _open(server, protocol, key)
+    ws, (car,) = await _socket_and_cars(server, protocol)
     try:
         await _subscribed(ws, protocol, "stopped", car)
         await _subscribed(ws, protocol, "going", car)
@@ -217,9 +223,7 @@ async def test_a_graphql_ws_start_with_the_id_of_a_running_subscription_replaces
 ) -> None:
     """graphql-ws: the running one ends (``complete``) before the new one starts; a
     change then comes once."""
-    owner, key = await server.user()
-    car = await server.vehicle(owner, "plugged")
-    ws = await _open(server, LEGACY_WS, key)
+    ws, (car,) = await _socket_and_cars(server, LEGACY_WS)
     try:
         await _subscribed(ws, LEGACY_WS, "same", car)
         await _start(ws, LEGACY_WS, "same", car)
@@ -237,9 +241,7 @@ async def test_a_graphql_ws_start_with_the_id_of_a_running_subscription_replaces
 async def test_a_graphql_transport_ws_subscribe_with_the_id_of_a_running_one_closes_4409(
     server: Server,
 ) -> None:
-    owner, key = await server.user()
-    car = await server.vehicle(owner, "plugged")
-    ws = await _open(server, TRANSPORT_WS, key)
+    ws, (car,) = await _socket_and_cars(server, TRANSPORT_WS)
     await _subscribed(ws, TRANSPORT_WS, "same", car)
     await _start(ws, TRANSPORT_WS, "same", car)
     with pytest.raises(websockets.ConnectionClosed) as closed:
@@ -257,9 +259,7 @@ async def test_a_graphql_transport_ws_subscribe_with_the_id_of_a_running_one_clo
 async def test_a_socket_its_client_closes_lets_go_of_its_subscriptions(
     server: Server, protocol: str
 ) -> None:
-    owner, key = await server.user()
-    car = await server.vehicle(owner, "plugged")
-    ws = await _open(server, protocol, key)
+    ws, (car,) = await _socket_and_cars(server, protocol)
     await _subscribed(ws, protocol, "1", car)
     await _subscribed(ws, protocol, "2", car)
     assert (await _active(server), _bus_subscribers(server, car)) == (2, 2)
