@@ -15,7 +15,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -216,25 +216,25 @@ async def quiet(settings: Settings) -> AsyncIterator[Server]:
 # -- each operation is checked as an HTTP request is -------------------------------
 
 
-async def test_operations_on_a_socket_stop_with_its_revoked_key_as_http_does(quiet: Server) -> None:
-    """`evlink key revoke` without Redis: HTTP takes the cached key until the cache's ttl,
-    then answers 401; an open socket's operations follow the same rule."""
-    server = quiet
-    user, key = await server.user()
-    car = await server.vehicle(user, "plugged")
+async def refused_on_open_sockets(
+    server: Server,
+    user: User,
+    key: str,
+    car: Vehicle,
+    change: Callable[[Any, Clock], Awaitable[None]],
+    expected: str,
+) -> None:
+    """An open socket of each protocol, admitted with ``key`` as PRO, refuses with
+    ``expected`` once ``change`` is made (handed the graphql-transport-ws session and the
+    cache's clock): a query, a mutation and a subscription on graphql-transport-ws, a
+    subscription on graphql-ws; none is charged and no charging starts."""
     clock = frozen_cache(server)
     async with (
         server.gql_client(key, TRANSPORT_WS) as modern,
         server.gql_client(key, LEGACY_WS) as legacy,
     ):
         assert (await modern.execute(GraphQLRequest(TIER)))["viewer"]["tier"] == "PRO"
-        await revoke_key(await key_id(key))  # as the CLI does, in a process of its own
-        assert (await server.graphql(TIER, key=key))["data"]["viewer"]["tier"] == "PRO"
-        assert (await modern.execute(GraphQLRequest(TIER)))["viewer"]["tier"] == "PRO"
-
-        clock.now += server.settings.cache_ttl  # the cached key expires
-        over_http = await server.http.get(f"/api/status/{car.id}", headers=auth(key))
-        assert over_http.status_code == 401
+        await change(modern, clock)
         car_id = str(car.id)
         spent = await usage(server, user, key)
         refused = [
@@ -243,9 +243,28 @@ async def test_operations_on_a_socket_stop_with_its_revoked_key_as_http_does(qui
             await refusal(modern, CHARGE_STATE, id=car_id),
             await refusal(legacy, CHARGE_STATE, id=car_id),
         ]
-    assert refused == ["UNAUTHENTICATED"] * 4
+    assert refused == [expected] * 4
     assert await usage(server, user, key) == spent  # refused before they were charged
     assert not [call for call in server.simulator.calls if call.startswith("set_charging")]
+
+
+async def test_operations_on_a_socket_stop_with_its_revoked_key_as_http_does(quiet: Server) -> None:
+    """`evlink key revoke` without Redis: HTTP takes the cached key until the cache's ttl,
+    then answers 401; an open socket's operations follow the same rule."""
+    server = quiet
+    user, key = await server.user()
+    car = await server.vehicle(user, "plugged")
+
+    async def revoke(modern: Any, clock: Clock) -> None:
+        await revoke_key(await key_id(key))  # as the CLI does, in a process of its own
+        assert (await server.graphql(TIER, key=key))["data"]["viewer"]["tier"] == "PRO"
+        assert (await modern.execute(GraphQLRequest(TIER)))["viewer"]["tier"] == "PRO"
+
+        clock.now += server.settings.cache_ttl  # the cached key expires
+        over_http = await server.http.get(f"/api/status/{car.id}", headers=auth(key))
+        assert over_http.status_code == 401
+
+    await refused_on_open_sockets(server, user, key, car, revoke, "UNAUTHENTICATED")
 
 
 async def test_operations_on_a_socket_stop_with_a_changed_tier(quiet: Server) -> None:
@@ -254,26 +273,13 @@ async def test_operations_on_a_socket_stop_with_a_changed_tier(quiet: Server) ->
     server = quiet
     user, key = await server.user(tier=Tier.PRO)
     car = await server.vehicle(user, "plugged")
-    clock = frozen_cache(server)
-    async with (
-        server.gql_client(key, TRANSPORT_WS) as modern,
-        server.gql_client(key, LEGACY_WS) as legacy,
-    ):
-        assert (await modern.execute(GraphQLRequest(TIER)))["viewer"]["tier"] == "PRO"
+
+    async def set_free(modern: Any, clock: Clock) -> None:
         await accounts.set_tier(user, Tier.FREE)  # as the CLI does, in a process of its own
         clock.now += server.settings.cache_ttl
         assert (await server.graphql(TIER, key=key))["data"]["viewer"]["tier"] == "FREE"
-        car_id = str(car.id)
-        spent = await usage(server, user, key)
-        refused = [
-            await refusal(modern, TIER),
-            await refusal(modern, SET_CHARGING, id=car_id),
-            await refusal(modern, CHARGE_STATE, id=car_id),
-            await refusal(legacy, CHARGE_STATE, id=car_id),
-        ]
-    assert refused == ["FORBIDDEN_TIER"] * 4
-    assert await usage(server, user, key) == spent  # refused before they were charged
-    assert not [call for call in server.simulator.calls if call.startswith("set_charging")]
+
+    await refused_on_open_sockets(server, user, key, car, set_free, "FORBIDDEN_TIER")
 
 
 async def test_a_second_connection_init_does_not_change_whose_key_is_checked(
