@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -167,13 +170,22 @@ def _statements_on(records: list[logging.LogRecord], *tables: str) -> list[str]:
     return [m for m in messages if any(f'"{table}"' in m for table in tables)]
 
 
-async def test_a_status_miss_reads_the_vehicle_and_its_state_in_one_statement(
-    settings: Settings, caplog: pytest.LogCaptureFixture
-) -> None:
+@contextlib.asynccontextmanager
+async def _uncached_car(
+    settings: Settings, **simulated: Any
+) -> AsyncIterator[tuple[Server, str, Vehicle]]:
+    """A server with the read cache off (every read a miss), a user's key and a charging
+    car of theirs (tweaked by ``simulated``)."""
     await _truncate(settings.database_url)
     async with run_server(replace(settings, cache_ttl=0.0)) as server:
         user, key = await server.user()
-        vehicle = await server.vehicle(user, "charging")
+        yield server, key, await server.vehicle(user, "charging", **simulated)
+
+
+async def test_a_status_miss_reads_the_vehicle_and_its_state_in_one_statement(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with _uncached_car(settings) as (server, key, vehicle):
         first = await server.http.get(f"/api/status/{vehicle.id}", headers=auth(key))
         server.simulator.calls.clear()
 
@@ -189,10 +201,7 @@ async def test_a_status_miss_reads_the_vehicle_and_its_state_in_one_statement(
 async def test_a_fresh_car_whose_state_is_gone_is_read_from_its_provider(
     settings: Settings,
 ) -> None:
-    await _truncate(settings.database_url)
-    async with run_server(replace(settings, cache_ttl=0.0)) as server:
-        user, key = await server.user()
-        vehicle = await server.vehicle(user, "charging")
+    async with _uncached_car(settings) as (server, key, vehicle):
         await server.http.get(f"/api/status/{vehicle.id}", headers=auth(key))
         await ChargeState.filter(vehicle_id=vehicle.id).delete()
         server.simulator.calls.clear()
@@ -205,10 +214,7 @@ async def test_a_fresh_car_whose_state_is_gone_is_read_from_its_provider(
 
 
 async def test_a_removed_vehicle_is_404_on_a_miss(settings: Settings) -> None:
-    await _truncate(settings.database_url)
-    async with run_server(replace(settings, cache_ttl=0.0)) as server:
-        user, key = await server.user()
-        vehicle = await server.vehicle(user, "charging")
+    async with _uncached_car(settings) as (server, key, vehicle):
         assert (await server.http.get(f"/api/status/{vehicle.id}", headers=auth(key))).is_success
         await Vehicle.filter(id=vehicle.id).update(deleted_at=datetime.now(UTC))
 
@@ -224,10 +230,7 @@ _VEHICLE_STATE = "query($id: ID!) { vehicle(id: $id) { name chargeState { batter
 async def test_a_graphql_miss_reads_the_vehicle_and_its_state_in_one_statement(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await _truncate(settings.database_url)
-    async with run_server(replace(settings, cache_ttl=0.0)) as server:
-        user, key = await server.user()
-        vehicle = await server.vehicle(user, "charging")
+    async with _uncached_car(settings) as (server, key, vehicle):
         first = await server.graphql(_VEHICLE_STATE, {"id": str(vehicle.id)}, key=key)
         server.simulator.calls.clear()
 
@@ -245,10 +248,7 @@ async def test_graphql_serves_a_never_synced_vehicle_what_its_provider_says_not_
 ) -> None:
     # The vehicle query reads the stored state with the vehicle; a vehicle never read
     # from its provider is read then, and its chargeState is what the provider said.
-    await _truncate(settings.database_url)
-    async with run_server(replace(settings, cache_ttl=0.0)) as server:
-        user, key = await server.user()
-        vehicle = await server.vehicle(user, "charging", battery_level=61.0)
+    async with _uncached_car(settings, battery_level=61.0) as (server, key, vehicle):
         await server.graphql(_VEHICLE_STATE, {"id": str(vehicle.id)}, key=key)
         await Vehicle.filter(id=vehicle.id).update(refreshed_at=None)
         await ChargeState.filter(vehicle_id=vehicle.id).update(battery_level=7)
