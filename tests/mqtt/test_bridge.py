@@ -54,6 +54,16 @@ async def car_heard(server: Server, listener: Heard, tier: Tier = Tier.PRO) -> t
     return vehicle, topic_id
 
 
+async def refused_switch(
+    server: Server, listener: Heard, payload: bytes, tier: Tier = Tier.PRO
+) -> tuple[Vehicle, str, Any]:
+    """``payload`` published to the switch of a car heard (:func:`car_heard`), refused:
+    (the car, its topic id, the REFUSED command as published)."""
+    vehicle, topic_id = await car_heard(server, listener, tier)
+    await listener.client.publish(car_topic(topic_id, vehicle, "charging/set"), payload, qos=1)
+    return vehicle, topic_id, await wait_command(listener, topic_id, vehicle, "REFUSED")
+
+
 async def wait_command(listener: Heard, topic_id: str, vehicle: Vehicle, state: str) -> Any:
     return await listener.wait_json(
         car_topic(topic_id, vehicle, "command"), lambda command: command["state"] == state
@@ -133,11 +143,7 @@ async def test_a_refused_command_is_published_with_its_code_and_the_switch_stays
     server: Server, broker: Mosquitto
 ) -> None:
     async with heard(broker) as listener:
-        vehicle, topic_id = await car_heard(server, listener, tier=Tier.FREE)
-
-        await listener.client.publish(car_topic(topic_id, vehicle, "charging/set"), b"ON", qos=1)
-
-        refused = await wait_command(listener, topic_id, vehicle, "REFUSED")
+        vehicle, topic_id, refused = await refused_switch(server, listener, b"ON", Tier.FREE)
         assert refused["code"] == "FORBIDDEN_TIER"
         assert refused["action"] == "START"
         assert refused["id"] is None
@@ -150,9 +156,7 @@ async def test_off_while_not_charging_is_refused_with_invalid_vehicle_state(
     server: Server, broker: Mosquitto
 ) -> None:
     async with heard(broker) as listener:
-        vehicle, topic_id = await car_heard(server, listener)
-        await listener.client.publish(car_topic(topic_id, vehicle, "charging/set"), b"OFF", qos=1)
-        refused = await wait_command(listener, topic_id, vehicle, "REFUSED")
+        _, _, refused = await refused_switch(server, listener, b"OFF")
         assert refused["code"] == "INVALID_VEHICLE_STATE"
 
 
