@@ -170,20 +170,25 @@ def _environ_without_evlink() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("EVLINK_")}
 
 
-def test_the_cli_stops_with_one_line_on_a_bad_setting(tmp_path: Path) -> None:
-    env = _environ_without_evlink()
-    env["EVLINK_PORT"] = "abc"
-    env["EVLINK_DATABASE_URL"] = f"sqlite://{tmp_path / 'cli.sqlite3'}"
-
-    result = subprocess.run(
-        [sys.executable, "-m", "evlink.cli", "migrate"],
+def _cli(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m evlink.cli *args`` in ``cwd`` with ``env``, its output captured."""
+    return subprocess.run(  # noqa: S603 (our own interpreter and module)
+        [sys.executable, "-m", "evlink.cli", *args],
         env=env,
-        cwd=tmp_path,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_the_cli_stops_with_one_line_on_a_bad_setting(tmp_path: Path) -> None:
+    env = _environ_without_evlink()
+    env["EVLINK_PORT"] = "abc"
+    env["EVLINK_DATABASE_URL"] = f"sqlite://{tmp_path / 'cli.sqlite3'}"
+
+    result = _cli(env, tmp_path, "migrate")
 
     assert result.returncode != 0
     lines = result.stderr.splitlines()
@@ -310,18 +315,10 @@ def test_a_sqlite_database_is_described_by_its_absolute_file(
 
 def test_the_cli_warns_about_a_misspelt_setting_and_an_old_name(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text(f"EVLINK_PORTT=18800\n{PER_KEY}=4\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVLINK_")}
+    env = _environ_without_evlink()
     env["EVLINK_DATABASE_URL"] = "sqlite://nothing-here.sqlite3"
 
-    result = subprocess.run(
-        [sys.executable, "-m", "evlink.cli", "user", "list"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = _cli(env, tmp_path, "user", "list")
 
     assert "evlink: warning: EVLINK_PORTT is not an evlink setting (did you mean EVLINK_PORT?)" in (
         result.stderr
