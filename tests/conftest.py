@@ -41,7 +41,7 @@ from evlink.resolvers.auth import issue_key
 from evlink.server import EvlinkServer, server_options
 from evlink.services import Services
 from evlink.settings import Settings, connection_name
-from tests.fakes.enode import FakeEnode
+from tests.fakes.enode import FakeEnode, listening_socket
 
 TABLES = (
     "charging_samples",
@@ -238,15 +238,6 @@ async def plugged_subscribers(
         yield streams
 
 
-def _listening_socket() -> socket.socket:
-    # IPPROTO_TCP: asyncio then turns Nagle off on accepted connections (40 ms per answer).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    return sock
-
-
 @contextlib.asynccontextmanager
 async def run_server(
     settings: Settings, clock: ManualClock | None = None, simulator: Simulator | None = None
@@ -260,7 +251,7 @@ async def run_server(
     if settings.provider == "simulator" and simulator is None:
         simulator = Simulator(clock, action_delay=settings.simulator_action_delay)
     app = create_app(settings, provider=simulator)
-    sock = _listening_socket()
+    sock = listening_socket()
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, lifespan="on", log_level="warning", **server_options(settings))
     server = EvlinkServer(config, app.state.open_sockets)

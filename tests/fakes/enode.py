@@ -165,7 +165,9 @@ class _RecordRequests:
         await self.app(scope, receive, send)
 
 
-def _listening_socket() -> socket.socket:
+def listening_socket() -> socket.socket:
+    """A socket listening on a free port of 127.0.0.1, for uvicorn to serve on (the fake
+    and tests.conftest's servers)."""
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only
     # when the listening socket says TCP; with proto 0, Nagle adds ~40 ms per answer.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -587,7 +589,7 @@ class FakeEnode:
     @contextlib.asynccontextmanager
     async def serve(self) -> AsyncIterator[str]:
         """Serve the fake with uvicorn on 127.0.0.1; yields its base URL."""
-        sock = _listening_socket()
+        sock = listening_socket()
         port = sock.getsockname()[1]
         config = uvicorn.Config(
             self.app,
