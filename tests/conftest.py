@@ -204,6 +204,27 @@ def subscription(session: Any, query: str, **variables: str) -> Any:
     return aclosing(session.subscribe(GraphQLRequest(query, variable_values=variables)))
 
 
+class Program:
+    """A program a test runs (redis-server, mosquitto): its process while it runs, and
+    the task that reads its output."""
+
+    def __init__(self) -> None:
+        self.process: asyncio.subprocess.Process | None = None
+        self._drain: asyncio.Task[None] | None = None
+
+    async def stop(self) -> None:
+        """Kill it (its clients see their connections closed) and wait until it is gone."""
+        process = self.process
+        if process is None:
+            return
+        self.process = None
+        if process.returncode is None:
+            process.kill()  # SIGKILL also ends a frozen (stopped) process
+        await asyncio.wait_for(process.wait(), TIMEOUT)
+        if self._drain is not None:
+            self._drain.cancel()
+
+
 async def next_result(stream: Any) -> dict[str, Any]:
     """The subscription's next result, or a failure after TIMEOUT seconds."""
     result: dict[str, Any] = await asyncio.wait_for(anext(stream), TIMEOUT)

@@ -16,19 +16,18 @@ import contextlib
 import signal
 from collections.abc import AsyncIterator
 
-from tests.conftest import TIMEOUT, free_port
+from tests.conftest import TIMEOUT, Program, free_port
 
 __all__ = ["ClosingPort", "RedisServer", "SlowLink", "redis_server"]
 
 
-class RedisServer:
+class RedisServer(Program):
     """One redis-server process on 127.0.0.1:``port``."""
 
     def __init__(self, port: int) -> None:
+        super().__init__()
         self.port = port
         self.url = f"redis://127.0.0.1:{port}/0"
-        self.process: asyncio.subprocess.Process | None = None
-        self._drain: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start it and return once it accepts connections."""
@@ -56,18 +55,6 @@ class RedisServer:
                 raise AssertionError(f"redis-server on port {self.port} did not start")
         # Keep reading its output: a full pipe would stall the server.
         self._drain = asyncio.create_task(_drain(process.stdout))
-
-    async def stop(self) -> None:
-        """Kill it (its clients see their connections closed) and wait until it is gone."""
-        process = self.process
-        if process is None:
-            return
-        self.process = None
-        if process.returncode is None:
-            process.kill()  # SIGKILL also ends a frozen (stopped) process
-        await asyncio.wait_for(process.wait(), TIMEOUT)
-        if self._drain is not None:
-            self._drain.cancel()
 
     def freeze(self) -> None:
         """SIGSTOP: connections stay open and nothing answers, as on a dead link."""

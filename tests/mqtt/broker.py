@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import aiomqtt
 
-from tests.conftest import TIMEOUT, free_port
+from tests.conftest import TIMEOUT, Program, free_port
 
 __all__ = ["Heard", "Mosquitto", "heard", "mosquitto"]
 
@@ -28,15 +28,14 @@ T = TypeVar("T")
 MOSQUITTO = "/usr/sbin/mosquitto"
 
 
-class Mosquitto:
+class Mosquitto(Program):
     """One mosquitto process on 127.0.0.1:``port``."""
 
     def __init__(self, directory: Path, port: int, users: dict[str, str] | None = None) -> None:
+        super().__init__()
         self.port = port
         self.directory = directory
         self.users = users
-        self.process: asyncio.subprocess.Process | None = None
-        self._drain: asyncio.Task[None] | None = None
         self.config = self._write_config()
         self.log: list[str] = []  # what it said since it started, line by line
         self._logged = asyncio.Condition()
@@ -99,17 +98,6 @@ class Mosquitto:
         async with asyncio.timeout(TIMEOUT), self._logged:
             while sum(text in line for line in self.log) < count:
                 await self._logged.wait()
-
-    async def stop(self) -> None:
-        process = self.process
-        if process is None:
-            return
-        self.process = None
-        if process.returncode is None:
-            process.kill()
-        await asyncio.wait_for(process.wait(), TIMEOUT)
-        if self._drain is not None:
-            self._drain.cancel()
 
 
 @contextlib.asynccontextmanager
