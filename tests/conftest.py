@@ -19,6 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -31,7 +32,8 @@ from gql import Client, GraphQLRequest, gql
 from gql.transport.websockets import WebsocketsTransport
 
 from evlink.app import create_app
-from evlink.models import Tier, User, Vehicle
+from evlink.domain import ChargingAction
+from evlink.models import ChargingCommand, CommandState, Tier, User, Vehicle
 from evlink.models.database import apply_migrations, open_database
 from evlink.providers.base import Provider
 from evlink.providers.enode import EnodeProvider
@@ -196,6 +198,20 @@ class Server:
             init_payload={"Authorization": f"Bearer {key}"} if key else {},
         )
         return Client(transport=transport, fetch_schema_from_transport=False)
+
+
+async def finished_command(vehicle: Vehicle, user: User) -> ChargingCommand:
+    """A command of ``user`` that has ended, so no watcher calls the provider behind the test."""
+    now = datetime.now(UTC)
+    return await ChargingCommand.create(
+        vehicle=vehicle,
+        user=user,
+        action=ChargingAction.START,
+        state=CommandState.CONFIRMED,
+        attempts=1,
+        deadline_at=now + timedelta(minutes=5),
+        completed_at=now,
+    )
 
 
 def subscription(session: Any, query: str, **variables: str) -> Any:

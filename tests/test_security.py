@@ -60,6 +60,7 @@ from tests.conftest import (
     Server,
     _truncate,
     enode_settings,
+    finished_command,
     run_server,
 )
 from tests.fakes.enode import FakeEnode, enode_signature
@@ -100,20 +101,6 @@ def error_code(body: dict[str, Any]) -> str | None:
 
 def sends(server: Server) -> list[str]:
     return [call for call in server.simulator.calls if call.startswith("set_charging")]
-
-
-async def finished_command(vehicle: Vehicle, user: User) -> ChargingCommand:
-    """A command of ``user`` that has ended, so no watcher calls the provider behind the test."""
-    now = datetime.now(UTC)
-    return await ChargingCommand.create(
-        vehicle=vehicle,
-        user=user,
-        action=ChargingAction.START,
-        state=CommandState.CONFIRMED,
-        attempts=1,
-        deadline_at=now + timedelta(minutes=5),
-        completed_at=now,
-    )
 
 
 async def introspect(server: Server, key: str) -> dict[str, Any]:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from evlink.domain import ChargingAction
 from evlink.models import ChargingCommand, CommandState, Tier, Vehicle
 from evlink.providers.simulator import ManualClock, SimulatorFault
 from evlink.resolvers import accounts
 from evlink.settings import Settings
-from tests.conftest import TIMEOUT, Server, run_server
+from tests.conftest import TIMEOUT, Server, finished_command, run_server
 
 SET_CHARGING = """
 mutation($id: ID!, $action: ChargingAction!, $key: String) {
@@ -418,20 +417,12 @@ async def test_commands_are_listed_on_the_vehicle(server: Server) -> None:
 async def test_a_command_is_found_only_on_the_callers_live_vehicles(server: Server) -> None:
     user, key = await server.user()
     vehicle = await server.vehicle(user, "plugged")
-    now = datetime.now(UTC)
-    command = await ChargingCommand.create(
-        vehicle=vehicle,
-        user=user,
-        action=ChargingAction.START,
-        state=CommandState.CONFIRMED,
-        attempts=1,
-        deadline_at=now + timedelta(minutes=5),
-        completed_at=now,
-    )
+    command = await finished_command(vehicle, user)
     query = "query($id: ID!) { chargingCommand(id: $id) { id state } }"
 
     found = await server.graphql(query, {"id": str(command.id)}, key=key)
-    await Vehicle.filter(id=vehicle.id).update(deleted_at=now)  # the provider dropped the car
+    # the provider dropped the car
+    await Vehicle.filter(id=vehicle.id).update(deleted_at=command.completed_at)
     gone = await server.graphql(query, {"id": str(command.id)}, key=key)
 
     assert found["data"] == {"chargingCommand": {"id": str(command.id), "state": "CONFIRMED"}}
