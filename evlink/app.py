@@ -24,10 +24,10 @@ from evlink.cache import ReadCache, follow_invalidations
 from evlink.compat_rest.errors import exception_handlers
 from evlink.connections import ConnectionLimits
 from evlink.domain import ProviderUpdate
-from evlink.edge import HttpEdge
+from evlink.edge import HttpEdge, direct_routes
 from evlink.errors import EvlinkError
 from evlink.events import RedisEventBus, build_event_bus
-from evlink.guards import BodyLimit
+from evlink.guards import BodyLimit, BodyLimits
 from evlink.metrics import CountedProvider, Metrics, metrics_endpoint
 from evlink.models.backends import database_answers
 from evlink.models.database import ensure_sqlite_directory
@@ -77,6 +77,20 @@ def _cors(settings: Settings) -> list[Middleware]:
             expose_headers=["X-Request-ID", "Retry-After", "RateLimit", "RateLimit-Policy"],
             max_age=600,
         )
+    ]
+
+
+def _edge(settings: Settings, metrics: Metrics) -> list[Middleware]:
+    """The HTTP edge (:class:`~evlink.edge.HttpEdge`), with the body limits in it; behind
+    CORS when it is on, so that a 413 passes through CORS as every other answer does."""
+    body_limits = BodyLimits(settings.max_body, webhooks.body_limits(settings))
+    cors = _cors(settings)
+    if not cors:
+        return [Middleware(HttpEdge, metrics=metrics, body_limits=body_limits)]
+    return [
+        Middleware(HttpEdge, metrics=metrics),
+        *cors,
+        Middleware(BodyLimit, limits=body_limits),
     ]
 
 
@@ -230,7 +244,8 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
         routes=[
             # The routes clients poll come first: a request is matched against each in turn.
             Route("/graphql", graphql, methods=["GET", "POST"]),
-            *compat_rest.routes,
+            # Without Starlette's exception handler per route: ExceptionMiddleware has it.
+            *direct_routes(compat_rest.routes),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
@@ -238,15 +253,7 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
             WebSocketRoute("/graphql", graphql),
             Mount(playground.STATIC_PATH, playground.static_files, name="playground"),
         ],
-        middleware=[
-            Middleware(HttpEdge, metrics=metrics),
-            *_cors(settings),
-            Middleware(
-                BodyLimit,
-                limit=settings.max_body,
-                overrides=webhooks.body_limits(settings),
-            ),
-        ],
+        middleware=_edge(settings, metrics),
         exception_handlers=exception_handlers,
         lifespan=lifespan,
     )

@@ -2,6 +2,10 @@
 
 For each HTTP request, in this order around the app:
 
+- a body over its limit refused with 413 (:class:`evlink.guards.BodyLimits`: at once
+  for a declared ``Content-Length`` over it, else while the body is read), unless
+  CORS sits between the edge and the app (then :class:`evlink.guards.BodyLimit`
+  does it behind CORS);
 - a request id (the client's ``X-Request-ID`` when it is short and plain, else a
   new one), set for the logs and echoed in ``X-Request-ID``;
 - the rate limits charged while it is handled, told in ``RateLimit-Policy`` and
@@ -14,28 +18,32 @@ For each HTTP request, in this order around the app:
   counted as 499 (nginx's "client closed request");
 - the request counted and timed in the metrics, and one access-log line.
 
-One layer rather than five: each layer of pure ASGI middleware wraps ``send`` once
+One layer rather than six: each layer of pure ASGI middleware wraps ``send`` once
 more, and on a cached status read the wrappers cost as much as the endpoint
 (bench/README.md). A websocket only gets its request id.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
+from collections.abc import Awaitable, Callable, Sequence
 
-from starlette.requests import ClientDisconnect
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from evlink.compat_rest.errors import error_answer
-from evlink.errors import EvlinkError, InternalError
-from evlink.guards import with_security_headers
+from evlink.errors import EvlinkError, InternalError, PayloadTooLarge
+from evlink.guards import BodyLimits, with_security_headers
 from evlink.metrics import Metrics
 from evlink.ratelimit import LimitState, limit_field, policy_field, reported_limits
 from evlink.requestid import given_request_id, new_request_id, request_id_var
 from evlink.server import SERVER_SEND
 
-__all__ = ["HttpEdge"]
+__all__ = ["DirectEndpoint", "HttpEdge", "direct_routes"]
 
 logger = logging.getLogger(__name__)
 CLIENT_CLOSED = 499  # the status counted for a request whose client left before its answer
@@ -43,9 +51,12 @@ access_log = logging.getLogger("evlink.access")
 
 
 class HttpEdge:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, body_limits: BodyLimits | None = None
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.body_limits = body_limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -74,14 +85,20 @@ class HttpEdge:
                 headers = with_security_headers(message.get("headers", ()))
                 headers.append(id_header)
                 if limits:
-                    headers.append((b"ratelimit-policy", policy_field(limits).encode()))
-                    headers.append((b"ratelimit", limit_field(limits).encode()))
+                    headers.append((b"ratelimit-policy", policy_field(limits)))
+                    headers.append((b"ratelimit", limit_field(limits)))
                 message["headers"] = headers
             await send(message)
 
         id_token = request_id_var.set(request_id)
         limits_token = reported_limits.set(limits)
         try:
+            body_limits = self.body_limits
+            if body_limits is not None:
+                limit = body_limits.of(scope)
+                if limit is None:
+                    raise PayloadTooLarge()
+                receive = BodyLimits.counting(receive, limit)
             await self.app(scope, receive, edge_send)
         except ClientDisconnect:
             logger.info(
@@ -104,3 +121,39 @@ class HttpEdge:
             access_log.info("%s %s %d %.1f ms", method, scope["path"], answered, elapsed * 1000)
             reported_limits.reset(limits_token)
             request_id_var.reset(id_token)
+
+
+class DirectEndpoint:
+    """An ``async def endpoint(request) -> Response`` as a plain ASGI app.
+
+    Starlette wraps a function endpoint in a second exception handler of its own per
+    route (another ``send`` wrapper and two closures per request); an ASGI endpoint it
+    calls as it is. What that handler did is done the same one layer out, by Starlette's
+    ``ExceptionMiddleware`` with the same handlers and the same scope, so the answers
+    are the same (tests/test_layers.py)."""
+
+    def __init__(self, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
+        self.endpoint = endpoint
+        self.__doc__ = endpoint.__doc__
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self.endpoint(Request(scope, receive, send))
+        await response(scope, receive, send)
+
+
+def direct_routes(routes: Sequence[BaseRoute]) -> list[BaseRoute]:
+    """``routes``, each ``Route`` of a coroutine function served through a
+    :class:`DirectEndpoint` (same path, methods and name); the others as they are."""
+    direct: list[BaseRoute] = []
+    for route in routes:
+        if type(route) is Route and inspect.iscoroutinefunction(route.endpoint):
+            methods = None if route.methods is None else sorted(route.methods - {"HEAD"})
+            route = Route(
+                route.path,
+                DirectEndpoint(route.endpoint),
+                methods=methods,
+                name=route.name,
+                include_in_schema=route.include_in_schema,
+            )
+        direct.append(route)
+    return direct

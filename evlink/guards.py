@@ -14,7 +14,7 @@ from evlink.compat_rest.errors import error_answer
 from evlink.errors import PayloadTooLarge
 from evlink.requestheaders import raw_header
 
-__all__ = ["BodyLimit", "with_security_headers"]
+__all__ = ["BodyLimit", "BodyLimits", "with_security_headers"]
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -26,23 +26,26 @@ SECURITY_HEADERS = {
 JSON_POLICY = "default-src 'none'; frame-ancestors 'none'"
 
 
-class BodyLimit:
-    """Refuses request bodies over ``limit`` bytes (per-path overrides) with 413."""
+class BodyLimits:
+    """Request bodies over ``limit`` bytes (per-path ``overrides``) are refused with 413:
+    at once when the declared ``Content-Length`` is over, else while the body is read.
+    Applied by :class:`evlink.edge.HttpEdge` (or, behind CORS, by :class:`BodyLimit`)."""
 
-    def __init__(self, app: ASGIApp, limit: int, overrides: Mapping[str, int]) -> None:
-        self.app = app
+    def __init__(self, limit: int, overrides: Mapping[str, int]) -> None:
         self.limit = limit
         self.overrides = dict(overrides)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    def of(self, scope: Scope) -> int | None:
+        """The limit of this request's body; None when its declared length is over."""
         limit = self.overrides.get(scope["path"], self.limit)
         declared = raw_header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await error_answer(scope, PayloadTooLarge())(scope, receive, send)
-            return
+            return None
+        return limit
+
+    @staticmethod
+    def counting(receive: Receive, limit: int) -> Receive:
+        """``receive`` that raises :class:`PayloadTooLarge` once the body passes ``limit``."""
         received = 0
 
         async def limited_receive() -> Message:
@@ -54,7 +57,26 @@ class BodyLimit:
                     raise PayloadTooLarge()
             return message
 
-        await self.app(scope, limited_receive, send)
+        return limited_receive
+
+
+class BodyLimit:
+    """:class:`BodyLimits` as its own ASGI layer: used only when CORS sits between the
+    edge and the app, so that a 413 passes through CORS as every other answer does."""
+
+    def __init__(self, app: ASGIApp, limits: BodyLimits) -> None:
+        self.app = app
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limits.of(scope)
+        if limit is None:
+            await error_answer(scope, PayloadTooLarge())(scope, receive, send)
+            return
+        await self.app(scope, BodyLimits.counting(receive, limit), send)
 
 
 _RAW_HEADERS = [(name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS.items()]
@@ -62,18 +84,23 @@ _RAW_JSON_HEADERS = [
     (b"content-security-policy", JSON_POLICY.encode()),
     (b"cache-control", b"no-store"),
 ]
+_ALL_RAW_HEADERS = _RAW_HEADERS + _RAW_JSON_HEADERS
+_OWN_NAMES = frozenset(name for name, _ in _ALL_RAW_HEADERS)
 
 
 def with_security_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """``headers`` and each security header the answer does not set itself."""
     answer = list(headers)
-    present = set()
     is_json = False
+    set_here: list[bytes] = []  # security headers the answer sets itself: rare
     for name, value in answer:
         name = name.lower()
-        present.add(name)
         if name == b"content-type":
             is_json = value.startswith(b"application/json")
-    wanted = _RAW_HEADERS + _RAW_JSON_HEADERS if is_json else _RAW_HEADERS
-    answer.extend(header for header in wanted if header[0] not in present)
+        elif name in _OWN_NAMES:
+            set_here.append(name)
+    wanted = _ALL_RAW_HEADERS if is_json else _RAW_HEADERS
+    if set_here:
+        wanted = [header for header in wanted if header[0] not in set_here]
+    answer += wanted
     return answer

@@ -184,14 +184,20 @@ class Policy:
     _key_head: str = field(init=False, compare=False, repr=False)
     _key_tail: str = field(init=False, compare=False, repr=False)
     _hash: int = field(init=False, compare=False, repr=False)
+    # Its item of the RateLimit-Policy field, and the head of its item of RateLimit.
+    policy_item: bytes = field(init=False, compare=False, repr=False)
+    limit_head: bytes = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         head, _, tail = self.item.key_for(self.name, "\0").partition("/\0/")
-        object.__setattr__(self, "limit", self.item.amount)
-        object.__setattr__(self, "window", self.item.get_expiry())
+        limit, window = self.item.amount, self.item.get_expiry()
+        object.__setattr__(self, "limit", limit)
+        object.__setattr__(self, "window", window)
         object.__setattr__(self, "_key_head", head + "/")
         object.__setattr__(self, "_key_tail", "/" + tail)
         object.__setattr__(self, "_hash", hash((self.name, self.item)))
+        object.__setattr__(self, "policy_item", f'"{self.name}";q={limit};w={window}'.encode())
+        object.__setattr__(self, "limit_head", f'"{self.name}";r='.encode())
 
     def __hash__(self) -> int:
         # Worked out once: limits hashes a rate in Python, and the RateLimit-Policy field
@@ -204,9 +210,11 @@ class Policy:
         return self._key_head + subject + self._key_tail
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LimitState:
-    """Where one subject (a key, a user, an address) stands on one policy."""
+    """Where one subject (a key, a user, an address) stands on one policy. A value, not
+    changed once made (not a frozen dataclass: two are made per request, and a frozen
+    one's ``__init__`` costs four times a plain one's)."""
 
     policy: Policy
     subject: str
@@ -516,13 +524,15 @@ class Limiter:
         # refuses costs no quota. Policies after a refusal are only read, for the headers.
         states: list[LimitState] = []
         refused: LimitState | None = None
+        in_memory = self._redis is None  # no coroutine for a count in memory
         for policy, subject in checks:
             if refused is None:
-                if self._redis is None:  # no coroutine for a count in memory
+                if in_memory:
                     state = self._memory_hit(policy, subject)
                 else:
                     state = await self._hit(policy, subject)
-                refused = state if state.exceeded else None
+                if state.count > policy.limit:  # state.exceeded
+                    refused = state
             else:
                 state = await self._peek(policy, subject)
             states.append(state)
@@ -605,25 +615,25 @@ def _report(states: Sequence[LimitState]) -> None:
     if reported is None:
         return  # a websocket operation, the CLI: no headers to tell
     for state in states:
-        if reported:
-            reported[:] = [s for s in reported if s.policy.name != state.policy.name]
+        name = state.policy.name
+        for i, told in enumerate(reported):  # at most one per policy
+            if told.policy.name == name:
+                del reported[i]
+                break
         reported.append(state)
 
 
-def policy_field(states: Sequence[LimitState]) -> str:
-    """``RateLimit-Policy``: a structured-field list, one item per policy."""
-    return _policies_field(tuple(s.policy for s in states))
+def policy_field(states: Sequence[LimitState]) -> bytes:
+    """``RateLimit-Policy``: a structured-field list, one item per policy (each made
+    once, by its :class:`Policy`)."""
+    return b", ".join([state.policy.policy_item for state in states])
 
 
-@functools.lru_cache(maxsize=64)
-def _policies_field(policies: tuple[Policy, ...]) -> str:
-    # The same few combinations of policies on every request: formatted once each.
-    return ", ".join(f'"{p.name}";q={p.limit};w={p.window}' for p in policies)
-
-
-def limit_field(states: Sequence[LimitState]) -> str:
+def limit_field(states: Sequence[LimitState]) -> bytes:
     """``RateLimit``: remaining (``r``) and seconds to reset (``t``) per policy."""
-    items = []
-    for state in states:
-        items.append(f'"{state.policy.name}";r={state.remaining};t={state.reset_seconds}')
-    return ", ".join(items)
+    return b", ".join(
+        [
+            b"%s%d;t=%d" % (state.policy.limit_head, state.remaining, state.reset_seconds)
+            for state in states
+        ]
+    )

@@ -60,6 +60,30 @@ async def test_bodies_over_the_limit_are_413(server: Server) -> None:
     assert not [c for c in server.simulator.calls if c.startswith("set_charging")]
 
 
+async def test_with_cors_on_a_body_over_the_limit_is_413_through_cors(settings: Settings) -> None:
+    """Behind CORS the body limit is its own layer (evlink.app._edge), so that the 413
+    carries CORS's headers as any other answer to an allowed origin does."""
+    await _truncate(settings.database_url)
+    origin = "https://ha.example"
+    async with run_server(replace(settings, cors_origins=origin)) as server:
+        _, key = await server.user()
+        padding = " " * (server.settings.max_body + 1)
+        headers = {**auth(key), "content-type": "application/json", "origin": origin}
+        declared = await server.http.post(
+            "/graphql", content='{"query": "{ viewer { id } }"}' + padding, headers=headers
+        )
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted while read
+            yield b'{"query": "{ viewer { id } }"}'
+            yield padding.encode()
+
+        streamed = await server.http.post("/graphql", content=chunks(), headers=headers)
+    for response in (declared, streamed):
+        assert response.status_code == 413
+        assert response.headers["access-control-allow-origin"] == origin
+        assert response.headers["x-content-type-options"] == "nosniff"
+
+
 async def test_a_form_body_is_415(server: Server) -> None:
     user, key = await server.user()
     vehicle = await server.vehicle(user, "plugged")
