@@ -1,7 +1,7 @@
 """HTTP guards for every answer: body size limits (413) and security headers.
 
-Pure ASGI middleware, so that a body too large is refused while it is read,
-before any endpoint parses it.
+Checked by the HTTP edge (:class:`evlink.edge.HttpEdge`) around ``receive``, so that a
+body too large is refused while it is read, before any endpoint parses it.
 """
 
 from __future__ import annotations

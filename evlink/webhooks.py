@@ -3,7 +3,7 @@
 The signature (``x-enode-signature: sha1=<hex>``, an HMAC-SHA1 of the raw body
 with ``EVLINK_ENODE_WEBHOOK_SECRET``) is checked in constant time before the
 body is parsed; a body over ``EVLINK_WEBHOOK_MAX_BODY`` is refused while it is
-read (:func:`body_limits`, applied by :class:`evlink.guards.BodyLimit`). An accepted
+read (:func:`body_limits`, applied by :class:`evlink.guards.BodyLimits`). An accepted
 delivery is written to the database first, answered at once, and worked off
 after the answer. A delivery id already seen (Enode retrying), or a body already
 seen under another id (a replay: the signature covers the body, not the id), is
@@ -46,7 +46,7 @@ PATH = "/api/webhooks/enode"
 
 
 def body_limits(settings: Settings) -> dict[str, int]:
-    """The webhook's own body limit by path, for :class:`evlink.guards.BodyLimit`."""
+    """The webhook's own body limit by path, for :class:`evlink.guards.BodyLimits`."""
     return {PATH: settings.webhook_max_body}
 
 
