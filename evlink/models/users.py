@@ -14,6 +14,7 @@ from enum import StrEnum
 from tortoise import fields
 from tortoise.models import Model
 
+from evlink.models.backends import fetch_rows
 from evlink.models.statements import (
     PerDialect,
     Row,
@@ -97,7 +98,7 @@ _active_key = PerDialect(_active_key_statement)
 async def active_key_with_user(key_hash: str) -> ActiveKey | None:
     """The key with this hash unless revoked, with its user: one statement."""
     db = ApiKey._meta.db
-    _, rows = await db.execute_query(_active_key(db.capabilities.dialect), [key_hash])
+    rows = await fetch_rows(db, _active_key(db.capabilities.dialect), [key_hash])
     if not rows:
         return None
     return active_key_from_row(rows[0])

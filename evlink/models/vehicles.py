@@ -18,6 +18,7 @@ from tortoise import fields
 from tortoise.models import Model
 
 from evlink.domain import ChargeStateData
+from evlink.models.backends import fetch_rows
 from evlink.models.statements import PerDialect, Row, columns, model_from_row, placeholder
 from evlink.models.users import KEY_COLUMNS, ActiveKey, ApiKey, User, active_key_from_row
 
@@ -119,7 +120,7 @@ async def vehicle_with_charge_state(vehicle_id: UUID) -> tuple[Vehicle, ChargeSt
     db = Vehicle._meta.db
     statement = _with_state(db.capabilities.dialect)
     value = Vehicle._meta.fields_map["id"].to_db_value(vehicle_id, Vehicle)
-    _, rows = await db.execute_query(statement.sql, [value])
+    rows = await fetch_rows(db, statement.sql, [value])
     if not rows:
         return None
     row = rows[0]
@@ -199,7 +200,7 @@ async def active_key_with_vehicle(
     db = ApiKey._meta.db
     statement = _key_with_vehicle(db.capabilities.dialect)
     value = Vehicle._meta.fields_map["id"].to_db_value(vehicle_id, Vehicle)
-    _, rows = await db.execute_query(statement.sql, [key_hash, value])
+    rows = await fetch_rows(db, statement.sql, [key_hash, value])
     if not rows:
         return None
     row = rows[0]
