@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
+from tortoise.exceptions import OperationalError
+
 from evlink.models import ApiKey, ChargeState, User, Vehicle
-from evlink.models.users import active_key_with_user
-from evlink.models.vehicles import active_key_with_vehicle, vehicle_with_charge_state
+from evlink.models.backends import BoundedClient, fetch_rows, transaction
+from evlink.models.users import _active_key, active_key_with_user
+from evlink.models.vehicles import (
+    _key_with_vehicle,
+    _with_state,
+    active_key_with_vehicle,
+    vehicle_with_charge_state,
+)
 from evlink.resolvers.auth import hash_key
 from tests.conftest import Server
 
@@ -99,3 +110,94 @@ async def test_the_key_and_the_vehicle_in_one_statement_are_what_each_read_gives
     await ApiKey.filter(hash=digest).update(revoked_at=datetime.now(UTC))
     assert await active_key_with_vehicle(digest, vehicle.id) is None
     assert await active_key_with_vehicle(hash_key("evl_unknown"), vehicle.id) is None
+
+
+async def test_fetch_rows_gives_the_rows_execute_query_gives(server: Server) -> None:
+    # fetch_rows is the hot reads' lean way; execute_query is its fallback (a
+    # transaction, aiosqlite without its private _execute): the same rows, by position.
+    user, key = await server.user()
+    vehicle = await server.vehicle(user, "charging")
+    headers = {"Authorization": f"Bearer {key}"}
+    assert (await server.http.get(f"/api/status/{vehicle.id}", headers=headers)).is_success
+    db = Vehicle._meta.db
+    assert isinstance(db, BoundedClient)  # the server's own client, the lean way
+    dialect = db.capabilities.dialect
+    vehicle_id = Vehicle._meta.fields_map["id"].to_db_value(vehicle.id, Vehicle)
+    digest = hash_key(key)
+    for sql, values in (
+        (_key_with_vehicle(dialect).sql, [digest, vehicle_id]),
+        (_active_key(dialect), [digest]),
+        (_with_state(dialect).sql, [vehicle_id]),
+        (
+            _with_state(dialect).sql,
+            [Vehicle._meta.fields_map["id"].to_db_value(uuid.uuid4(), Vehicle)],
+        ),
+    ):
+        _, expected = await db.execute_query(sql, values)
+        rows = await fetch_rows(db, sql, values)
+        assert [tuple(row) for row in rows] == [tuple(row) for row in expected]
+    assert len(await fetch_rows(db, _key_with_vehicle(dialect).sql, [digest, vehicle_id])) == 1
+
+
+async def test_fetch_rows_tells_a_statement_s_error_as_tortoise_does(server: Server) -> None:
+    db = Vehicle._meta.db
+    with pytest.raises(OperationalError):
+        await db.execute_query("SELECT * FROM no_such_table", [])
+    with pytest.raises(OperationalError):
+        await fetch_rows(db, "SELECT * FROM no_such_table", [])
+    user, _ = await server.user()
+    vehicle = await server.vehicle(user)
+    assert await vehicle_with_charge_state(vehicle.id) is not None  # and reads on
+
+
+async def test_the_hot_reads_inside_a_transaction_read_its_own_writes(server: Server) -> None:
+    # Inside a transaction a read is the transaction's (on SQLite the transaction holds
+    # the one connection's lock, which a read of its own would wait for until it ran out).
+    user, key = await server.user()
+    vehicle = await server.vehicle(user)
+    async with transaction():
+        await Vehicle.filter(id=vehicle.id).update(name="inside")
+        found = await vehicle_with_charge_state(vehicle.id)
+        assert found is not None
+        assert found[0].name == "inside"
+        keyed = await active_key_with_vehicle(hash_key(key), vehicle.id)
+        assert keyed is not None
+        models = keyed[1].models()
+        assert models is not None
+        assert models[0].name == "inside"
+        await User.filter(id=user.id).update(enode_user_id="inside")
+        active = await active_key_with_user(hash_key(key))
+        assert active is not None
+        assert active.user.enode_user_id == "inside"
+
+
+class _RolledBack(Exception):
+    pass
+
+
+async def test_a_hot_read_never_runs_inside_another_task_s_open_transaction(
+    server: Server,
+) -> None:
+    # SQLite's one connection is shared: a read of another task that ran on it while a
+    # transaction is open would see (and be part of) what the transaction has not
+    # committed. It waits for the transaction instead, and sees what is committed.
+    user, _ = await server.user()
+    vehicle = await server.vehicle(user)
+    outside = contextvars.copy_context()  # another task's: not in the transaction
+    reads: list[asyncio.Task[object]] = []
+
+    async def write_then_roll_back() -> None:
+        async with transaction():
+            await Vehicle.filter(id=vehicle.id).update(name="uncommitted")
+            loop = asyncio.get_running_loop()
+            reads.append(loop.create_task(vehicle_with_charge_state(vehicle.id), context=outside))
+            # The read's task runs while this statement is in aiosqlite's thread.
+            await Vehicle.filter(id=vehicle.id).update(name="still uncommitted")
+            raise _RolledBack
+
+    with pytest.raises(_RolledBack):
+        await write_then_roll_back()
+    (read,) = reads
+    found = await read
+    assert isinstance(found, tuple)
+    assert found[0].name == vehicle.name
