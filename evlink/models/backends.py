@@ -313,8 +313,17 @@ def _raise_failure(client: BoundedClient, exc: Exception, translated: Exception)
     raise translated from exc
 
 
-def _fetchall(connection: sqlite3.Connection, query: str, values: list[Any]) -> list[Any]:
-    return connection.execute(query, values).fetchall()
+def _fetch_each(
+    connection: sqlite3.Connection, reads: list[tuple[str, list[Any]]]
+) -> list[list[Any] | Exception]:
+    """Each read's rows, or its error (one read's error is its own)."""
+    answers: list[list[Any] | Exception] = []
+    for query, values in reads:
+        try:
+            answers.append(connection.execute(query, values).fetchall())
+        except Exception as exc:
+            answers.append(exc)
+    return answers
 
 
 _UPDATES: dict[tuple[Any, ...], str] = {}  # RowUpdate's statements, by model, fields, dialect
@@ -470,6 +479,10 @@ class BoundedSqliteClient(BoundedClient, SqliteClient):
         self.timeout = database_timeout
         self.outage = Outage()
         self._settling: set[asyncio.Task[None]] = set()  # rollbacks of transactions cut short
+        # fetch_rows' reads waiting for the next trip to aiosqlite's thread, and the task
+        # making those trips (None while none waits).
+        self._reads: list[tuple[str, list[Any], asyncio.Future[Any]]] = []
+        self._tripping: asyncio.Task[None] | None = None
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[TransactionalDBClient]:
@@ -501,24 +514,54 @@ class BoundedSqliteClient(BoundedClient, SqliteClient):
                 self._lock.release()
 
     async def fetch_rows(self, query: str, values: list[Any]) -> Sequence[Any]:
-        # One trip to aiosqlite's thread that executes and fetches, under the one
-        # connection's lock (never inside another task's transaction).
+        # The reads asked while a trip to aiosqlite's thread is under way go together in
+        # the next one (:meth:`_trips`), under the one connection's lock (never inside
+        # another task's transaction); each caller waits within its own bound.
         if not SQLITE_ONE_TRIP:
             return await super().fetch_rows(query, values)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._reads.append((query, values, future))
+        if self._tripping is None:
+            self._tripping = loop.create_task(self._trips())
         try:
-            async with asyncio.timeout(self.timeout), self._lock:
-                connection = self._connection
-                if connection is None:
-                    await self.create_connection(with_db=True)
-                    connection = self._connection
-                    assert connection is not None
-                rows = await connection._execute(  # type: ignore[no-untyped-call]
-                    _fetchall, connection._conn, query, values
-                )
+            async with asyncio.timeout(self.timeout):
+                rows = await future
         except Exception as exc:
             _raise_failure(self, exc, _sqlite_error(exc))
         self.outage.answered()
         return rows  # type: ignore[no-any-return]
+
+    async def _trips(self) -> None:
+        """Trips to aiosqlite's thread, each with every read waiting when it starts
+        (but those whose callers are gone), until none waits."""
+        try:
+            while self._reads:
+                async with self._lock:
+                    reads = [read for read in self._reads if not read[2].done()]
+                    self._reads = []
+                    if not reads:
+                        continue
+                    connection = self._connection
+                    try:
+                        if connection is None:
+                            await self.create_connection(with_db=True)
+                            connection = self._connection
+                            assert connection is not None
+                        answers = await connection._execute(  # type: ignore[no-untyped-call]
+                            _fetch_each, connection._conn, [read[:2] for read in reads]
+                        )
+                    except Exception as exc:  # the connection is closed, or cannot open
+                        answers = [exc] * len(reads)
+                for (_, _, future), answer in zip(reads, answers, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(answer, Exception):
+                        future.set_exception(answer)
+                    else:
+                        future.set_result(answer)
+        finally:
+            self._tripping = None
 
     async def _roll_back_then_unlock(self, connection: aiosqlite.Connection) -> None:
         """Roll back, then release the lock. A task of its own: a statement cut short
