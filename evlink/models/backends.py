@@ -40,7 +40,12 @@ that may fail, a unique insert, needs on PostgreSQL to leave the rest standing).
 :func:`in_sqlite_thread` runs a function of the sqlite3 connection in aiosqlite's
 thread, so that several statements (a compare-and-set and the insert it allows) cost
 one trip there, bounded as one call (inside a transaction, by the transaction).
-:class:`RowUpdate` is an update not run yet, that another write of the same
+:func:`fetch_rows` is the hot reads' way (a status miss's key, vehicle and charge
+state): one bounded call, with the same lock, bound and errors as ``execute_query``
+but without its wrappers. On SQLite the reads asked while a trip to aiosqlite's
+thread is under way go together in the next trip (each its own rows or error, each
+caller within its own bound); on PostgreSQL asyncpg's ``fetch`` on a pooled
+connection. :class:`RowUpdate` is an update not run yet, that another write of the same
 transaction may carry in its own database call (one trip for both).
 
 Only the server's own calls are bounded: ``evlink.settings.tortoise_config`` selects
@@ -313,6 +318,10 @@ def _raise_failure(client: BoundedClient, exc: Exception, translated: Exception)
     raise translated from exc
 
 
+def _fetchall(connection: sqlite3.Connection, query: str, values: list[Any]) -> list[Any]:
+    return connection.execute(query, values).fetchall()
+
+
 def _fetch_each(
     connection: sqlite3.Connection, reads: list[tuple[str, list[Any]]]
 ) -> list[list[Any] | Exception]:
@@ -479,8 +488,9 @@ class BoundedSqliteClient(BoundedClient, SqliteClient):
         self.timeout = database_timeout
         self.outage = Outage()
         self._settling: set[asyncio.Task[None]] = set()  # rollbacks of transactions cut short
-        # fetch_rows' reads waiting for the next trip to aiosqlite's thread, and the task
-        # making those trips (None while none waits).
+        # fetch_rows' reads: whether a trip of them is under way, those waiting for the
+        # next, and the task of the next (or last) trip.
+        self._under_way = False
         self._reads: list[tuple[str, list[Any], asyncio.Future[Any]]] = []
         self._tripping: asyncio.Task[None] | None = None
 
@@ -514,54 +524,75 @@ class BoundedSqliteClient(BoundedClient, SqliteClient):
                 self._lock.release()
 
     async def fetch_rows(self, query: str, values: list[Any]) -> Sequence[Any]:
-        # The reads asked while a trip to aiosqlite's thread is under way go together in
-        # the next one (:meth:`_trips`), under the one connection's lock (never inside
-        # another task's transaction); each caller waits within its own bound.
+        # A read asked while no trip of these reads is under way goes alone, at once;
+        # those asked meanwhile go together in the next trip (:meth:`_trips`). Always
+        # under the one connection's lock (never inside another task's transaction),
+        # each caller within its own bound.
         if not SQLITE_ONE_TRIP:
             return await super().fetch_rows(query, values)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._reads.append((query, values, future))
-        if self._tripping is None:
-            self._tripping = loop.create_task(self._trips())
         try:
-            async with asyncio.timeout(self.timeout):
-                rows = await future
+            if self._under_way:
+                future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                self._reads.append((query, values, future))
+                async with asyncio.timeout(self.timeout):
+                    rows = await future
+            else:
+                self._under_way = True
+                try:
+                    async with asyncio.timeout(self.timeout), self._lock:
+                        connection = await self._open()
+                        rows = await connection._execute(  # type: ignore[no-untyped-call]
+                            _fetchall, connection._conn, query, values
+                        )
+                finally:
+                    self._trip_ended()
         except Exception as exc:
             _raise_failure(self, exc, _sqlite_error(exc))
         self.outage.answered()
         return rows  # type: ignore[no-any-return]
 
+    async def _open(self) -> aiosqlite.Connection:
+        """The one connection, opened if it is not (the lock held)."""
+        if self._connection is None:
+            await self.create_connection(with_db=True)
+        connection = self._connection
+        assert connection is not None
+        return connection
+
+    def _trip_ended(self) -> None:
+        """A trip of the reads ended: the next takes those asked meanwhile, if any."""
+        if self._reads:
+            self._tripping = asyncio.get_running_loop().create_task(self._trips())
+        else:
+            self._under_way = False
+
     async def _trips(self) -> None:
-        """Trips to aiosqlite's thread, each with every read waiting when it starts
-        (but those whose callers are gone), until none waits."""
+        """One trip to aiosqlite's thread with every read waiting when it starts (but
+        those whose callers are gone), then the next if reads are waiting again."""
         try:
-            while self._reads:
-                async with self._lock:
-                    reads = [read for read in self._reads if not read[2].done()]
-                    self._reads = []
-                    if not reads:
-                        continue
-                    connection = self._connection
+            async with self._lock:
+                reads = [read for read in self._reads if not read[2].done()]
+                self._reads = []
+                answers: list[Any] = []
+                if reads:
                     try:
-                        if connection is None:
-                            await self.create_connection(with_db=True)
-                            connection = self._connection
-                            assert connection is not None
+                        connection = await self._open()
                         answers = await connection._execute(  # type: ignore[no-untyped-call]
                             _fetch_each, connection._conn, [read[:2] for read in reads]
                         )
                     except Exception as exc:  # the connection is closed, or cannot open
                         answers = [exc] * len(reads)
-                for (_, _, future), answer in zip(reads, answers, strict=True):
-                    if future.done():
-                        continue
-                    if isinstance(answer, Exception):
-                        future.set_exception(answer)
-                    else:
-                        future.set_result(answer)
-        finally:
-            self._tripping = None
+        except asyncio.CancelledError:  # the loop is closing: its callers run out of time
+            self._under_way = False
+            raise
+        for (_, _, future), answer in zip(reads, answers, strict=True):
+            if future.done():
+                continue
+            if isinstance(answer, Exception):
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)
+        self._trip_ended()
 
     async def _roll_back_then_unlock(self, connection: aiosqlite.Connection) -> None:
         """Roll back, then release the lock. A task of its own: a statement cut short

@@ -201,3 +201,31 @@ async def test_a_hot_read_never_runs_inside_another_task_s_open_transaction(
     found = await read
     assert isinstance(found, tuple)
     assert found[0].name == vehicle.name
+
+
+async def test_concurrent_hot_reads_each_get_their_own_answer(server: Server) -> None:
+    # On SQLite the reads asked while a trip to aiosqlite's thread is under way go
+    # together in the next trip: each still gets its own rows, or its own error.
+    user, key = await server.user()
+    cars = [await server.vehicle(user) for _ in range(3)]
+    for car in cars:
+        await Vehicle.filter(id=car.id).update(name=f"car {car.id}")
+    headers = {"Authorization": f"Bearer {key}"}
+    answers = await asyncio.gather(
+        *(server.http.get(f"/api/status/{car.id}", headers=headers) for car in cars * 4)
+    )
+    assert [answer.json()["vehicleName"] for answer in answers] == [f"car {car.id}" for car in cars * 4]
+
+    db = Vehicle._meta.db
+    sql = _with_state(db.capabilities.dialect).sql
+    field = Vehicle._meta.fields_map["id"]
+    reads = [fetch_rows(db, sql, [field.to_db_value(car.id, Vehicle)]) for car in cars]
+    reads.insert(1, fetch_rows(db, "SELECT * FROM no_such_table", []))
+    found = await asyncio.gather(*reads, return_exceptions=True)
+    assert isinstance(found[1], OperationalError)
+    for car, rows in zip(cars, found[:1] + found[2:], strict=True):
+        assert not isinstance(rows, BaseException)
+        (row,) = rows
+        assert row[_with_state(db.capabilities.dialect).vehicle_columns.index("name")] == (
+            f"car {car.id}"
+        )
