@@ -214,7 +214,8 @@ async def test_concurrent_hot_reads_each_get_their_own_answer(server: Server) ->
     answers = await asyncio.gather(
         *(server.http.get(f"/api/status/{car.id}", headers=headers) for car in cars * 4)
     )
-    assert [answer.json()["vehicleName"] for answer in answers] == [f"car {car.id}" for car in cars * 4]
+    names = [answer.json()["vehicleName"] for answer in answers]
+    assert names == [f"car {car.id}" for car in cars * 4]
 
     db = Vehicle._meta.db
     sql = _with_state(db.capabilities.dialect).sql
