@@ -436,6 +436,7 @@ class BoundedPostgresClient(BoundedClient, AsyncpgDBClient):
     async def fetch_rows(self, query: str, values: list[Any]) -> Sequence[Any]:
         # What execute_query does for a read, without its wrappers: a pooled connection
         # (terminated if cut short), asyncpg's fetch, the connection handed back.
+        self.log.debug("%s: %s", query, values)  # as Tortoise logs each statement
         try:
             async with asyncio.timeout(self.timeout):
                 pool: Any = self._pool
@@ -530,6 +531,7 @@ class BoundedSqliteClient(BoundedClient, SqliteClient):
         # each caller within its own bound.
         if not SQLITE_ONE_TRIP:
             return await super().fetch_rows(query, values)
+        self.log.debug("%s: %s", query, values)  # as Tortoise logs each statement
         try:
             if self._under_way:
                 future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
