@@ -78,6 +78,8 @@ def format_timestamp(value: datetime | None) -> str | None:
     if value is None:
         return None
     utc = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    if utc.year >= 1000:  # the same text, made without strftime (half the time)
+        return utc.isoformat(timespec="milliseconds")[:-6] + "Z"  # "...+00:00"
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 

@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from evlink.domain import ChargeStateData, format_timestamp, vehicle_name
 from evlink.models import ChargingCommand, User, Vehicle
+from evlink.models.vehicles import AnyVehicle
 from evlink.resolvers.vehicles import VehicleStatus
 
 __all__ = [
     "charge_state_body",
     "charging_body",
     "me_body",
+    "render",
     "status_body",
     "vehicle_body",
 ]
+
+
+# Starlette's JSONResponse renders with these options; made once (json.dumps makes an
+# encoder per call when given any).
+_encode = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+).encode
+
+
+def render(body: Any) -> bytes:
+    """``body`` as the bytes of Starlette's ``JSONResponse(body).body`` (NaN and the
+    infinities refused with ``ValueError`` as there)."""
+    return _encode(body).encode("utf-8")
 
 
 def charge_state_body(state: ChargeStateData) -> dict[str, Any]:
@@ -56,7 +72,7 @@ def status_body(status: VehicleStatus) -> dict[str, Any]:
     return body
 
 
-def vehicle_body(vehicle: Vehicle, state: ChargeStateData | None) -> dict[str, Any]:
+def vehicle_body(vehicle: AnyVehicle, state: ChargeStateData | None) -> dict[str, Any]:
     """A whole vehicle (``/api/ha/vehicles``, ``/api/ha/status/{id}``)."""
     return {
         "id": str(vehicle.id),

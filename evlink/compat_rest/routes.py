@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from evlink import jsonbody
-from evlink.compat_rest.bodies import charging_body, me_body, status_body, vehicle_body
+from evlink.compat_rest.bodies import charging_body, me_body, render, status_body, vehicle_body
 from evlink.domain import ChargingAction
 from evlink.errors import BadRequest, UnsupportedMediaType
 from evlink.models import User
@@ -52,7 +52,7 @@ def _status_response(
     """``shape(result)`` as JSON, rendered once per status (the read cache shares one)."""
     body = result.rendered.get(shape)
     if body is None:
-        body = result.rendered[shape] = bytes(JSONResponse(shape(result)).body)
+        body = result.rendered[shape] = render(shape(result))
     return Response(body, media_type="application/json")
 
 

@@ -58,6 +58,7 @@ from evlink.errors import (
 )
 from evlink.events import charge_state_topic, command_topic, command_wake_topic
 from evlink.models import ChargingCommand, CommandState, User, Vehicle
+from evlink.models.vehicles import AnyVehicle
 from evlink.resolvers import rules, vehicles
 from evlink.resolvers.rules import PROVIDER_REFUSALS, Decision
 from evlink.services import Services
@@ -314,9 +315,10 @@ async def get_command(user: User, command_id: str | UUID) -> ChargingCommand:
     return command
 
 
-async def list_commands(vehicle: Vehicle, last: int = 10) -> list[ChargingCommand]:
+async def list_commands(vehicle: AnyVehicle, last: int = 10) -> list[ChargingCommand]:
     last = max(0, min(last, 100))
-    return await ChargingCommand.filter(vehicle=vehicle).order_by("-created_at").limit(last)
+    query = ChargingCommand.filter(vehicle_id=vehicle.id)
+    return await query.order_by("-created_at").limit(last)
 
 
 # -- provider updates -------------------------------------------------------------

@@ -67,6 +67,7 @@ from evlink.models.sessions import (
     UserTariff,
     advance_session,
 )
+from evlink.models.vehicles import AnyVehicle
 from evlink.services import Services
 from evlink.tariffs import Period, Tariff
 
@@ -455,7 +456,7 @@ async def publish(services: Services, sessions: Iterable[ChargingSession]) -> No
 # -- reading ---------------------------------------------------------------------------------
 
 
-async def close_stale(services: Services, vehicle: Vehicle) -> None:
+async def close_stale(services: Services, vehicle: AnyVehicle) -> None:
     """End the car's open session UNREACHABLE when evlink has recorded no state for it
     within ``EVLINK_SESSION_STALE_AFTER`` (evlink's clock)."""
     session = await _open_session(vehicle.id)
@@ -466,7 +467,7 @@ async def close_stale(services: Services, vehicle: Vehicle) -> None:
         await publish(services, [session])
 
 
-async def current_session(services: Services, vehicle: Vehicle) -> ChargingSession | None:
+async def current_session(services: Services, vehicle: AnyVehicle) -> ChargingSession | None:
     """The car's open session, if any (a stale one is ended first)."""
     await close_stale(services, vehicle)
     return await _open_session(vehicle.id)
@@ -474,7 +475,7 @@ async def current_session(services: Services, vehicle: Vehicle) -> ChargingSessi
 
 async def list_sessions(
     services: Services,
-    vehicle: Vehicle,
+    vehicle: AnyVehicle,
     *,
     last: int = 20,
     before: datetime | None = None,
@@ -535,7 +536,7 @@ class Bucket:
 
 async def statistics(
     services: Services,
-    vehicle: Vehicle,
+    vehicle: AnyVehicle,
     start: datetime,
     end: datetime,
     group_by: GroupBy,
@@ -545,7 +546,7 @@ async def statistics(
     if end <= start:
         raise BadRequest("to must be after from")
     await close_stale(services, vehicle)
-    tariff = await get_tariff_of(vehicle.user_id)  # type: ignore[attr-defined]
+    tariff = await get_tariff_of(vehicle.user_id)  # type: ignore[union-attr]
     zone = ZoneInfo(tariff.time_zone if tariff is not None else "UTC")
     sessions = await ChargingSession.filter(
         vehicle_id=vehicle.id, started_at__gte=start, started_at__lt=end

@@ -40,8 +40,11 @@ from evlink.models.backends import RowUpdate, transaction
 from evlink.models.users import ActiveKey, active_key_with_user
 from evlink.models.vehicles import (
     CHARGE_STATE_FIELDS,
+    AnyVehicle,
+    StoredVehicle,
     VehicleRow,
     active_key_with_vehicle,
+    as_model,
     charge_state_data,
     vehicle_with_charge_state,
 )
@@ -86,11 +89,13 @@ _PROVIDER_FIELDS = [
 class VehicleStatus:
     """A vehicle with the charge state that goes with it.
 
-    ``rendered``: answers made from this status, by whoever renders them (the REST
-    bodies), so that a status served from the read cache is rendered once.
+    ``vehicle``: the model, or on a status read the stored row's read-only view of it
+    (:class:`~evlink.models.vehicles.StoredVehicle`). ``rendered``: answers made from
+    this status, by whoever renders them (the REST bodies), so that a status served from
+    the read cache is rendered once.
     """
 
-    vehicle: Vehicle
+    vehicle: AnyVehicle
     charge_state: ChargeStateData
     rendered: dict[object, bytes] = field(default_factory=dict, compare=False, repr=False)
 
@@ -116,21 +121,22 @@ async def get_vehicle(user: User, vehicle_id: str | UUID) -> Vehicle:
 
 async def get_vehicle_with_state(
     user: User, vehicle_id: str | UUID, along: StatusRead | None = None
-) -> tuple[Vehicle, ChargeStateData | None]:
+) -> tuple[StoredVehicle, ChargeStateData | None]:
     """The user's vehicle as :func:`get_vehicle` finds it, with its stored charge state
-    read in the same statement (:func:`~evlink.models.vehicles.vehicle_with_charge_state`).
+    read in the same statement (:func:`~evlink.models.vehicles.vehicle_with_charge_state`),
+    both without models (the vehicle read-only: :func:`~evlink.models.vehicles.as_model`
+    makes the model to change).
 
     ``along``: the key's lookup of this request, which may have read this vehicle
     already (:class:`StatusRead`, GraphQL's known ``vehicle(id:)`` query); its row is
     taken once, and only for the id it was read for."""
     parsed = parse_vehicle_id(vehicle_id)
     row = along.take(parsed) if along is not None else None
-    found = row.models() if row is not None else await vehicle_with_charge_state(parsed)
+    found = row.stored() if row is not None else await vehicle_with_charge_state(parsed)
     if found is None:
         raise NotFound()
-    vehicle, state = found
-    _check_owner(user, vehicle)
-    return vehicle, None if state is None else charge_state_data(state)
+    _check_owner(user, found[0])
+    return found
 
 
 class StatusRead:
@@ -178,8 +184,8 @@ class StatusRead:
         return row if row is not None and self._read_id == vehicle_id else None
 
 
-def _check_owner(user: User, vehicle: Vehicle) -> None:
-    if vehicle.user_id != user.id:  # type: ignore[attr-defined]
+def _check_owner(user: User, vehicle: AnyVehicle) -> None:
+    if vehicle.user_id != user.id:  # type: ignore[union-attr]
         raise ForbiddenOwner()
 
 
@@ -203,12 +209,11 @@ async def read_status(
         return cached
     if along is not None and along.row is not None:
         began = along.began
-        found = along.row.models()
+        found = along.row.stored()
         if found is None:
             raise NotFound()
-        vehicle, state = found
+        vehicle, stored = found
         _check_owner(user, vehicle)
-        stored = None if state is None else charge_state_data(state)
     else:
         began = cache.begin()
         vehicle, stored = await get_vehicle_with_state(user, vehicle_id)
@@ -219,7 +224,7 @@ async def read_status(
     return status
 
 
-def fresh_for(services: Services, vehicle: Vehicle) -> float:
+def fresh_for(services: Services, vehicle: AnyVehicle) -> float:
     """Seconds until a read of ``vehicle`` must refresh it from the provider (0: now)."""
     return rules.fresh_for(vehicle.refreshed_at, _now(), services.settings.status_max_age)
 
@@ -246,14 +251,14 @@ async def ensure_synced(services: Services, owned: list[Vehicle]) -> list[Vehicl
     return owned
 
 
-async def stored_charge_state(vehicle: Vehicle) -> ChargeStateData | None:
+async def stored_charge_state(vehicle: AnyVehicle) -> ChargeStateData | None:
     state = await ChargeState.get_or_none(vehicle_id=vehicle.id)
     return None if state is None else charge_state_data(state)
 
 
 async def vehicle_status(
     services: Services,
-    vehicle: Vehicle,
+    vehicle: AnyVehicle,
     max_age: float | None = None,
     *,
     within_budget: bool = True,
@@ -277,7 +282,7 @@ async def vehicle_status(
     return await _refresh_once(services, vehicle, within_budget=within_budget)
 
 
-def provider_link_missing(services: Services, vehicle: Vehicle) -> ProviderLinkMissing:
+def provider_link_missing(services: Services, vehicle: AnyVehicle) -> ProviderLinkMissing:
     """The REST contract's 500 PROVIDER_LINK_MISSING for a car stored without a provider
     id (before `evlink vehicle add` asked the provider), saying what to run; logged as a
     WARNING once per vehicle and process, not at each poll."""
@@ -296,12 +301,13 @@ def provider_link_missing(services: Services, vehicle: Vehicle) -> ProviderLinkM
 
 
 async def _refresh_once(
-    services: Services, vehicle: Vehicle, *, within_budget: bool = True
+    services: Services, vehicle: AnyVehicle, *, within_budget: bool = True
 ) -> VehicleStatus:
     loop = asyncio.get_running_loop()
     refresh = services.refreshes.get(vehicle.id)
     if refresh is None:
-        task = asyncio.ensure_future(_refresh(services, vehicle))
+        # The refresh changes and saves the model (a stored vehicle is read-only).
+        task = asyncio.ensure_future(_refresh(services, as_model(vehicle)))
         refresh = services.refreshes[vehicle.id] = Refresh(task, started=loop.time())
         task.add_done_callback(lambda done: _refreshed(services, vehicle.id, done))
     if not within_budget:

@@ -20,7 +20,8 @@ from uuid import UUID
 from strawberry.types import Info as StrawberryInfo
 
 from evlink.errors import EvlinkError, ForbiddenTier, RateLimited, Unauthenticated
-from evlink.models import User, Vehicle
+from evlink.models import User
+from evlink.models.vehicles import AnyVehicle
 from evlink.resolvers import vehicles
 from evlink.resolvers.auth import Caller, authenticate_request
 from evlink.schema.results import PendingResult
@@ -140,7 +141,7 @@ class Context:
         self.charged = True
         await limiter.admit(self.caller.user, self.caller.key_id, reads=reads)
 
-    def showing(self, vehicle: Vehicle) -> None:
+    def showing(self, vehicle: AnyVehicle) -> None:
         """The answer shows ``vehicle``: a cached answer goes stale with it."""
         if self.pending is not None:
             self.pending.read_vehicle(vehicle.id, vehicles.fresh_for(self.services, vehicle))

@@ -8,6 +8,7 @@ from typing import TypeVar
 
 import strawberry
 
+from evlink.models.vehicles import AnyVehicle, as_model
 from evlink.resolvers import accounts, charging, follow, vehicles
 from evlink.schema import fanout
 from evlink.schema import sessions as session_fields
@@ -43,10 +44,13 @@ class Query:
     @strawberry.field(description="One of the caller's vehicles.")
     async def vehicle(self, info: Info, id: strawberry.ID) -> Vehicle:
         user = await info.context.user()
-        vehicle, stored = await vehicles.get_vehicle_with_state(user, str(id), info.context.along)
+        found = await vehicles.get_vehicle_with_state(user, str(id), info.context.along)
+        vehicle: AnyVehicle = found[0]
+        stored = found[1]
         if vehicle.refreshed_at is None:
             stored = None  # ensure_synced reads it from its provider now: not what is stored
-        await vehicles.ensure_synced(info.context.services, [vehicle])
+            vehicle = as_model(vehicle)  # which it changes in place
+            await vehicles.ensure_synced(info.context.services, [vehicle])
         info.context.showing(vehicle)
         return Vehicle.from_model(vehicle, stored)
 

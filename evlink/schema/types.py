@@ -13,8 +13,8 @@ from evlink.domain import ChargingAction as ChargingActionModel
 from evlink.models import ChargingCommand as ChargingCommandModel
 from evlink.models import Tier as TierModel
 from evlink.models import User
-from evlink.models import Vehicle as VehicleModel
 from evlink.models.commands import CommandState
+from evlink.models.vehicles import AnyVehicle
 from evlink.resolvers import charging, vehicles
 from evlink.schema import sessions as session_fields
 from evlink.schema.context import Info
@@ -218,13 +218,13 @@ class Vehicle:
     capabilities: Capabilities
     last_seen: datetime | None
     is_reachable: bool | None
-    model: strawberry.Private[VehicleModel]
+    model: strawberry.Private[AnyVehicle]
     # The charge state stored when the vehicle was read, in the same statement (the
     # `vehicle` query's): chargeState needs no query of its own while it is fresh.
     stored: strawberry.Private[ChargeStateData | None] = None
 
     @classmethod
-    def from_model(cls, vehicle: VehicleModel, stored: ChargeStateData | None = None) -> Vehicle:
+    def from_model(cls, vehicle: AnyVehicle, stored: ChargeStateData | None = None) -> Vehicle:
         """``stored``: the vehicle's stored charge state, when it was read with it."""
         return cls(
             id=strawberry.ID(str(vehicle.id)),
