@@ -26,9 +26,9 @@ what a client waits for, and it makes asyncpg's two redundant.
 - The outage is logged once, a WARNING when a call first fails and an INFO when one
   succeeds again; the answers in between are not logged (:class:`Outage`).
 
-A transaction is bounded the same way, as one call: :func:`transaction` (not
-Tortoise's ``in_transaction``, whose wrappers take SQLite's lock or a pooled
-connection and run their statements past these clients, unbounded) takes the
+A transaction is bounded the same way, as one call: :func:`transaction` (and
+Tortoise's own ``in_transaction``, which ``get_or_create`` and ``update_or_create``
+open themselves: :meth:`BoundedClient._in_transaction` makes it the same) takes the
 connection, begins, runs the block's statements and commits within one
 ``EVLINK_DATABASE_TIMEOUT``. Any failure rolls everything back and an outage is told
 as above. Cut short, a PostgreSQL connection is terminated, not pooled (the server
@@ -228,6 +228,26 @@ class BoundedClient(BaseDBAsyncClient):
         end, rolled back on failure (bounded by :func:`transaction`)."""
         raise NotImplementedError
 
+    def _in_transaction(self) -> Any:
+        """Tortoise's own transactions (``in_transaction``, and those its queries open
+        themselves: ``get_or_create``, ``update_or_create``) bounded as :func:`transaction`
+        is; Tortoise's would run their statements past this client, unbounded."""
+        return _bounded_transaction(self, self.connection_name)
+
+
+@asynccontextmanager
+async def _bounded_transaction(
+    client: BoundedClient, connection_name: str
+) -> AsyncIterator[BaseDBAsyncClient]:
+    """A transaction of ``client`` within its bound, its client the connection
+    ``connection_name`` of the block's statements (as Tortoise's transactions set it)."""
+    async with client._bound(), client._transaction() as transactional:
+        token = connections.set(connection_name, transactional)
+        try:
+            yield transactional
+        finally:
+            connections.reset(token)
+
 
 @asynccontextmanager
 async def transaction(connection_name: str | None = None) -> AsyncIterator[BaseDBAsyncClient]:
@@ -247,12 +267,8 @@ async def transaction(connection_name: str | None = None) -> AsyncIterator[BaseD
         async with current._in_transaction() as client:
             yield client
         return
-    async with current._bound(), current._transaction() as client:
-        token = connections.set(connection_name, client)
-        try:
-            yield client
-        finally:
-            connections.reset(token)
+    async with _bounded_transaction(current, connection_name) as client:
+        yield client
 
 
 async def in_sqlite_thread(

@@ -373,6 +373,31 @@ async def test_a_locked_sqlite_database_answers_503_within_the_timeout(
     assert "SQLite: database is locked" in told[0][1]  # SQLite's own wait ran out first
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_write_in_tortoises_own_transaction_is_bounded_too(settings: Settings) -> None:
+    # setTariff stores with update_or_create, which opens Tortoise's own transaction: it
+    # answered INTERNAL_ERROR (the lock's OperationalError, unbounded) under a held lock.
+    await _truncate(settings.database_url)
+    bounded = replace(settings, database_timeout=DB_TIMEOUT, cache_ttl=0.0)
+    mutation = 'mutation { setTariff(pricePerKwh: 0.3, currency: "EUR") { currency } }'
+    async with run_server(bounded) as server:
+        _, key = await server.user()
+        assert (await graphql(server.http, key)).status_code == 200
+        path = settings.database_url.removeprefix("sqlite://")
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN EXCLUSIVE")  # holds the write lock
+            answer, took = await timed(graphql(server.http, key, mutation))
+            _assert_unavailable_graphql(answer)
+            assert took < DB_TIMEOUT + SLACK
+            other.execute("ROLLBACK")
+            again = await graphql(server.http, key, mutation)
+        finally:
+            other.close()
+        assert again.status_code == 200, again.text
+        assert again.json() == {"data": {"setTariff": {"currency": "EUR"}}}
+
+
 @asynccontextmanager
 async def _holding_the_car(database_url: str, vehicle_id: str) -> AsyncIterator[None]:
     """Another connection holds what a refresh of the car writes until the block ends:
