@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, cast
 
@@ -225,27 +226,34 @@ class Vehicle:
 
     @classmethod
     def from_model(cls, vehicle: AnyVehicle, stored: ChargeStateData | None = None) -> Vehicle:
-        """``stored``: the vehicle's stored charge state, when it was read with it."""
-        return cls(
-            id=strawberry.ID(str(vehicle.id)),
-            name=vehicle_name(vehicle.name, vehicle.information),
-            vendor=vehicle.vendor,
-            provider=vehicle.provider,
-            provider_vehicle_id=vehicle.provider_vehicle_id,
-            information=VehicleInformation.from_json(vehicle.information)
-            if vehicle.information
-            else None,
-            location=Location.from_json(vehicle.location) if vehicle.location else None,
-            odometer=Odometer.from_json(vehicle.odometer) if vehicle.odometer else None,
-            smart_charging_policy=SmartChargingPolicy.from_json(vehicle.smart_charging_policy)
-            if vehicle.smart_charging_policy
-            else None,
-            capabilities=Capabilities.from_json(vehicle.capabilities or {}),
-            last_seen=vehicle.last_seen,
-            is_reachable=vehicle.is_reachable,
-            model=vehicle,
-            stored=stored,
-        )
+        """``stored``: the vehicle's stored charge state, when it was read with it.
+
+        The JSON blocks (information, location, odometer, smartChargingPolicy,
+        capabilities) are built when first read (:meth:`__getattr__`): a query that asks
+        for none of them decodes none (a stored vehicle's JSON columns stay undecoded)."""
+        made = cls.__new__(cls)
+        attrs = made.__dict__
+        attrs["id"] = strawberry.ID(str(vehicle.id))
+        # The information is read only for a vehicle without a name of its own.
+        attrs["name"] = vehicle.name or vehicle_name(None, vehicle.information)
+        attrs["vendor"] = vehicle.vendor
+        attrs["provider"] = vehicle.provider
+        attrs["provider_vehicle_id"] = vehicle.provider_vehicle_id
+        attrs["last_seen"] = vehicle.last_seen
+        attrs["is_reachable"] = vehicle.is_reachable
+        attrs["model"] = vehicle
+        attrs["stored"] = stored
+        return made
+
+    def __getattr__(self, name: str) -> Any:
+        # Only for an attribute not set yet: a block of from_model's, built once.
+        build = _BLOCKS.get(name)
+        model = self.__dict__.get("model")
+        if build is None or model is None:
+            raise AttributeError(name)
+        value = build(model)
+        self.__dict__[name] = value
+        return value
 
     @strawberry.field(
         description=(
@@ -277,6 +285,22 @@ class Vehicle:
         description="Energy, cost, count and duration of the sessions started in [from, "
         "to), per day, week or month of the owner's tariff time zone (UTC without one).",
     )
+
+
+_BLOCKS: dict[str, Callable[[AnyVehicle], Any]] = {
+    "information": lambda vehicle: (
+        VehicleInformation.from_json(vehicle.information) if vehicle.information else None
+    ),
+    "location": lambda vehicle: Location.from_json(vehicle.location) if vehicle.location else None,
+    "odometer": lambda vehicle: Odometer.from_json(vehicle.odometer) if vehicle.odometer else None,
+    "smart_charging_policy": lambda vehicle: (
+        SmartChargingPolicy.from_json(vehicle.smart_charging_policy)
+        if vehicle.smart_charging_policy
+        else None
+    ),
+    "capabilities": lambda vehicle: Capabilities.from_json(vehicle.capabilities or {}),
+}
+"""How :meth:`Vehicle.from_model` builds each of the vehicle's blocks, when first read."""
 
 
 @strawberry.type(description="A request to start or stop charging, followed until confirmed.")
