@@ -120,6 +120,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # 4 µs each on uvloop, against a cached status read's 35 µs in the app).
         self._head_pending = False
         self._body_pending = False
+        # Requests that came while another was being answered (pipelined), not yet
+        # answered: uvicorn tells only the last one parsed that its client left.
+        self._pipelined: list[Any] = []
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -142,7 +145,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._head_arrived()
+        previous = self.cycle
         super().on_headers_complete()
+        if previous is not None and not previous.response_complete and self.cycle is not previous:
+            # Pipelined behind ``previous``: remembered, so that its answer is dropped if
+            # the client leaves first (written to the closed socket, it was an ERROR).
+            self._pipelined = [c for c in self._pipelined if not c.response_complete]
+            self._pipelined.append(self.cycle)
         # Done when the message ends: at once for a request without a body (a
         # websocket upgrade among them), before any deadline is armed.
         self._body_pending = True
@@ -155,6 +164,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head_arrived()
         self._body_arrived()
         super().connection_lost(exc)
+        for cycle in self._pipelined:  # uvicorn told only the last one parsed
+            if not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
+        self._pipelined = []
         limits = self.limits
         if limits.capped and len(self.connections) < limits.max_connections * 0.9:
             limits.capped = False

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from tests.conftest import TIMEOUT, Server, serve_process
+from tests.conftest import TIMEOUT, Server, ServerLog, serve_process
 from tests.test_logs import websocket_upgrade
 
 PARTIAL_HEAD = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
@@ -289,3 +289,44 @@ async def test_polling_every_5_s_or_at_the_keep_alive_never_meets_a_closed_conne
     assert polls[1] >= 8
     assert first.startswith(b"HTTP/1.1 200")
     assert again.startswith(b"HTTP/1.1 200")
+
+
+async def test_a_client_gone_with_pipelined_requests_in_flight_logs_no_error(
+    server: Server,
+) -> None:
+    # Three requests in one write: a status read, a charging command that waits for its
+    # outcome (in flight when the client leaves), another read (the last one parsed,
+    # the only one uvicorn tells that its client left). The waiting answer was written
+    # to the closed socket: on uvloop (a served process) two ERRORs with tracebacks.
+    user, key = await server.user()
+    vehicle = await server.vehicle(user, "plugged")
+    auth = f"Host: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+    read = f"GET /api/status/{vehicle.id} HTTP/1.1\r\n{auth}\r\n".encode()
+    body = b'{"action": "START"}'
+    command = (
+        f"POST /api/charging/{vehicle.id}?wait=0.5 HTTP/1.1\r\n{auth}"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    log = ServerLog()
+    async with serve_process(
+        server.settings.database_url, log=log, EVLINK_SIMULATOR_ACTION_DELAY="60"
+    ) as base_url:
+        port = int(base_url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(read + command + read)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        writer.close()  # the command's and the second read's answers never read
+        await writer.wait_closed()
+        # evlink's access line, at the command's end: its answer was tried by then
+        # (uvicorn's own access line comes before the write).
+        await log.line_with(b"evlink.access", f"POST /api/charging/{vehicle.id}".encode())
+        answer = await asyncio.wait_for(_any_request(base_url), TIMEOUT)
+        assert answer.status_code == 200
+    assert [line for line in log.lines if b"ERROR" in line or b"Traceback" in line] == []
+
+
+async def _any_request(base_url: str) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=base_url, timeout=TIMEOUT) as http:
+        return await http.get("/healthz")
