@@ -16,6 +16,9 @@ other client is refused. So:
   while the process runs out of descriptors;
 - ``evlink serve`` raises the soft limit of open files to the hard limit, since the
   common default of 1,024 is reached by an ordinary number of subscribers.
+
+And an answer's head and body go out in one write (:class:`OneWrite`): uvicorn writes
+them apart, two system calls and two TCP segments for every answer.
 """
 
 from __future__ import annotations
@@ -104,9 +107,10 @@ class ConnectionLimits:
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a deadline for each request head and body, and a
-    cap on the open connections. uvicorn makes it by its import path (:data:`PROTOCOL`), in
-    worker processes too; the limits are those of the app it serves."""
+    """uvicorn's httptools protocol with a deadline for each request head and body, a
+    cap on the open connections, and each answer's writes joined (:class:`OneWrite`).
+    uvicorn makes it by its import path (:data:`PROTOCOL`), in worker processes too; the
+    limits are those of the app it serves."""
 
     def __init__(self, config: Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
@@ -123,9 +127,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # Requests that came while another was being answered (pipelined), not yet
         # answered: uvicorn tells only the last one parsed that its client left.
         self._pipelined: list[Any] = []
+        self._writes: OneWrite | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._writes = OneWrite(transport, self.loop)
         if len(self.connections) > self.limits.max_connections:
             self._note_capped()
             transport.write(_BUSY)
@@ -147,6 +153,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head_arrived()
         previous = self.cycle
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not previous and cycle is not None and self._writes is not None:
+            cycle.transport = self._writes  # type: ignore[assignment]
         if previous is not None and not previous.response_complete and self.cycle is not previous:
             # Pipelined behind ``previous``: remembered, so that its answer is dropped if
             # the client leaves first (written to the closed socket, it was an ERROR).
@@ -212,6 +221,58 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head_deadline = self._body_deadline = None
         if not self.transport.is_closing():
             self.transport.close()
+
+
+# Bytes up to which a write is joined to the held one by copying (an answer's body, a
+# chunk of a stream); a larger one goes out with it as a vector.
+JOIN_LIMIT = 64 * 1024
+
+
+class OneWrite:
+    """A connection's transport as its response cycles see it: a write is held until the
+    next one or the end of the loop's turn, and goes out with it in one ``write``.
+
+    uvicorn writes an answer's head as ``http.response.start`` comes and its body as
+    ``http.response.body`` comes: two system calls and two TCP segments for every
+    answer, when the app sends both in the same turn (as every ``Response`` does). Held
+    and joined, they are one of each. A write that nothing follows in its turn (the head
+    of a stream or of a HEAD answer, a ``100 Continue``) goes out on the loop's next
+    turn, and before the connection is closed (tests/test_connections.py).
+    """
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is None:
+            self._held = data
+            self._loop.call_soon(self.flush)
+            return
+        self._held = None
+        if len(data) > JOIN_LIMIT:  # not copied: written from both buffers
+            self._transport.writelines((held, data))
+        else:
+            self._transport.write(held + data)
+
+    def flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            # The client may have left meanwhile: uvloop raises on a closed transport.
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
 
 
 PROTOCOL = f"{__name__}:{GuardedHttpProtocol.__name__}"

@@ -11,11 +11,15 @@ import asyncio
 import contextlib
 import re
 import resource
+import socket
+import struct
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
 
+from evlink.playground import page as playground
 from tests.conftest import TIMEOUT, Server, ServerLog, serve_process
 from tests.test_logs import websocket_upgrade
 
@@ -330,3 +334,112 @@ async def test_a_client_gone_with_pipelined_requests_in_flight_logs_no_error(
 async def _any_request(base_url: str) -> httpx.Response:
     async with httpx.AsyncClient(base_url=base_url, timeout=TIMEOUT) as http:
         return await http.get("/healthz")
+
+
+# -- an answer's head and body in one write (evlink.connections.OneWrite) --------------
+
+# Linux's struct tcp_info: tcpi_data_segs_in, the data segments a socket has received.
+_DATA_SEGS_IN = 152
+
+
+def _data_segments_in(writer: asyncio.StreamWriter) -> int:
+    sock = writer.get_extra_info("socket")
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    if len(info) < _DATA_SEGS_IN + 4:
+        pytest.skip("this kernel's TCP_INFO does not count data segments")
+    count: int = struct.unpack_from("I", info, _DATA_SEGS_IN)[0]
+    return count
+
+
+async def _whole_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One answer with a ``Content-Length``: its head and its body."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+    assert length is not None, head
+    body = await asyncio.wait_for(reader.readexactly(int(length[1])), TIMEOUT)
+    return head, body
+
+
+async def _segments_per_answer(base_url: str, requests: list[bytes]) -> list[int]:
+    """Each request in turn on one kept-alive connection; the TCP data segments each
+    whole answer came in (measured by this client's own socket)."""
+    port = int(base_url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    counts = []
+    try:
+        for request in requests:
+            before = _data_segments_in(writer)
+            writer.write(request)
+            await writer.drain()
+            head, _ = await _whole_answer(reader)
+            assert head.startswith(b"HTTP/1.1 200 "), head
+            counts.append(_data_segments_in(writer) - before)
+    finally:
+        writer.close()
+    return counts
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_INFO"), reason="TCP_INFO is Linux's")
+async def test_an_answer_comes_in_one_tcp_segment(server: Server) -> None:
+    # uvicorn writes the head and the body apart: two segments for every answer. On the
+    # test's own loop (asyncio's) and in a served process (uvloop's) alike.
+    user, key = await server.user()
+    vehicle = await server.vehicle(user, "plugged")
+    health = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    status = (
+        f"GET /api/status/{vehicle.id} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {key}\r\n\r\n"
+    ).encode()
+    requests = [health, status, status, health]
+    assert await _segments_per_answer(server.base_url, requests) == [1, 1, 1, 1]
+    async with serve_process(server.settings.database_url) as url:
+        assert await _segments_per_answer(url, requests) == [1, 1, 1, 1]
+
+
+async def test_answers_whose_body_comes_later_or_never_come_whole_and_in_order(
+    server: Server,
+) -> None:
+    # A HEAD answer (a head, no body write), the playground's script (3.5 MB, streamed
+    # in chunks read from disk between writes), a 100-continue POST (the interim answer
+    # written while the app waits for the body), then a plain read: each whole, in order,
+    # on one connection, and a HEAD answer that ends the connection; in a served process
+    # (uvloop's loop).
+    script = Path(playground.__file__).parent / "static" / "vendor" / "graphiql.min.js"
+    expected = script.read_bytes()
+    assert len(expected) > 1_000_000
+    body = b'{"query": "{ __typename }"}'
+    async with serve_process(server.settings.database_url) as url:
+        port = int(url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"HEAD /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+            assert head.startswith(b"HTTP/1.1 200 "), head
+            writer.write(
+                f"GET {playground.STATIC_PATH}/vendor/graphiql.min.js HTTP/1.1\r\n"
+                "Host: 127.0.0.1\r\n\r\n".encode()
+            )
+            head, streamed = await _whole_answer(reader)
+            assert head.startswith(b"HTTP/1.1 200 "), head
+            assert streamed == expected
+            writer.write(
+                b"POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Expect: 100-continue\r\n" + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            )
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+            assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+            writer.write(body)
+            head, answer = await _whole_answer(reader)
+            assert head.startswith(b"HTTP/1.1 "), head
+            assert b"__typename" in answer or b"errors" in answer
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            head, answer = await _whole_answer(reader)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            assert answer == b'{"status":"ok"}'
+            # The last answer of a connection that closes after it: a head, then the end.
+            writer.write(b"HEAD /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            head = await asyncio.wait_for(reader.read(), TIMEOUT)
+            assert head.startswith(b"HTTP/1.1 200 "), head
+            assert head.endswith(b"\r\n\r\n"), head
+        finally:
+            writer.close()
