@@ -531,7 +531,7 @@ class Limiter:
                     state = self._memory_hit(policy, subject)
                 else:
                     state = await self._hit(policy, subject)
-                if state.count > policy.limit:  # state.exceeded
+                if state.exceeded:
                     refused = state
             else:
                 state = await self._peek(policy, subject)
