@@ -363,15 +363,21 @@ class MemoryCounters(Storage):
         count, _, _ = self.hit(key, expiry, amount)
         return count
 
-    def hit(self, key: str, expiry: int, amount: int = 1) -> tuple[int, float, float]:
-        """Count ``amount`` on ``key``: (the count, when its window closes, now)."""
-        now = self.clock()
-        self._sweep(now)
-        count, closes = self._windows.get(key, (0, now))
+    def hit(
+        self, key: str, expiry: int, amount: int = 1, now: float | None = None
+    ) -> tuple[int, float, float]:
+        """Count ``amount`` on ``key``: (the count, when its window closes, now).
+        ``now``: the clock's time, when the caller has read it already."""
+        if now is None:
+            now = self.clock()
+        if now >= self._next_sweep:
+            self._sweep(now)
+        windows = self._windows
+        count, closes = windows.get(key, (0, now))
         if closes <= now:
             count, closes = 0, now + expiry
         count += amount
-        self._windows[key] = (count, closes)
+        windows[key] = (count, closes)
         return count, closes, now
 
     async def get(self, key: str) -> int:
@@ -396,8 +402,6 @@ class MemoryCounters(Storage):
 
     def _sweep(self, now: float) -> None:
         # Windows of users who went quiet would otherwise stay forever.
-        if now < self._next_sweep:
-            return
         self._next_sweep = now + _SWEEP_INTERVAL
         for key in [k for k, (_, closes) in self._windows.items() if closes <= now]:
             del self._windows[key]
@@ -524,11 +528,12 @@ class Limiter:
         # refuses costs no quota. Policies after a refusal are only read, for the headers.
         states: list[LimitState] = []
         refused: LimitState | None = None
-        in_memory = self._redis is None  # no coroutine for a count in memory
+        # No coroutine for a count in memory, and one reading of the clock for all.
+        now = self.clock() if self._redis is None else None
         for policy, subject in checks:
             if refused is None:
-                if in_memory:
-                    state = self._memory_hit(policy, subject)
+                if now is not None:
+                    state = self._memory_hit(policy, subject, now)
                 else:
                     state = await self._hit(policy, subject)
                 if state.exceeded:
@@ -541,9 +546,9 @@ class Limiter:
             raise QuotaExceeded(refused)
         return states
 
-    def _memory_hit(self, policy: Policy, subject: str) -> LimitState:
+    def _memory_hit(self, policy: Policy, subject: str, now: float | None = None) -> LimitState:
         # Memory only, on the limiter's clock: no round trip to wrap.
-        count, closes, now = self.memory.hit(policy.key(subject), policy.window)
+        count, closes, now = self.memory.hit(policy.key(subject), policy.window, now=now)
         return LimitState(policy, subject, count, closes - now, closes)
 
     async def _hit(self, policy: Policy, subject: str) -> LimitState:
@@ -614,6 +619,9 @@ def _report(states: Sequence[LimitState]) -> None:
     reported = reported_limits.get()
     if reported is None:
         return  # a websocket operation, the CLI: no headers to tell
+    if not reported:  # the request's first charge
+        reported.extend(states)
+        return
     for state in states:
         name = state.policy.name
         for i, told in enumerate(reported):  # at most one per policy
