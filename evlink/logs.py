@@ -100,6 +100,9 @@ def configure_logging(level: str, log_format: str) -> None:
         uvicorn_logger = logging.getLogger(name)
         uvicorn_logger.handlers.clear()
         uvicorn_logger.propagate = True
+    # evlink.edge writes the access log (with the request id and the time taken): uvicorn's
+    # own line for each request would double it, and costs the request its formatting.
+    logging.getLogger("uvicorn.access").propagate = False
     uvicorn_errors = logging.getLogger("uvicorn.error")
     if not any(isinstance(f, _ClientMistakes) for f in uvicorn_errors.filters):
         uvicorn_errors.addFilter(_ClientMistakes())

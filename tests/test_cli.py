@@ -153,6 +153,10 @@ async def test_serve_counts_failed_keys_by_peer_and_escapes_what_it_logs(cli: Cl
 
     assert codes == [401, 401, 401, 429]
     assert b"GET /x\\x0a2026-11-29 12:00:00,000 ERROR evlink.edge [forged] 404" in line
+    # One access line per request, evlink's: uvicorn's own is not written beside it.
+    access = [entry for entry in log.lines if b" evlink.access " in entry]
+    assert len(access) == 5, access
+    assert [entry for entry in log.lines if b"uvicorn.access" in entry] == []
 
 
 def test_vehicle_add_asks_the_simulator_and_remove_frees_the_place(cli: Cli) -> None:
