@@ -7,7 +7,8 @@ of them the cap below is reached (or the process runs out of file descriptors) a
 other client is refused. So:
 
 - a connection whose request head is not complete within ``EVLINK_HEADER_TIMEOUT``
-  seconds of its opening (or of the first byte of its next request) is closed;
+  seconds of its opening (or of the first byte of its next request, pipelined ones
+  included) is closed;
 - a connection whose request body is not complete within ``EVLINK_BODY_TIMEOUT`` seconds
   of its head is closed (the app's ``receive`` then says ``http.disconnect``); a
   websocket upgrade has no body, so its deadline ends with its head;
@@ -139,10 +140,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return
         self._await_head()
 
+    def on_message_begin(self) -> None:
+        # A request's first bytes: on a kept-alive connection, or behind another
+        # request in the same read (pipelined); its head is due within the deadline.
+        self._head_pending = True
+        super().on_message_begin()
+
     def data_received(self, data: bytes) -> None:
-        if self._head_deadline is None and (self.cycle is None or self.cycle.response_complete):
-            # The first bytes of the next request on a kept-alive connection.
-            self._head_pending = True
         super().data_received(data)
         if self._head_pending and self._head_deadline is None:
             self._await_head()

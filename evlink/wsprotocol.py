@@ -21,6 +21,7 @@ protocol and it reads what this replaces (else uvicorn's choice stands).
 from __future__ import annotations
 
 import asyncio
+from http import HTTPStatus
 from typing import Any
 
 from websockets.datastructures import Headers
@@ -104,6 +105,22 @@ if WebSocketsSansIOProtocol is not None:
             super().__init__(*args, **kwargs)
             self.queue = _Mailbox()  # type: ignore[assignment]
             self.writable = _Flag()  # type: ignore[assignment]
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            conn = self.conn
+            if conn.handshake_exc is not None and not self.handshake_complete:
+                # websockets refused the upgrade request (one with a body, say) and waits
+                # for nothing more; uvicorn's protocol would hold the socket for ever.
+                self._refuse_handshake(conn.handshake_exc)
+
+        def _refuse_handshake(self, error: Exception) -> None:
+            if self.transport.is_closing():
+                return
+            reason = f"Failed to open a WebSocket connection: {error}.\n"
+            response = self.conn.reject(HTTPStatus.BAD_REQUEST, reason)
+            self.transport.write(response.serialize())
+            self.transport.close()
 
         async def send(self, message: Any) -> None:
             await super().send(message)

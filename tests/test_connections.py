@@ -92,6 +92,43 @@ async def test_the_next_request_on_a_kept_alive_connection_has_the_deadline_too(
     assert rest == b""
 
 
+async def test_a_request_head_pipelined_behind_another_has_the_deadline_too(
+    server: Server,
+) -> None:
+    """The head of a second request begun in the same read as a whole first one: the
+    first is answered, and the connection is closed once the second's deadline passes
+    (it was held until the keep-alive ran out; seen by the attacker trial)."""
+    async with serve_process(server.settings.database_url, EVLINK_HEADER_TIMEOUT="0.5") as url:
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" + PARTIAL_HEAD)
+        first = await asyncio.wait_for(reader.readuntil(b'{"status":"ok"}'), TIMEOUT)
+
+        rest = await _closed_by_server(reader, 3.0)  # well before the 5 s keep-alive
+        writer.close()
+    assert first.startswith(b"HTTP/1.1 200")
+    assert rest == b""
+
+
+@pytest.mark.parametrize(
+    "body", ["Content-Length: 5\r\n\r\nhello", "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"]
+)
+async def test_a_websocket_upgrade_with_a_body_is_refused_at_once(
+    server: Server, body: str
+) -> None:
+    """websockets refuses an upgrade request with a body and waits for nothing more:
+    uvicorn's protocol answered nothing and held the socket for ever (no deadline runs
+    once the head is in), so a few such sockets filled the connection cap."""
+    upgrade = websocket_upgrade().removesuffix(b"\r\n") + body.encode()
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", int(server.base_url.rsplit(":", 1)[1])
+    )
+    writer.write(upgrade)
+    answer = await _closed_by_server(reader, TIMEOUT)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert b"Failed to open a WebSocket connection" in answer
+
+
 async def test_a_connection_idle_between_requests_outlives_the_header_deadline(
     server: Server,
 ) -> None:
