@@ -386,6 +386,53 @@ async def vehicle_with_charge_state(
     return VehicleRow(rows[0], 0, statement.plan).stored()
 
 
+def _state_of_row(row: Row, start: int, plan: _RowPlan) -> ChargeStateData:
+    """The charge state's columns of ``row`` as data; ``start``: where the vehicle's columns
+    would begin (the charge state's follow them)."""
+    return ChargeStateData(
+        *[
+            row[start + index] if convert is None else convert(row[start + index])
+            for index, convert in plan.state
+        ]
+    )
+
+
+def _state_statement(dialect: str) -> _Statement:
+    """The statement of :func:`charge_state_of` in ``dialect``: the charge state's columns
+    alone."""
+    state_columns = columns(ChargeState)
+    sql = " ".join(
+        [
+            "SELECT",
+            ", ".join(f'"{c}"' for c in state_columns),
+            f'FROM "{ChargeState._meta.db_table}"',
+            f'WHERE "vehicle_id" = {placeholder(dialect)}',
+        ]
+    )
+    return _Statement(sql, (), state_columns, _row_plans(dialect))
+
+
+_state_of = PerDialect(_state_statement)
+
+
+async def charge_state_of(vehicle_id: UUID) -> ChargeStateData | None:
+    """The stored charge state of the vehicle with this id (None: none stored), read with a
+    statement made once and converted as a status read converts it (Tortoise's query
+    building and model cost a refresh more than the read itself)."""
+    db = ChargeState._meta.db
+    statement = _state_of(db.capabilities.dialect)
+    plan = statement.plan
+    if not plan.exact:
+        stored = await ChargeState.get_or_none(vehicle_id=vehicle_id)
+        return None if stored is None else charge_state_data(stored)
+    value = Vehicle._meta.fields_map["id"].to_db_value(vehicle_id, Vehicle)
+    rows = await fetch_rows(db, statement.sql, [value])
+    if not rows:
+        return None
+    # The plan counts the state's columns from the vehicle's first: none are selected here.
+    return _state_of_row(rows[0], -len(plan.vehicle_columns), plan)
+
+
 @dataclass(frozen=True, slots=True)
 class _KeyStatement:
     sql: str
@@ -452,13 +499,7 @@ class VehicleRow:
         vehicle = StoredVehicle(row, start, plan)
         if row[start + plan.state_key_at] is None:
             return vehicle, None
-        state = ChargeStateData(
-            *[
-                row[start + index] if convert is None else convert(row[start + index])
-                for index, convert in plan.state
-            ]
-        )
-        return vehicle, state
+        return vehicle, _state_of_row(row, start, plan)
 
     def stored_from_models(self) -> tuple[StoredVehicle, ChargeStateData | None] | None:
         """What :meth:`stored` gives, read from Tortoise's models of the row (the way

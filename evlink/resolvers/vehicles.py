@@ -45,7 +45,7 @@ from evlink.models.vehicles import (
     VehicleRow,
     active_key_with_vehicle,
     as_model,
-    charge_state_data,
+    charge_state_of,
     vehicle_with_charge_state,
 )
 from evlink.resolvers import rules, sessions
@@ -252,8 +252,7 @@ async def ensure_synced(services: Services, owned: list[Vehicle]) -> list[Vehicl
 
 
 async def stored_charge_state(vehicle: AnyVehicle) -> ChargeStateData | None:
-    state = await ChargeState.get_or_none(vehicle_id=vehicle.id)
-    return None if state is None else charge_state_data(state)
+    return await charge_state_of(vehicle.id)
 
 
 async def vehicle_status(
@@ -379,9 +378,11 @@ async def record_vehicle_data(
             vehicle.is_reachable = data.is_reachable
     vehicle.refreshed_at = now
     try:
-        # One commit for all of it: the vehicle, its charge state, its session.
+        # One commit for all of it: the vehicle, its charge state, its session. The
+        # vehicle's write is a statement made once (``save`` builds its query each time).
+        provided = {name: getattr(vehicle, name) for name in _PROVIDER_FIELDS}
         async with transaction():
-            await vehicle.save(update_fields=_PROVIDER_FIELDS)
+            await RowUpdate(Vehicle, "id", vehicle.id, provided).run()
             written = await _record_charge_state(services, vehicle, data.charge_state)
     finally:
         await services.cache.invalidate(vehicle_tag(vehicle.id))
@@ -402,17 +403,18 @@ async def _record_charge_state(
     services: Services, vehicle: Vehicle, incoming: ChargeStateData
 ) -> _Written:
     values = {name: getattr(incoming, name) for name in CHARGE_STATE_FIELDS}
-    stored = await ChargeState.get_or_none(vehicle_id=vehicle.id)
-    if stored is None:
+    current = await charge_state_of(vehicle.id)
+    if current is None:
         try:
             async with transaction():  # a savepoint: its failure leaves the rest standing
                 await ChargeState.create(vehicle_id=vehicle.id, **values)
         except IntegrityError:  # a concurrent writer created it first
-            stored = await ChargeState.get(vehicle_id=vehicle.id)
+            current = await charge_state_of(vehicle.id)
+            if current is None:
+                raise
         else:
             changed = await sessions.record_state(services, vehicle, None, incoming)
             return _Written(incoming, True, changed)
-    current = charge_state_data(stored)
     if _is_older(incoming.last_updated, current.last_updated) or incoming == current:
         return _Written(current, False, [])
     # The state's write goes with the sessions' first statement (one database call for

@@ -17,6 +17,7 @@ from evlink.models.vehicles import (
     active_key_with_vehicle,
     as_model,
     charge_state_data,
+    charge_state_of,
 )
 from evlink.resolvers.auth import hash_key
 from tests.conftest import Server
@@ -80,6 +81,8 @@ async def test_a_stored_vehicle_has_the_values_and_types_of_tortoise_s_models(
             assert found is not None
             assert _attributes(found[0]) == _attributes(model)
             assert _state(found[1]) == _state(expected)
+        # The charge state alone (a refresh's read), by its own statement.
+        assert _state(await charge_state_of(vehicle.id)) == _state(expected)
     never_found = (await _row(key, never.id)).stored()
     assert never_found is not None
     assert never_found[1] is None
@@ -93,6 +96,7 @@ async def test_no_vehicle_is_none_either_way(server: Server) -> None:
         row = await _row(key, vehicle_id)
         assert row.stored() is None
         assert row.stored_from_models() is None
+        assert await charge_state_of(vehicle_id) is None  # never read: no state stored
 
 
 async def test_a_stored_vehicle_is_read_only_and_its_model_is_a_new_one_to_save(
