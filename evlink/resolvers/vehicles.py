@@ -377,12 +377,21 @@ async def record_vehicle_data(
         if data.is_reachable is not None:
             vehicle.is_reachable = data.is_reachable
     vehicle.refreshed_at = now
+    # The vehicle's write: a statement made once (``save`` builds its query each time).
+    write = RowUpdate(
+        Vehicle, "id", vehicle.id, {name: getattr(vehicle, name) for name in _PROVIDER_FIELDS}
+    )
     try:
-        # One commit for all of it: the vehicle, its charge state, its session. The
-        # vehicle's write is a statement made once (``save`` builds its query each time).
-        provided = {name: getattr(vehicle, name) for name in _PROVIDER_FIELDS}
+        stored = await charge_state_of(vehicle.id)
+        if stored is not None and _no_news(data.charge_state, stored):
+            # Most refreshes: the car as stored. Its row alone, in one statement: the
+            # state is not written, whatever another writer stores meanwhile (each one
+            # only moves it forward, :func:`_record_charge_state`).
+            await write.run()
+            return stored
+        # One commit for all of it: the vehicle, its charge state, its session.
         async with transaction():
-            await RowUpdate(Vehicle, "id", vehicle.id, provided).run()
+            await write.run()
             written = await _record_charge_state(services, vehicle, data.charge_state)
     finally:
         await services.cache.invalidate(vehicle_tag(vehicle.id))
@@ -415,7 +424,7 @@ async def _record_charge_state(
         else:
             changed = await sessions.record_state(services, vehicle, None, incoming)
             return _Written(incoming, True, changed)
-    if _is_older(incoming.last_updated, current.last_updated) or incoming == current:
+    if _no_news(incoming, current):
         return _Written(current, False, [])
     # The state's write goes with the sessions' first statement (one database call for
     # both when the car's open session is remembered).
@@ -426,6 +435,11 @@ async def _record_charge_state(
 
 def _is_older(incoming: datetime | None, stored: datetime | None) -> bool:
     return incoming is not None and stored is not None and incoming < stored
+
+
+def _no_news(incoming: ChargeStateData, stored: ChargeStateData) -> bool:
+    """Whether ``incoming`` leaves the stored state as it is: the same, or older."""
+    return _is_older(incoming.last_updated, stored.last_updated) or incoming == stored
 
 
 async def _publish(services: Services, vehicle: Vehicle, state: ChargeStateData) -> None:

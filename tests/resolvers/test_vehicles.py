@@ -14,6 +14,7 @@ import pytest
 from evlink.domain import VehicleData
 from evlink.errors import ForbiddenOwner, ProviderUnavailable
 from evlink.models import ChargeState, Vehicle
+from evlink.models.vehicles import charge_state_data
 from evlink.providers.simulator import ManualClock, Simulator
 from evlink.resolvers.auth import hash_key
 from evlink.resolvers.charging import ingest_provider_update
@@ -288,3 +289,30 @@ async def test_the_row_read_with_the_key_serves_only_its_vehicle_and_only_once(
     assert await along.lookup(hash_key(key)) is not None
     with pytest.raises(ForbiddenOwner):  # judged by the resolver, as its own read is
         await get_vehicle_with_state(user, str(theirs.id), along)
+
+
+async def test_a_refresh_that_finds_the_car_as_stored_writes_its_row_alone(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Most refreshes: the provider says what is stored. The vehicle's row (its freshness)
+    # is written in one statement, without a transaction or a write of the state.
+    async with _uncached_car(settings) as (server, key, vehicle):
+        first = await server.http.get(f"/api/status/{vehicle.id}", headers=auth(key))
+        await make_stale(vehicle)
+        stored = await ChargeState.get(vehicle_id=vehicle.id)
+        server.simulator.calls.clear()
+
+        with caplog.at_level(logging.DEBUG, logger="tortoise.db_client"):
+            again = await server.http.get(f"/api/status/{vehicle.id}", headers=auth(key))
+
+        refreshed = await Vehicle.get(id=vehicle.id)
+        state = await ChargeState.get(vehicle_id=vehicle.id)
+    assert server.simulator.calls == [f"get_vehicle {vehicle.provider_vehicle_id}"]
+    assert again.json()["chargeState"] == first.json()["chargeState"]
+    assert refreshed.refreshed_at is not None
+    assert charge_state_data(state) == charge_state_data(stored)
+    statements = [
+        s.split()[0].upper() for s in _statements_on(caplog.records, "vehicles", "charge_states")
+    ]
+    # The status read, the state's read, the vehicle's write: no BEGIN, no second read.
+    assert statements == ["SELECT", "SELECT", "UPDATE"], statements
