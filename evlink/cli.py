@@ -19,6 +19,7 @@ from typing import Any
 from tortoise.exceptions import DBConnectionError, OperationalError
 
 from evlink.cache import ReadCache
+from evlink.domain import vehicle_name
 from evlink.errors import EvlinkError, NotFound
 from evlink.events import MemoryEventBus, build_event_bus
 from evlink.logs import configure_logging
@@ -321,7 +322,7 @@ async def _vehicle_list(settings: Settings, args: argparse.Namespace) -> None:
             linked = vehicle.provider_vehicle_id or "(no provider id: remove it)"
             _print(
                 f"{vehicle.id}\t{vehicle.user.email}\t{vehicle.provider}\t{linked}"
-                f"\t{vehicle.name or ''}"
+                f"\t{vehicle_name(vehicle.name, vehicle.information) or ''}"
             )
 
 

@@ -184,6 +184,8 @@ def test_vehicle_add_asks_the_simulator_and_remove_frees_the_place(cli: Cli) -> 
         line.split("\t") for line in cli.ok("vehicle", "list", "--user", "cars@b.c").splitlines()
     ]
     assert [row[:4] for row in listed] == [[made[1], "cars@b.c", "simulator", made[3]]]
+    # Added without --name: the name the API shows, the provider's (it was left blank).
+    assert listed[0][4].strip() != ""
 
     removed = cli.ok("vehicle", "remove", made[1])
     assert removed.startswith(f"removed vehicle {made[1]}; 0 pending command(s) cancelled")
