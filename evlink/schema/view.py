@@ -331,6 +331,10 @@ class GraphQLView(GraphQL[Context, None]):
             await self._post(scope, receive, send)
             return
         if scope["type"] == "http":
+            if scope["method"] == "HEAD":
+                # Answered as GET (Starlette's route allows HEAD with GET; Strawberry
+                # refused it 405 without an Allow); the server writes no body to HEAD.
+                scope = {**scope, "method": "GET"}
             await self._http(scope, receive, send)
             return
         if scope["type"] != "websocket":

@@ -334,6 +334,23 @@ async def test_malformed_requests_are_refused_in_the_graphql_error_shape(server:
     assert missing.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
 
 
+async def test_head_on_graphql_is_answered_as_get_without_a_body(server: Server) -> None:
+    # Starlette's route allows HEAD with GET: it was refused 405 without an Allow header
+    # (found by the attacker trial).
+    _, key = await server.user()
+    as_json = {**auth(key), "Accept": "application/json"}
+    query = {"query": VIEWER}
+    got = await server.http.get("/graphql", params=query, headers=as_json)
+    head = await server.http.head("/graphql", params=query, headers=as_json)
+    page = await server.http.head("/graphql", headers={"Accept": "text/html"})
+    assert got.status_code == head.status_code == 200
+    assert head.headers["content-type"] == got.headers["content-type"] == "application/json"
+    assert head.headers["content-length"] == got.headers["content-length"]
+    assert head.content == b""
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+
+
 async def test_operations_http_does_not_run_are_refused_in_the_graphql_error_shape(
     server: Server,
 ) -> None:
