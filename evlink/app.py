@@ -165,6 +165,7 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
     metrics = Metrics()
     metrics.watch_documents(schema.documents)
     metrics.watch_known_queries(graphql.plans.answered)
+    metrics.watch_introspection(lambda: graphql.introspection.served)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

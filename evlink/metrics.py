@@ -85,6 +85,12 @@ class Metrics:
             "Valid GraphQL documents kept parsed, by their text",
             registry=self.registry,
         )
+        self.introspection_served = Gauge(
+            "evlink_graphql_introspection_kept_answers",
+            "Introspection requests without a key answered from the kept result of the "
+            "same document since start",
+            registry=self.registry,
+        )
         self.known_queries = Gauge(
             "evlink_graphql_known_queries",
             "POST queries of known documents answered without Strawberry's operation "
@@ -104,6 +110,11 @@ class Metrics:
     def watch_documents(self, documents: Sized) -> None:
         """Report how many parsed GraphQL documents are kept (schema.limits.ValidDocuments)."""
         self.documents_kept.set_function(lambda: len(documents))
+
+    def watch_introspection(self, served: Callable[[], int]) -> None:
+        """Report the introspection requests answered from a kept result
+        (schema.introspection.IntrospectionAnswers.served)."""
+        self.introspection_served.set_function(served)
 
     def watch_known_queries(self, answered: Mapping[str, int]) -> None:
         """Report the known queries answered directly (schema.direct.Plans.answered)."""

@@ -572,3 +572,60 @@ async def test_only_valid_documents_are_kept_parsed_and_within_bounds(server: Se
     for number in range(300):
         assert (await server.graphql(f"query Q{number} {{ __typename }}"))["data"]
     assert await metric(server, "evlink_graphql_documents_kept") == 256
+
+
+def _kept_answers(metrics: str) -> float:
+    line = next(
+        line
+        for line in metrics.splitlines()
+        if line.startswith("evlink_graphql_introspection_kept_answers ")
+    )
+    return float(line.split()[1])
+
+
+async def test_introspection_without_a_key_is_answered_from_its_kept_result(
+    server: Server,
+) -> None:
+    """The schema is fixed: a keyless introspection's answer is made once per document
+    and kept (a full one costs about 28 ms of CPU, and a request without a key has no
+    rate limit). With a key, or with other fields at the root, it runs as any query."""
+    _, key = await server.user()
+    full = get_introspection_query(descriptions=True)
+    before = _kept_answers((await server.http.get("/metrics")).text)
+
+    first = await server.graphql(full)
+    again = await server.graphql(full)
+    named = await server.graphql("{ __type(name: $n) { name } }".replace("$n", '"Vehicle"'))
+    typed = await server.graphql(
+        "query($n: String!) { __type(name: $n) { name } }", {"n": "ChargeState"}
+    )
+    other = await server.graphql("query($n: String!) { __type(name: $n) { name } }", {"n": "Query"})
+    # With a key (over GET, which takes Strawberry's way, as an unknown document does).
+    with_key = (
+        await server.http.get(
+            "/graphql",
+            params={"query": full, "variables": "{}"},
+            headers={"Authorization": f"Bearer {key}", "Accept": "application/json"},
+        )
+    ).json()
+    mixed = await server.graphql("{ __typename viewer { id } }")
+    mixed_again = await server.graphql("{ __typename viewer { id } }")
+    # Neither kept: a mutation (not introspection alone), an answer with errors.
+    mutation = [await server.graphql("mutation { __typename }") for _ in range(2)]
+    unset = "query($n: String!) { __type(name: $n) { name } }"
+    missing = [await server.graphql(unset) for _ in range(2)]
+    after = _kept_answers((await server.http.get("/metrics")).text)
+
+    assert first == again == with_key
+    assert first["data"]["__schema"]["queryType"]["name"] == "Query"
+    assert named["data"] == {"__type": {"name": "Vehicle"}}
+    assert (typed["data"], other["data"]) == (
+        {"__type": {"name": "ChargeState"}},
+        {"__type": {"name": "Query"}},
+    )
+    assert mixed["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+    assert mixed_again == mixed
+    assert mutation[0] == mutation[1] == {"data": {"__typename": "Mutation"}}
+    assert missing[0] == missing[1]
+    assert missing[0]["errors"]
+    assert after - before == 1  # only the second full introspection was a kept answer
