@@ -24,7 +24,7 @@ from evlink.cache import ReadCache, follow_invalidations
 from evlink.compat_rest.errors import exception_handlers
 from evlink.connections import ConnectionLimits
 from evlink.domain import ProviderUpdate
-from evlink.edge import HttpEdge, direct_routes
+from evlink.edge import EdgeApp, HttpEdge, direct_routes
 from evlink.errors import EvlinkError
 from evlink.events import RedisEventBus, build_event_bus
 from evlink.guards import BodyLimit, BodyLimits
@@ -241,11 +241,11 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
                 await services.events.aclose()
                 await limiter.aclose()
 
-    app = Starlette(
+    app = EdgeApp(
         routes=[
             # The routes clients poll come first: a request is matched against each in turn.
             Route("/graphql", graphql, methods=["GET", "POST"]),
-            # Without Starlette's exception handler per route: ExceptionMiddleware has it.
+            # Without Starlette's exception handler per route: the app's Handlers has it.
             *direct_routes(compat_rest.routes),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),

@@ -21,6 +21,11 @@ For each HTTP request, in this order around the app:
 One layer rather than six: each layer of pure ASGI middleware wraps ``send`` once
 more, and on a cached status read the wrappers cost as much as the endpoint
 (bench/README.md). A websocket only gets its request id.
+
+:class:`EdgeApp` is Starlette with this edge where Starlette's two layers of its own
+were: ``ServerErrorMiddleware`` outside every middleware (the edge answers what
+escapes the app, as that layer did) and ``ExceptionMiddleware`` inside them, whose
+work :class:`Handlers` does without a ``send`` wrapper of its own.
 """
 
 from __future__ import annotations
@@ -29,11 +34,16 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from evlink.compat_rest.errors import error_answer
 from evlink.errors import EvlinkError, InternalError, PayloadTooLarge
@@ -43,11 +53,13 @@ from evlink.ratelimit import LimitState, limit_field, policy_field, reported_lim
 from evlink.requestid import given_request_id, new_request_id, request_id_var
 from evlink.server import SERVER_SEND
 
-__all__ = ["DirectEndpoint", "HttpEdge", "direct_routes"]
+__all__ = ["DirectEndpoint", "EdgeApp", "Handlers", "HttpEdge", "direct_routes"]
 
 logger = logging.getLogger(__name__)
 CLIENT_CLOSED = 499  # the status counted for a request whose client left before its answer
 access_log = logging.getLogger("evlink.access")
+# Set in an HTTP request's scope by the edge once its answer has begun (Handlers reads it).
+RESPONSE_STARTED = "evlink.response_started"
 
 
 class HttpEdge:
@@ -82,6 +94,7 @@ class HttpEdge:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                scope[RESPONSE_STARTED] = True
                 headers = with_security_headers(message.get("headers", ()))
                 headers.append(id_header)
                 if limits:
@@ -128,9 +141,9 @@ class DirectEndpoint:
 
     Starlette wraps a function endpoint in a second exception handler of its own per
     route (another ``send`` wrapper and two closures per request); an ASGI endpoint it
-    calls as it is. What that handler did is done the same one layer out, by Starlette's
-    ``ExceptionMiddleware`` with the same handlers and the same scope, so the answers
-    are the same (tests/test_layers.py)."""
+    calls as it is. What that handler did is done the same one layer out, by
+    :class:`Handlers` with the same handlers and the same scope, so the answers are the
+    same (tests/test_edge.py)."""
 
     def __init__(self, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
         self.endpoint = endpoint
@@ -157,3 +170,67 @@ def direct_routes(routes: Sequence[BaseRoute]) -> list[BaseRoute]:
             )
         direct.append(route)
     return direct
+
+
+class Handlers(ExceptionMiddleware):
+    """Starlette's ``ExceptionMiddleware`` (the same handler tables, filled the same way)
+    without its per-request ``Request``, closures and ``send`` wrapper: an exception
+    that reaches it is answered by its handler unless the answer has begun, which the
+    edge notes in the scope (:data:`RESPONSE_STARTED`); then it goes on to the edge.
+
+    A route's own wrapper (``Route`` of a function endpoint, ``WebSocketRoute``) finds
+    no handlers in the scope and lets the exception come here, where the same handler
+    answers it."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except Exception as exc:
+            kind = scope["type"]
+            if kind not in ("http", "websocket"):
+                raise
+            handler = self._handler(exc)
+            if handler is None:
+                raise
+            if scope.get(RESPONSE_STARTED):
+                raise RuntimeError(
+                    "Caught handled exception, but response already started."
+                ) from exc
+            conn = (
+                Request(scope, receive, send) if kind == "http" else WebSocket(scope, receive, send)
+            )
+            if inspect.iscoroutinefunction(handler):
+                response = await handler(conn, exc)
+            else:
+                response = await run_in_threadpool(handler, conn, exc)
+            if response is not None:
+                await response(scope, receive, send)
+            exc.__traceback__ = None  # a reused exception would keep every traceback
+
+    def _handler(self, exc: Exception) -> Callable[..., Any] | None:
+        for cls in type(exc).__mro__:
+            handler = self._exception_handlers.get(cls)
+            if handler is not None:
+                return handler
+        return None
+
+
+def _is_handled_class(key: object) -> bool:
+    return isinstance(key, type) and issubclass(key, Exception) and key is not Exception
+
+
+class EdgeApp(Starlette):
+    """Starlette whose middleware stack is its own middleware (the edge outermost, see
+    ``evlink.app``) around :class:`Handlers` around the router: no
+    ``ServerErrorMiddleware``, whose work the edge does. Refused: a handler for
+    ``Exception`` (that layer's), a handler by status code (evlink's handlers are by
+    exception class) and Starlette's ``max_body_size`` (the edge's body limits)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        refused = [key for key in self.exception_handlers if not _is_handled_class(key)]
+        if refused or getattr(self, "max_body_size", None) is not None:
+            raise TypeError(f"EdgeApp: handlers by exception class only, no body limit ({refused})")
+        app: ASGIApp = Handlers(self.router, handlers=self.exception_handlers, debug=self.debug)
+        for cls, args, kwargs in reversed(self.user_middleware):
+            app = cls(app, *args, **kwargs)
+        return app

@@ -84,10 +84,12 @@ __all__ = [
     "BoundedClient",
     "BoundedPostgresClient",
     "BoundedSqliteClient",
+    "ManyAtOnce",
     "Outage",
     "RowUpdate",
     "database_answers",
     "fetch_rows",
+    "fetch_together",
     "get_client_class",
     "in_sqlite_thread",
     "transaction",
@@ -303,6 +305,28 @@ async def fetch_rows(db: BaseDBAsyncClient, query: str, values: list[Any]) -> Se
     return rows
 
 
+@dataclass(frozen=True, slots=True)
+class ManyAtOnce:
+    """A read by one row of parameters (``sql``) that may also be asked for many rows
+    of them in one statement (``many``: one array per parameter; each row it answers
+    ends with the 1-based ordinal of its parameters' row). ``many`` None: not in this
+    dialect."""
+
+    sql: str
+    many: str | None = None
+
+
+async def fetch_together(
+    db: BaseDBAsyncClient, read: ManyAtOnce, values: list[Any]
+) -> Sequence[Any]:
+    """:func:`fetch_rows` of ``read.sql`` with ``values``; on PostgreSQL, the reads of it
+    asked while one is under way go together in one statement (``read.many``): one round
+    trip for all of them (SQLite's reads go together in aiosqlite's thread anyway)."""
+    if isinstance(db, BoundedPostgresClient) and read.many is not None:
+        return await db.fetch_together(read, values)
+    return await fetch_rows(db, read.sql, values)
+
+
 def _sqlite_error(exc: Exception) -> Exception:
     """``exc`` as Tortoise's SQLite client tells it (its ``translate_exceptions``)."""
     if isinstance(exc, sqlite3.OperationalError):
@@ -431,6 +455,17 @@ class SessionlessConnection(asyncpg.connection.Connection):  # type: ignore[misc
         return ""
 
 
+class _Together:
+    """:meth:`BoundedPostgresClient.fetch_together`'s trips of one read."""
+
+    __slots__ = ("trip", "under_way", "waiting")
+
+    def __init__(self) -> None:
+        self.under_way = False  # a trip of this read is under way
+        self.waiting: list[tuple[list[Any], asyncio.Future[list[Any]]]] = []  # for the next
+        self.trip: asyncio.Task[None] | None = None  # the next (or last) trip
+
+
 class BoundedPostgresClient(BoundedClient, AsyncpgDBClient):
     """asyncpg through Tortoise, every call bounded, connections handed back without a
     reset round trip (:class:`SessionlessConnection`)."""
@@ -445,6 +480,7 @@ class BoundedPostgresClient(BoundedClient, AsyncpgDBClient):
         super().__init__(**kwargs)
         self.timeout = database_timeout
         self.outage = Outage()
+        self._together: dict[str, _Together] = {}  # fetch_together's, by read
 
     def acquire_connection(self) -> _TerminatingPoolConnection:
         return _TerminatingPoolConnection(self, self._pool_init_lock)
@@ -473,6 +509,61 @@ class BoundedPostgresClient(BoundedClient, AsyncpgDBClient):
             _raise_failure(self, exc, _postgres_error(exc))
         self.outage.answered()
         return rows  # type: ignore[no-any-return]
+
+    async def fetch_together(self, read: ManyAtOnce, values: list[Any]) -> Sequence[Any]:
+        """The rows of ``read`` for ``values``: alone and at once when no trip of this
+        read is under way; else in the next trip, with every other asked meanwhile, in
+        one statement (``read.many``). Each caller within its own bound."""
+        assert read.many is not None
+        together = self._together.get(read.many)
+        if together is None:
+            together = self._together[read.many] = _Together()
+        if not together.under_way:
+            together.under_way = True
+            try:
+                return await self.fetch_rows(read.sql, values)
+            finally:
+                self._together_ended(read, together)
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        together.waiting.append((values, future))
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await future
+        except Exception as exc:  # the trip's own failures come told already
+            _raise_failure(self, exc, exc)
+
+    def _together_ended(self, read: ManyAtOnce, together: _Together) -> None:
+        """A trip of ``read`` ended: the next takes those asked meanwhile, if any."""
+        if together.waiting:
+            together.trip = asyncio.get_running_loop().create_task(self._trip(read, together))
+        else:
+            together.under_way = False
+
+    async def _trip(self, read: ManyAtOnce, together: _Together) -> None:
+        """One statement for every read waiting as it starts, its rows handed by their
+        ordinal to each whose caller is still there; then the next trip."""
+        assert read.many is not None
+        waiting, together.waiting = together.waiting, []
+        if waiting:
+            arrays = [
+                list(column) for column in zip(*(values for values, _ in waiting), strict=True)
+            ]
+            answers: list[list[Any]] = [[] for _ in waiting]
+            try:
+                for row in await self.fetch_rows(read.many, arrays):
+                    answers[row[-1] - 1].append(row)
+            except asyncio.CancelledError:  # the loop is closing: callers run out of time
+                together.under_way = False
+                raise
+            except Exception as exc:  # told already (DatabaseUnavailable, Tortoise's)
+                for _, future in waiting:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for (_, future), rows in zip(waiting, answers, strict=True):
+                    if not future.done():
+                        future.set_result(rows)
+        self._together_ended(read, together)
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[TransactionalDBClient]:

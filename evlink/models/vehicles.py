@@ -28,7 +28,7 @@ from tortoise.fields import DatetimeField
 from tortoise.models import Model
 
 from evlink.domain import ChargeStateData
-from evlink.models.backends import fetch_rows
+from evlink.models.backends import ManyAtOnce, fetch_rows, fetch_together
 from evlink.models.statements import (
     PerDialect,
     Row,
@@ -435,7 +435,7 @@ async def charge_state_of(vehicle_id: UUID) -> ChargeStateData | None:
 
 @dataclass(frozen=True, slots=True)
 class _KeyStatement:
-    sql: str
+    read: ManyAtOnce  # on PostgreSQL also for many keys and vehicles at once
     vehicle_columns: tuple[str, ...]  # from vehicle_start on, then the charge state's
     state_columns: tuple[str, ...]
     vehicle_start: int
@@ -446,24 +446,43 @@ def _key_with_vehicle_statement(dialect: str) -> _KeyStatement:
     """The statement of :func:`active_key_with_vehicle` in ``dialect``: the key's and the
     user's columns as :func:`~evlink.models.users.active_key_with_user` selects them, then
     the vehicle's and its charge state's (read by position, so their names may overlap
-    the user's)."""
+    the user's). On PostgreSQL also its form for many at once: the pairs of key hash and
+    vehicle id as two arrays, each row ending with its pair's ordinal."""
     vehicle_columns, state_columns = columns(Vehicle), columns(ChargeState)
     selected = KEY_COLUMNS + [f'u."{c}"' for c in columns(User)]
     vehicle_start = len(selected)
     selected += [f'v."{c}"' for c in vehicle_columns] + [f'c."{c}"' for c in state_columns]
-    sql = " ".join(
+    joined = [
+        f'JOIN "{User._meta.db_table}" u ON u."id" = k."user_id"',
+        f'LEFT JOIN "{Vehicle._meta.db_table}" v',
+        'ON v."id" = {vehicle} AND v."deleted_at" IS NULL',
+        f'LEFT JOIN "{ChargeState._meta.db_table}" c ON c."vehicle_id" = v."id"',
+    ]
+    one = " ".join(
         [
             "SELECT",
             ", ".join(selected),
             f'FROM "{ApiKey._meta.db_table}" k',
-            f'JOIN "{User._meta.db_table}" u ON u."id" = k."user_id"',
-            f'LEFT JOIN "{Vehicle._meta.db_table}" v',
-            f'ON v."id" = {placeholder(dialect, 2)} AND v."deleted_at" IS NULL',
-            f'LEFT JOIN "{ChargeState._meta.db_table}" c ON c."vehicle_id" = v."id"',
+            *joined,
             f'WHERE k."hash" = {placeholder(dialect, 1)} AND k."revoked_at" IS NULL',
         ]
+    ).replace("{vehicle}", placeholder(dialect, 2))
+    many = None
+    if dialect == "postgres":
+        many = " ".join(
+            [
+                "SELECT",
+                ", ".join(selected),
+                ', q."n"',
+                'FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS q("hash", "vehicle", "n")',
+                f'JOIN "{ApiKey._meta.db_table}" k',
+                'ON k."hash" = q."hash" AND k."revoked_at" IS NULL',
+                *joined,
+            ]
+        ).replace("{vehicle}", 'q."vehicle"')
+    return _KeyStatement(
+        ManyAtOnce(one, many), vehicle_columns, state_columns, vehicle_start, _row_plans(dialect)
     )
-    return _KeyStatement(sql, vehicle_columns, state_columns, vehicle_start, _row_plans(dialect))
 
 
 _key_with_vehicle = PerDialect(_key_with_vehicle_statement)
@@ -533,7 +552,7 @@ async def active_key_with_vehicle(
     db = ApiKey._meta.db
     statement = _key_with_vehicle(db.capabilities.dialect)
     value = Vehicle._meta.fields_map["id"].to_db_value(vehicle_id, Vehicle)
-    rows = await fetch_rows(db, statement.sql, [key_hash, value])
+    rows = await fetch_together(db, statement.read, [key_hash, value])
     if not rows:
         return None
     row = rows[0]

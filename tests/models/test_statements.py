@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -11,10 +12,17 @@ import pytest
 from tortoise.exceptions import OperationalError
 
 from evlink.models import ApiKey, ChargeState, User, Vehicle
-from evlink.models.backends import BoundedClient, fetch_rows, transaction
+from evlink.models.backends import (
+    BoundedClient,
+    ManyAtOnce,
+    fetch_rows,
+    fetch_together,
+    transaction,
+)
 from evlink.models.users import _active_key, active_key_with_user
 from evlink.models.vehicles import (
     StoredVehicle,
+    VehicleRow,
     _key_with_vehicle,
     _with_state,
     active_key_with_vehicle,
@@ -128,7 +136,7 @@ async def test_fetch_rows_gives_the_rows_execute_query_gives(server: Server) -> 
     vehicle_id = Vehicle._meta.fields_map["id"].to_db_value(vehicle.id, Vehicle)
     digest = hash_key(key)
     for sql, values in (
-        (_key_with_vehicle(dialect).sql, [digest, vehicle_id]),
+        (_key_with_vehicle(dialect).read.sql, [digest, vehicle_id]),
         (_active_key(dialect), [digest]),
         (_with_state(dialect).sql, [vehicle_id]),
         (
@@ -139,7 +147,7 @@ async def test_fetch_rows_gives_the_rows_execute_query_gives(server: Server) -> 
         _, expected = await db.execute_query(sql, values)
         rows = await fetch_rows(db, sql, values)
         assert [tuple(row) for row in rows] == [tuple(row) for row in expected]
-    assert len(await fetch_rows(db, _key_with_vehicle(dialect).sql, [digest, vehicle_id])) == 1
+    assert len(await fetch_rows(db, _key_with_vehicle(dialect).read.sql, [digest, vehicle_id])) == 1
 
 
 async def test_fetch_rows_tells_a_statement_s_error_as_tortoise_does(server: Server) -> None:
@@ -233,3 +241,105 @@ async def test_concurrent_hot_reads_each_get_their_own_answer(server: Server) ->
         assert row[_with_state(db.capabilities.dialect).vehicle_columns.index("name")] == (
             f"car {car.id}"
         )
+
+
+def _key_reads(records: list[logging.LogRecord]) -> list[str]:
+    """The statements of active_key_with_vehicle sent, as Tortoise's client logs them."""
+    table = ApiKey._meta.db_table
+    return [
+        message
+        for message in (r.getMessage() for r in records if r.name == "tortoise.db_client")
+        if f'"{table}" k' in message
+    ]
+
+
+async def test_concurrent_key_and_vehicle_reads_go_together_on_postgresql(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    # On PostgreSQL the reads of a key with its vehicle asked while one is under way go
+    # in one statement (unnest of the pairs, WITH ORDINALITY): one round trip for all.
+    # Each gets what it would get alone: its own key and car, nothing for an unknown or
+    # revoked key, no vehicle for a deleted or unknown id, twice the same pair twice.
+    db = ApiKey._meta.db
+    user, key = await server.user()
+    other, other_key = await server.user()
+    _, revoked_key = await server.user()
+    await ApiKey.filter(hash=hash_key(revoked_key)).update(revoked_at=datetime.now(UTC))
+    mine = [await server.vehicle(user) for _ in range(3)]
+    theirs = await server.vehicle(other)
+    gone = await server.vehicle(user)
+    await Vehicle.filter(id=gone.id).update(deleted_at=datetime.now(UTC))
+    for car in [*mine, theirs]:
+        await Vehicle.filter(id=car.id).update(name=f"car {car.id}")
+    asked = [(key, car.id) for car in mine] + [
+        (other_key, theirs.id),
+        (other_key, mine[0].id),  # another's car: the row says whose it is
+        ("evl_unknown", mine[1].id),
+        (revoked_key, theirs.id),
+        (key, gone.id),
+        (key, uuid.uuid4()),
+        (key, mine[2].id),
+    ]
+
+    def seen(found: tuple[object, VehicleRow] | None) -> tuple[object, ...] | None:
+        if found is None:
+            return None
+        active, row = found
+        stored = row.stored()
+        vehicle = None if stored is None else (stored[0].id, stored[0].name, stored[0].user_id)
+        return (active.id, active.user.id, vehicle)  # type: ignore[attr-defined]
+
+    alone = [seen(await active_key_with_vehicle(hash_key(k), v)) for k, v in asked]
+    with caplog.at_level(logging.DEBUG, logger="tortoise.db_client"):
+        together = await asyncio.gather(
+            *(active_key_with_vehicle(hash_key(k), v) for k, v in asked)
+        )
+    assert [seen(found) for found in together] == alone
+    assert alone[0] is not None
+    assert alone[0][2] == (mine[0].id, f"car {mine[0].id}", user.id)
+    assert alone[4] is not None
+    assert alone[4][2] == (mine[0].id, f"car {mine[0].id}", user.id)  # whose it is: user's
+    assert alone[5] is None  # an unknown key
+    assert alone[6] is None  # a revoked key
+    assert alone[7] is not None
+    assert alone[7][2] is None  # a deleted car
+    statements = _key_reads(caplog.records)
+    if db.capabilities.dialect == "postgres":
+        # The first alone, at once; the ten asked meanwhile in one statement.
+        assert len(statements) == 2
+        assert "unnest" in statements[1]
+    else:
+        assert len(statements) == len(asked)  # SQLite's go together in aiosqlite's thread
+
+
+async def test_a_caller_gone_from_a_read_together_leaves_the_others_their_answers(
+    server: Server,
+) -> None:
+    user, key = await server.user()
+    cars = [await server.vehicle(user) for _ in range(4)]
+    reads = [asyncio.ensure_future(active_key_with_vehicle(hash_key(key), car.id)) for car in cars]
+    await asyncio.sleep(0)  # every read asked: the first under way, the others waiting
+    reads[1].cancel()
+    done = await asyncio.gather(*reads, return_exceptions=True)
+    assert isinstance(done[1], asyncio.CancelledError)
+    for car, found in zip(cars, done, strict=True):
+        if found is done[1]:
+            continue
+        assert isinstance(found, tuple)
+        stored = found[1].stored()
+        assert stored is not None
+        assert stored[0].id == car.id
+
+
+async def test_a_read_together_that_fails_fails_each_of_its_callers(server: Server) -> None:
+    db = ApiKey._meta.db
+    if db.capabilities.dialect != "postgres":
+        pytest.skip("only PostgreSQL's reads go together in one statement")
+    # The first goes alone and is answered; the three asked meanwhile go together, in a
+    # statement that fails: each of them gets the error, as Tortoise tells it.
+    read = ManyAtOnce("SELECT $1::int AS n", "SELECT n FROM no_such_table WHERE n = ANY($1::int[])")
+    found = await asyncio.gather(
+        *(fetch_together(db, read, [n]) for n in range(4)), return_exceptions=True
+    )
+    assert [tuple(row) for row in found[0]] == [(0,)]  # type: ignore[union-attr]
+    assert all(isinstance(error, OperationalError) for error in found[1:]), found
