@@ -1,7 +1,8 @@
 """`make bench`: every benchmark of bench/, one table, also written to bench/results/latest.md.
 
 Each target server runs in a process of its own (uvicorn on 127.0.0.1, a free
-port); the load generators run in this process (and wrk in its own). Ratios are
+port), and so does each load generator (wrk, the subscriber and fleet clients; only
+the fallback HTTP client used where wrk cannot be had runs in this process). Ratios are
 always against the baseline measured in the same run, because this machine is
 shared and noisy. See bench/README.md for what each number means.
 """
@@ -280,6 +281,19 @@ async def profile(
             (await http.post("/bench/profile/stop", params={"out": str(out)})).raise_for_status()
     log(f"profile of {name} written to {out.relative_to(REPO)}")
     return out
+
+
+MISS_PROFILE_LINES = 45  # the part of a REST miss's profile printed after the table
+
+
+def print_miss_profile(profiles: list[Path]) -> None:
+    """The head of the REST miss's profile (pyinstrument's call tree), after the table:
+    where a miss's time goes, in this run (the whole of it is in its file)."""
+    for path in profiles:
+        if path.name == "profile-rest-miss.txt":
+            lines = path.read_text().splitlines()
+            print(f"\nWhere a REST miss's time goes ({path.relative_to(REPO)}, its first lines):")
+            print("\n".join(lines[:MISS_PROFILE_LINES]))
 
 
 async def subscribe(
@@ -670,8 +684,8 @@ def fleet_rows(run: Run) -> list[Row]:
     if fleet is None:
         return [Row("Fleet scenario", now="not run")]
     label = (
-        f"Fleet: {fleet.vehicles:,} cars of as many users, {SENSORS} REST sensors each every "
-        f"{PERIOD:g} s ({fleet.rate:,.0f} req/s), {fleet.seconds:g} s"
+        f"Fleet (SQLite): {fleet.vehicles:,} cars of as many users, {SENSORS} REST sensors "
+        f"each every {PERIOD:g} s ({fleet.rate:,.0f} req/s), {fleet.seconds:g} s"
     )
     rows = [
         Row(
@@ -709,8 +723,8 @@ def fleet_rows(run: Run) -> list[Row]:
         limit = " (time budget spent)" if steps.budget_spent else ""
         rows.append(
             Row(
-                f"Fleet: largest fleet one process serves with p99 < {P99_LIMIT_MS:.0f} ms "
-                f"(cars: p99 ms of each step{limit}: {tried})",
+                f"Fleet (SQLite): largest fleet one process serves with p99 < "
+                f"{P99_LIMIT_MS:.0f} ms (cars: p99 ms of each step{limit}: {tried})",
                 now=f"{steps.largest:,}",
                 target=f"≥ {FLEET_CARS:,}",
                 met=_met(steps.largest >= FLEET_CARS),
@@ -877,6 +891,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     written = RESULTS / ("fleet.md" if args.fleet_only else "latest.md")
     print(f"\n(written to {written.relative_to(REPO)})")
+    print_miss_profile(measured.profiles)
     for failure in measured.failures:
         print(f"FAILED: {failure}", file=sys.stderr)
     if args.fleet_only:

@@ -170,6 +170,18 @@ def _playground_note() -> str | None:
     )
 
 
+def _shared_database_note(settings: Settings) -> str | None:
+    """On PostgreSQL without Redis, what a second instance on the same database would
+    miss: one line, printed at start (one instance alone is served as it should be)."""
+    if settings.is_sqlite or settings.redis_url:
+        return None
+    return (
+        "PostgreSQL without EVLINK_REDIS_URL: right for one instance. Another instance on "
+        "this database needs Redis too, or neither sees the other's changes in its "
+        "subscriptions and read cache (docs/scaling.md)"
+    )
+
+
 def _serve(settings: Settings, args: argparse.Namespace) -> None:
     from uvicorn.supervisors import Multiprocess
 
@@ -188,9 +200,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
     except BaseException:
         sock.close()
         raise
-    note = _playground_note()
-    if note:
-        _print(note)
+    for note in (_playground_note(), _shared_database_note(settings)):
+        if note:
+            _print(note)
     sys.stdout.flush()
     common: dict[str, Any] = {
         "host": settings.host,

@@ -426,3 +426,21 @@ def test_tariff_set_stores_a_checked_tariff_and_refuses_bad_ones_in_one_line(cli
         assert message in refused.stderr, refused.stderr
     unknown = cli("tariff", "set", "--user", "nobody@b.c", "--price", "1", "--currency", "EUR")
     assert unknown.returncode == 1
+
+
+async def test_serve_on_postgresql_without_redis_says_what_a_second_instance_needs(
+    database_url: str, tmp_path: Path
+) -> None:
+    # One instance on PostgreSQL is served as it should be, so it starts; but another on
+    # the same database without Redis would never see this one's changes in its
+    # subscriptions (a trial found one silently stale), so serve says so at start.
+    printed = ServerLog()
+    async with serve_process(database_url, cwd=tmp_path, printed=printed, EVLINK_REDIS_URL=""):
+        await printed.line_with(b"Serving on")
+    notes = [line for line in printed.lines if b"EVLINK_REDIS_URL" in line]
+    if database_url.startswith("sqlite"):
+        assert notes == []
+    else:
+        (note,) = notes
+        assert b"Another instance on this database needs Redis" in note
+        assert b"docs/scaling.md" in note
