@@ -53,14 +53,16 @@ def _print(line: str = "") -> None:
 
 
 async def _migrate(settings: Settings, _: argparse.Namespace) -> None:
-    applied = await apply_migrations(settings.database_url)
+    applied = await apply_migrations(
+        settings.database_url, connect_timeout=settings.database_timeout
+    )
     _print(f"applied {', '.join(applied)}" if applied else "database is up to date")
 
 
 async def _demo(settings: Settings, args: argparse.Namespace) -> None:
     if settings.provider != "simulator":
         raise CommandError("the demo's cars are simulated: it needs EVLINK_PROVIDER=simulator")
-    async with open_database(settings.database_url):
+    async with open_database(settings.database_url, connect_timeout=settings.database_timeout):
         demo = await accounts.ensure_demo()
     if args.json:
         _print(json.dumps(_demo_json(settings, demo)))
@@ -122,7 +124,7 @@ def _require_sqlite_file(settings: Settings) -> None:
 
 async def _seed_if_empty(settings: Settings) -> None:
     """First start on an empty database: make the demo account and show its key."""
-    async with open_database(settings.database_url):
+    async with open_database(settings.database_url, connect_timeout=settings.database_timeout):
         try:
             empty = not await User.exists()
         except OperationalError:
@@ -230,7 +232,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def _user_create(settings: Settings, args: argparse.Namespace) -> None:
-    async with open_database(settings.database_url):
+    async with open_database(settings.database_url, connect_timeout=settings.database_timeout):
         user = await accounts.create_user(args.email, accounts.parse_tier(args.tier))
     _print(f"user {user.id} {user.email} {user.tier.value}")
 
@@ -250,7 +252,10 @@ async def _servers_told(settings: Settings) -> AsyncIterator[ReadCache]:
 
 
 async def _user_set_tier(settings: Settings, args: argparse.Namespace) -> None:
-    async with open_database(settings.database_url), _servers_told(settings) as cache:
+    async with (
+        open_database(settings.database_url, connect_timeout=settings.database_timeout),
+        _servers_told(settings) as cache,
+    ):
         user = await accounts.set_tier(
             await accounts.find_user(args.email), accounts.parse_tier(args.tier), cache
         )
@@ -258,14 +263,14 @@ async def _user_set_tier(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def _user_list(settings: Settings, _: argparse.Namespace) -> None:
-    async with open_database(settings.database_url):
+    async with open_database(settings.database_url, connect_timeout=settings.database_timeout):
         for user in await User.all().order_by("id"):
             _print(f"{user.id}\t{user.email}\t{user.tier.value}")
 
 
 async def _tariff_set(settings: Settings, args: argparse.Namespace) -> None:
     periods = [parse_period(text) for text in args.period or []]
-    async with open_database(settings.database_url):
+    async with open_database(settings.database_url, connect_timeout=settings.database_timeout):
         user = await accounts.find_user(args.user)
         tariff = await sessions.set_tariff(user, args.price, args.currency, periods, args.timezone)
     shown = " ".join(f"{p.text}={p.price:g}" for p in tariff.periods)
@@ -276,14 +281,14 @@ async def _tariff_set(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def _key_create(settings: Settings, args: argparse.Namespace) -> None:
-    async with open_database(settings.database_url):
+    async with open_database(settings.database_url, connect_timeout=settings.database_timeout):
         issued = await issue_key(await accounts.find_user(args.user), name=args.name)
     _print(f"key {issued.record.prefix}… for {args.user}; shown once, store it now:")
     _print(issued.secret)
 
 
 async def _key_list(settings: Settings, args: argparse.Namespace) -> None:
-    async with open_database(settings.database_url):
+    async with open_database(settings.database_url, connect_timeout=settings.database_timeout):
         query = ApiKey.all().select_related("user").order_by("id")
         if args.user:
             query = query.filter(user__email=args.user.strip().lower())
@@ -294,7 +299,10 @@ async def _key_list(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def _key_revoke(settings: Settings, args: argparse.Namespace) -> None:
-    async with open_database(settings.database_url), _servers_told(settings) as cache:
+    async with (
+        open_database(settings.database_url, connect_timeout=settings.database_timeout),
+        _servers_told(settings) as cache,
+    ):
         key = await revoke_key(args.key, cache)
     _print(f"revoked key {key.id} ({key.prefix}…)")
 
@@ -304,7 +312,10 @@ async def _provider_services(settings: Settings) -> AsyncIterator[Services]:
     """The database and the configured provider (not started: no background steps), for
     the `evlink vehicle` and `evlink enode` commands. What they change reaches the
     servers' subscribers and caches over Redis when it is configured."""
-    async with open_database(settings.database_url), _servers_told(settings) as cache:
+    async with (
+        open_database(settings.database_url, connect_timeout=settings.database_timeout),
+        _servers_told(settings) as cache,
+    ):
         provider = build_provider(settings)
         try:
             events = cache.events or MemoryEventBus()
@@ -326,7 +337,7 @@ async def _vehicle_add(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def _vehicle_list(settings: Settings, args: argparse.Namespace) -> None:
-    async with open_database(settings.database_url):
+    async with open_database(settings.database_url, connect_timeout=settings.database_timeout):
         query = Vehicle.filter(deleted_at=None).select_related("user").order_by("created_at", "id")
         if args.user:
             query = query.filter(user=await accounts.find_user(args.user))
@@ -352,7 +363,7 @@ async def _vehicle_remove(settings: Settings, args: argparse.Namespace) -> None:
 
 async def _usage(settings: Settings, args: argparse.Namespace) -> None:
     """What a user has spent of each quota, from the counts the servers share in Redis."""
-    async with open_database(settings.database_url):
+    async with open_database(settings.database_url, connect_timeout=settings.database_timeout):
         user = await accounts.find_user(args.user)
         keys = await ApiKey.filter(user=user, revoked_at=None).order_by("id")
     limiter = Limiter.from_settings(settings)
@@ -586,7 +597,12 @@ def _main(argv: Sequence[str] | None) -> int:
     except BrokenPipeError:
         raise  # the reader of our output went away (main), not the database
     except (DBConnectionError, OSError) as exc:
-        sys.stderr.write(f"evlink: cannot open the database {_where(settings)}: {_cause(exc)}\n")
+        cause = (
+            f"no answer within {settings.database_timeout:g} s (EVLINK_DATABASE_TIMEOUT)"
+            if isinstance(exc, TimeoutError)
+            else _cause(exc)
+        )
+        sys.stderr.write(f"evlink: cannot open the database {_where(settings)}: {cause}\n")
         return 1
     return 0
 

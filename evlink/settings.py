@@ -330,16 +330,22 @@ def connection_name(database_url: str) -> str:
     return "sqlite" if database_url.startswith("sqlite://") else "postgres"
 
 
-def tortoise_config(database_url: str, *, timeout: float | None = None) -> dict[str, Any]:
+def tortoise_config(
+    database_url: str, *, timeout: float | None = None, connect_timeout: float | None = None
+) -> dict[str, Any]:
     """Tortoise configuration with evlink's one app ``evlink``.
 
     With ``timeout``, every call is bounded and an outage raises DatabaseUnavailable
     (:mod:`evlink.models.backends`; the server). Without, Tortoise's own clients
-    (migrations and the CLI, which may take their time).
+    (migrations and the CLI, which may take their time); ``connect_timeout`` then
+    bounds PostgreSQL's connecting alone (asyncpg's own ``timeout``), so that a server
+    that takes connections but never answers is told, not waited for.
     """
     connection: str | dict[str, Any] = database_url
     if timeout is not None:
         connection = _bounded_connection(database_url, timeout)
+    elif connect_timeout is not None:
+        connection = _connecting_within(database_url, connect_timeout)
     return {
         "connections": {connection_name(database_url): connection},
         "apps": {
@@ -363,6 +369,14 @@ def _bounded_connection(database_url: str, timeout: float) -> dict[str, Any]:
     if connection["engine"] in _BOUNDED_ENGINES:
         connection["engine"] = "evlink.models.backends"
         connection["credentials"]["database_timeout"] = timeout
+    return connection
+
+
+def _connecting_within(database_url: str, seconds: float) -> str | dict[str, Any]:
+    connection: dict[str, Any] = expand_db_url(database_url)
+    if connection["engine"] != "tortoise.backends.asyncpg":
+        return database_url  # SQLite opens a file: nothing to wait for
+    connection["credentials"].setdefault("timeout", seconds)
     return connection
 
 

@@ -444,3 +444,32 @@ async def test_serve_on_postgresql_without_redis_says_what_a_second_instance_nee
         (note,) = notes
         assert b"Another instance on this database needs Redis" in note
         assert b"docs/scaling.md" in note
+
+
+@pytest.mark.parametrize("command", [["user", "list"], ["migrate"], ["serve"]])
+def test_a_postgresql_that_takes_connections_but_never_answers_is_one_line(
+    cli: Cli, command: list[str]
+) -> None:
+    # A listening socket that never accepts: the kernel completes the handshake, and
+    # nothing answers asyncpg's startup message (a stalled server, a wrong port behind a
+    # proxy). The CLI says so within EVLINK_DATABASE_TIMEOUT instead of waiting.
+    with socket.socket() as stalled:
+        stalled.bind(("127.0.0.1", 0))
+        stalled.listen(8)
+        port = stalled.getsockname()[1]
+        url = f"postgres://evlink@127.0.0.1:{port}/evlink"
+        run = Cli(
+            cwd=cli.cwd,
+            env={
+                **cli.env,
+                "EVLINK_DATABASE_URL": url,
+                "EVLINK_DATABASE_TIMEOUT": "1",
+                "EVLINK_PORT": str(free_port()),
+            },
+        )
+        result = run(*command)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert _one_line(result) == (
+        f"evlink: cannot open the database postgres://evlink@127.0.0.1:{port}/evlink: "
+        "no answer within 1 s (EVLINK_DATABASE_TIMEOUT)"
+    )

@@ -670,6 +670,34 @@ async def test_graphql_takes_no_input_that_sets_tier_owner_state_or_a_webhook_ur
     assert server.simulator.calls == before
 
 
+async def test_an_idempotency_key_that_is_no_printable_text_is_a_bad_request(
+    server: Server,
+) -> None:
+    """GraphQL's strings can carry a NUL (PostgreSQL stores none) or a lone surrogate (no
+    UTF-8 for it): each was an unexpected error (500, logged with its traceback) found by
+    the attacker's trial; now a client's mistake, 400, and no command is sent."""
+    user, key = await server.user()
+    car = await server.vehicle(user, "plugged")
+    before = list(server.simulator.calls)
+    for bad in ("\ud800", "a\x00b"):
+        body = json.dumps(
+            {
+                "query": "mutation($id: ID!, $k: String) {"
+                " setCharging(vehicleId: $id, action: START, idempotencyKey: $k) { id } }",
+                "variables": {"id": str(car.id), "k": bad},
+            }
+        )  # "\ud800" as JSON's escape: an HTTP client would not encode it raw
+        answer = await server.http.post(
+            "/graphql",
+            content=body,
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )
+        (error,) = answer.json()["errors"]
+        assert error["extensions"]["code"] == "BAD_REQUEST", (bad, answer.text)
+        assert "printable" in error["message"]
+    assert server.simulator.calls == before
+
+
 # == API4: Unrestricted resource consumption ==========================================
 # Covered elsewhere: tests/test_guards.py::test_bodies_over_the_limit_are_413 (declared
 # length), ::test_websockets_per_user_are_capped, ::test_connection_init_must_come_in_time,

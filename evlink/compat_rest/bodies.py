@@ -60,7 +60,8 @@ def status_body(status: VehicleStatus) -> dict[str, Any]:
         "isCharging": state.is_charging,
         "isPluggedIn": state.is_plugged_in,
         "chargingState": state.power_delivery_state,
-        "vehicleName": vehicle_name(vehicle.name, vehicle.information),
+        # The provider's information is decoded only for a car without a name of its own.
+        "vehicleName": vehicle.name or vehicle_name(None, vehicle.information),
         "lastSeen": format_timestamp(vehicle.last_seen),
         "isReachable": vehicle.is_reachable,
         "chargeState": charge_state_body(state),

@@ -39,7 +39,7 @@ ERROR_CODES: dict[str, str] = {
     "BAD_REQUEST": (
         "The body is not a JSON object or nests more than 32 levels of arrays and objects, "
         "the action is not START or STOP, `wait` is out of range, or the idempotency key is "
-        "not 1 to 255 characters."
+        "not 1 to 255 printable characters."
     ),
     "PAYLOAD_TOO_LARGE": "The request body is larger than the server accepts.",
     "UNSUPPORTED_MEDIA_TYPE": "The body is sent with a content type other than JSON.",

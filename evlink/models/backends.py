@@ -455,15 +455,22 @@ class SessionlessConnection(asyncpg.connection.Connection):  # type: ignore[misc
         return ""
 
 
+# Trips of one read under way at once before the next reads wait for one to end: below
+# the pool's five connections (Tortoise's default size), so a slow database delays no read
+# the pool would have served at once; a busy server's reads of one turn go together.
+TRIPS_AT_ONCE = 4
+
+
 class _Together:
     """:meth:`BoundedPostgresClient.fetch_together`'s trips of one read."""
 
-    __slots__ = ("trip", "under_way", "waiting")
+    __slots__ = ("forming", "trips", "under_way", "waiting")
 
     def __init__(self) -> None:
-        self.under_way = False  # a trip of this read is under way
+        self.under_way = 0  # trips of this read started (at most TRIPS_AT_ONCE)
+        self.forming = False  # a trip is made and takes the waiting reads when it starts
         self.waiting: list[tuple[list[Any], asyncio.Future[list[Any]]]] = []  # for the next
-        self.trip: asyncio.Task[None] | None = None  # the next (or last) trip
+        self.trips: set[asyncio.Task[None]] = set()  # kept until done
 
 
 class BoundedPostgresClient(BoundedClient, AsyncpgDBClient):
@@ -511,59 +518,62 @@ class BoundedPostgresClient(BoundedClient, AsyncpgDBClient):
         return rows  # type: ignore[no-any-return]
 
     async def fetch_together(self, read: ManyAtOnce, values: list[Any]) -> Sequence[Any]:
-        """The rows of ``read`` for ``values``: alone and at once when no trip of this
-        read is under way; else in the next trip, with every other asked meanwhile, in
-        one statement (``read.many``). Each caller within its own bound."""
+        """The rows of ``read`` for ``values``, in a trip with every other read of it asked
+        in the same turn of the loop: at that turn's end while fewer than
+        :data:`TRIPS_AT_ONCE` trips of this read are under way, else when the next of
+        them ends, with every read asked meanwhile. A trip of one is ``read.sql``, of
+        more ``read.many``: one statement. Each caller within its own bound, which counts
+        a wait for a trip's end as it counts a wait for a pooled connection."""
         assert read.many is not None
         together = self._together.get(read.many)
         if together is None:
             together = self._together[read.many] = _Together()
-        if not together.under_way:
-            together.under_way = True
-            try:
-                return await self.fetch_rows(read.sql, values)
-            finally:
-                self._together_ended(read, together)
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         together.waiting.append((values, future))
+        if not together.forming and together.under_way < TRIPS_AT_ONCE:
+            self._form_trip(read, together)
         try:
             async with asyncio.timeout(self.timeout):
                 return await future
         except Exception as exc:  # the trip's own failures come told already
             _raise_failure(self, exc, exc)
 
-    def _together_ended(self, read: ManyAtOnce, together: _Together) -> None:
-        """A trip of ``read`` ended: the next takes those asked meanwhile, if any."""
-        if together.waiting:
-            together.trip = asyncio.get_running_loop().create_task(self._trip(read, together))
-        else:
-            together.under_way = False
+    def _form_trip(self, read: ManyAtOnce, together: _Together) -> None:
+        """A trip that takes every read waiting when it starts, at the end of this turn."""
+        together.forming = True
+        together.under_way += 1
+        trip = asyncio.get_running_loop().create_task(self._trip(read, together))
+        together.trips.add(trip)
+        trip.add_done_callback(together.trips.discard)
 
     async def _trip(self, read: ManyAtOnce, together: _Together) -> None:
         """One statement for every read waiting as it starts, its rows handed by their
-        ordinal to each whose caller is still there; then the next trip."""
+        ordinal to each whose caller is still there; then, if reads wait, the next."""
         assert read.many is not None
+        together.forming = False
         waiting, together.waiting = together.waiting, []
-        if waiting:
-            arrays = [
-                list(column) for column in zip(*(values for values, _ in waiting), strict=True)
-            ]
-            answers: list[list[Any]] = [[] for _ in waiting]
-            try:
+        try:
+            if len(waiting) == 1:
+                answers = [list(await self.fetch_rows(read.sql, waiting[0][0]))]
+            else:
+                arrays = [list(column) for column in zip(*(v for v, _ in waiting), strict=True)]
+                answers = [[] for _ in waiting]
                 for row in await self.fetch_rows(read.many, arrays):
                     answers[row[-1] - 1].append(row)
-            except asyncio.CancelledError:  # the loop is closing: callers run out of time
-                together.under_way = False
-                raise
-            except Exception as exc:  # told already (DatabaseUnavailable, Tortoise's)
-                for _, future in waiting:
-                    if not future.done():
-                        future.set_exception(exc)
-            else:
-                for (_, future), rows in zip(waiting, answers, strict=True):
-                    if not future.done():
-                        future.set_result(rows)
-        self._together_ended(read, together)
+        except asyncio.CancelledError:  # the loop is closing: callers run out of time
+            together.under_way -= 1
+            raise
+        except Exception as exc:  # told already (DatabaseUnavailable, Tortoise's)
+            for _, future in waiting:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            for (_, future), rows in zip(waiting, answers, strict=True):
+                if not future.done():
+                    future.set_result(rows)
+        together.under_way -= 1
+        if together.waiting and not together.forming:
+            self._form_trip(read, together)
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[TransactionalDBClient]:

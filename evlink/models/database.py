@@ -25,17 +25,19 @@ def ensure_sqlite_directory(database_url: str) -> None:
 
 @asynccontextmanager
 async def open_database(
-    database_url: str, *, timeout: float | None = None
+    database_url: str, *, timeout: float | None = None, connect_timeout: float | None = None
 ) -> AsyncIterator[TortoiseContext]:
     """A Tortoise context of its own, for work outside the running app; with
-    ``timeout``, its calls bounded as the server's are (:mod:`evlink.models.backends`)."""
+    ``timeout``, its calls bounded as the server's are (:mod:`evlink.models.backends`);
+    else with ``connect_timeout``, its connecting alone (the CLI)."""
     ensure_sqlite_directory(database_url)
+    config = tortoise_config(database_url, timeout=timeout, connect_timeout=connect_timeout)
     async with TortoiseContext() as ctx:
-        await ctx.init(config=tortoise_config(database_url, timeout=timeout))
+        await ctx.init(config=config)
         yield ctx
 
 
-async def apply_migrations(database_url: str) -> list[str]:
+async def apply_migrations(database_url: str, *, connect_timeout: float | None = None) -> list[str]:
     """Apply every migration not yet applied; returns the names applied."""
     applied: list[str] = []
 
@@ -43,6 +45,7 @@ async def apply_migrations(database_url: str) -> list[str]:
         if event == "apply_done":
             applied.append(f"{app_label}.{name}")
 
-    async with open_database(database_url):
-        await migrate(config=tortoise_config(database_url), progress=progress)
+    async with open_database(database_url, connect_timeout=connect_timeout):
+        config = tortoise_config(database_url, connect_timeout=connect_timeout)
+        await migrate(config=config, progress=progress)
     return applied

@@ -11,8 +11,8 @@ the first check that fails answers:
 
 1. the vehicle is the caller's: 404 / 403 (:func:`.vehicles.get_vehicle`);
 2. :func:`check_caller`: the PRO tier (``FORBIDDEN_TIER``), then the provider
-   link (``PROVIDER_LINK_MISSING``), then the idempotency key's length, 1 to 255
-   characters (``BAD_REQUEST``);
+   link (``PROVIDER_LINK_MISSING``), then the idempotency key: 1 to 255
+   printable characters (``BAD_REQUEST``);
 3. under the vehicle's lock, :func:`check_replay`: a key the user sent before
    answers with its command, or ``IDEMPOTENCY_KEY_REUSED`` when it was for
    another vehicle or action; then :func:`pending_to_reuse`: a PENDING command
@@ -161,13 +161,19 @@ class Refusal:
 
 
 def check_caller(tier: Tier, *, linked: bool, idempotency_key: str | None) -> Refusal | None:
-    """The caller's tier, the car's provider link, the key's length (step 2)."""
+    """The caller's tier, the car's provider link, the key's length and text (step 2)."""
     if tier != Tier.PRO:
         return Refusal(ForbiddenTier)
     if not linked:
         return Refusal(ProviderLinkMissing)
-    if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
-        return Refusal(BadRequest, f"idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+    if idempotency_key is not None and not (
+        0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY and idempotency_key.isprintable()
+    ):
+        # Printable: no control character (PostgreSQL stores no NUL) and no lone
+        # surrogate (no UTF-8 for it), which GraphQL's strings can carry.
+        return Refusal(
+            BadRequest, f"idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters"
+        )
     return None
 
 

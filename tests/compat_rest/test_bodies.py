@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse
 
 from evlink.compat_rest.bodies import render, status_body, vehicle_body
 from evlink.models import ChargeState, Vehicle
-from evlink.models.vehicles import charge_state_data
+from evlink.models.vehicles import StoredVehicle, charge_state_data, vehicle_with_charge_state
 from evlink.resolvers.vehicles import VehicleStatus
 from evlink.settings import Settings
 from tests.conftest import Server, _truncate, run_server
@@ -87,6 +87,28 @@ async def test_a_status_miss_is_the_bytes_of_tortoise_s_models_rendered_by_starl
         assert whole.content in listed.content
     assert server.simulator.calls == []  # every answer was the stored row's
     assert json.loads(status.content)["vehicleName"] == 'Škoda Enyaq "iV" \\ ☃\u2028'
+
+
+async def test_a_named_car_s_status_never_decodes_its_provider_information(
+    uncached: Server,
+) -> None:
+    # The status body needs the information (a JSON column) only for a car without a
+    # name of its own: a named car's row leaves it undecoded.
+    _, (named, unnamed) = await _cars(uncached)
+    for car, decoded in ((named, False), (unnamed, True)):
+        found = await vehicle_with_charge_state(car.id)
+        assert found is not None
+        vehicle, state = found
+        assert state is not None
+        body = status_body(VehicleStatus(vehicle, state))
+        unnamed_name = 'Škoda Enyaq "iV" \\ ☃\u2028'
+        assert body["vehicleName"] == (unnamed_name if decoded else named.name)
+        try:
+            StoredVehicle.information.__get__(vehicle)  # the slot, without decoding it
+        except AttributeError:
+            assert not decoded
+        else:
+            assert decoded
 
 
 async def test_graphql_s_vehicle_is_the_bytes_of_the_vehicles_list(uncached: Server) -> None:

@@ -6,14 +6,18 @@ import asyncio
 import contextvars
 import logging
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from tortoise.exceptions import OperationalError
 
 from evlink.models import ApiKey, ChargeState, User, Vehicle
 from evlink.models.backends import (
+    TRIPS_AT_ONCE,
     BoundedClient,
+    BoundedPostgresClient,
     ManyAtOnce,
     fetch_rows,
     fetch_together,
@@ -256,7 +260,7 @@ def _key_reads(records: list[logging.LogRecord]) -> list[str]:
 async def test_concurrent_key_and_vehicle_reads_go_together_on_postgresql(
     server: Server, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # On PostgreSQL the reads of a key with its vehicle asked while one is under way go
+    # On PostgreSQL the reads of a key with its vehicle asked in one turn of the loop go
     # in one statement (unnest of the pairs, WITH ORDINALITY): one round trip for all.
     # Each gets what it would get alone: its own key and car, nothing for an unknown or
     # revoked key, no vehicle for a deleted or unknown id, twice the same pair twice.
@@ -305,9 +309,9 @@ async def test_concurrent_key_and_vehicle_reads_go_together_on_postgresql(
     assert alone[7][2] is None  # a deleted car
     statements = _key_reads(caplog.records)
     if db.capabilities.dialect == "postgres":
-        # The first alone, at once; the ten asked meanwhile in one statement.
-        assert len(statements) == 2
-        assert "unnest" in statements[1]
+        # All eleven asked in one turn of the loop: one statement.
+        assert len(statements) == 1
+        assert "unnest" in statements[0]
     else:
         assert len(statements) == len(asked)  # SQLite's go together in aiosqlite's thread
 
@@ -316,14 +320,15 @@ async def test_a_caller_gone_from_a_read_together_leaves_the_others_their_answer
     server: Server,
 ) -> None:
     user, key = await server.user()
-    cars = [await server.vehicle(user) for _ in range(4)]
+    cars = [await server.vehicle(user) for _ in range(6)]
     reads = [asyncio.ensure_future(active_key_with_vehicle(hash_key(key), car.id)) for car in cars]
-    await asyncio.sleep(0)  # every read asked: the first under way, the others waiting
-    reads[1].cancel()
+    await asyncio.sleep(0)  # every read asked, their trip not yet started
+    gone = 2
+    reads[gone].cancel()
     done = await asyncio.gather(*reads, return_exceptions=True)
-    assert isinstance(done[1], asyncio.CancelledError)
+    assert isinstance(done[gone], asyncio.CancelledError)
     for car, found in zip(cars, done, strict=True):
-        if found is done[1]:
+        if found is done[gone]:
             continue
         assert isinstance(found, tuple)
         stored = found[1].stored()
@@ -335,11 +340,66 @@ async def test_a_read_together_that_fails_fails_each_of_its_callers(server: Serv
     db = ApiKey._meta.db
     if db.capabilities.dialect != "postgres":
         pytest.skip("only PostgreSQL's reads go together in one statement")
-    # The first goes alone and is answered; the three asked meanwhile go together, in a
-    # statement that fails: each of them gets the error, as Tortoise tells it.
+    # Asked in one turn, the four go together, in a statement that fails: each of them
+    # gets the error, as Tortoise tells it. A read alone goes as ``sql`` and is answered.
     read = ManyAtOnce("SELECT $1::int AS n", "SELECT n FROM no_such_table WHERE n = ANY($1::int[])")
     found = await asyncio.gather(
         *(fetch_together(db, read, [n]) for n in range(4)), return_exceptions=True
     )
-    assert [tuple(row) for row in found[0]] == [(0,)]  # type: ignore[union-attr]
-    assert all(isinstance(error, OperationalError) for error in found[1:]), found
+    assert all(isinstance(error, OperationalError) for error in found), found
+    assert [tuple(row) for row in await fetch_together(db, read, [7])] == [(7,)]
+
+
+async def test_a_slow_database_delays_no_read_that_would_not_wait_for_a_connection(
+    server: Server,
+) -> None:
+    db = ApiKey._meta.db
+    if db.capabilities.dialect != "postgres":
+        pytest.skip("only PostgreSQL's reads go together in one statement")
+    # Each statement takes 0.6 s of a 1 s bound (a slow but working database). A read
+    # asked while another's statement runs, and fewer than TRIPS_AT_ONCE are under way,
+    # goes at once in a trip of its own, within its own bound, as it did with a pooled
+    # connection of its own: it does not wait for the other to end first (0.5 + 0.6 s
+    # would be past the bound: 503).
+    assert isinstance(db, BoundedPostgresClient)
+    assert TRIPS_AT_ONCE > 1
+    read = ManyAtOnce(
+        "SELECT $1::int AS n, pg_sleep(0.6)",
+        "SELECT n, pg_sleep(0.6), o FROM unnest($1::int[]) WITH ORDINALITY AS q(n, o)",
+    )
+
+    async def later(n: int) -> Sequence[Any]:
+        await asyncio.sleep(0.1)  # the first read's statement is under way
+        return await fetch_together(db, read, [n])
+
+    bound, db.timeout = db.timeout, 1.0
+    try:
+        found = await asyncio.gather(fetch_together(db, read, [0]), later(1))
+    finally:
+        db.timeout = bound
+    assert [[row[0] for row in rows] for rows in found] == [[0], [1]]
+
+
+async def test_reads_past_the_trips_at_once_go_when_a_trip_ends(server: Server) -> None:
+    db = ApiKey._meta.db
+    if db.capabilities.dialect != "postgres":
+        pytest.skip("only PostgreSQL's reads go together in one statement")
+    # TRIPS_AT_ONCE reads asked in turns of their own, each in a trip of its own (0.3 s);
+    # the two asked while all of those are under way wait, and go together when the
+    # first trip ends.
+    assert isinstance(db, BoundedPostgresClient)
+    read = ManyAtOnce(
+        "SELECT $1::int AS n, pg_sleep(0.3)",
+        "SELECT n, pg_sleep(0.3), o FROM unnest($1::int[]) WITH ORDINALITY AS q(n, o)",
+    )
+
+    async def asked(n: int) -> Sequence[Any]:
+        await asyncio.sleep(0.02 * n)
+        return await fetch_together(db, read, [n])
+
+    bound, db.timeout = db.timeout, 2.0
+    try:
+        found = await asyncio.gather(*(asked(n) for n in range(TRIPS_AT_ONCE + 2)))
+    finally:
+        db.timeout = bound
+    assert [[row[0] for row in rows] for rows in found] == [[n] for n in range(TRIPS_AT_ONCE + 2)]

@@ -48,7 +48,7 @@ def seconds(value: float) -> timedelta:
 
 # -- a request: the caller ------------------------------------------------------------
 
-KEY_LENGTH = Refusal(BadRequest, "idempotency key must be 1 to 255 characters")
+KEY_LENGTH = Refusal(BadRequest, "idempotency key must be 1 to 255 printable characters")
 
 
 @pytest.mark.parametrize(
@@ -63,6 +63,11 @@ KEY_LENGTH = Refusal(BadRequest, "idempotency key must be 1 to 255 characters")
         (Tier.PRO, False, None, Refusal(ProviderLinkMissing)),
         (Tier.PRO, True, "", KEY_LENGTH),
         (Tier.PRO, True, "k" * 256, KEY_LENGTH),
+        # Then its text: printable (GraphQL's strings may carry NUL or a lone surrogate).
+        (Tier.PRO, True, "a\x00b", KEY_LENGTH),
+        (Tier.PRO, True, "\ud800", KEY_LENGTH),
+        (Tier.PRO, True, "line\nbreak", KEY_LENGTH),
+        (Tier.PRO, True, "Küche 2026-11-30 #1", None),
         (Tier.PRO, True, "k" * 255, None),
         (Tier.PRO, True, "k", None),
         (Tier.PRO, True, None, None),
