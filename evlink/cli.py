@@ -123,10 +123,13 @@ def _require_sqlite_file(settings: Settings) -> None:
 
 
 async def _seed_if_empty(settings: Settings) -> None:
-    """First start on an empty database: make the demo account and show its key."""
+    """First start on an empty database: make the demo account and show its key. The
+    first look is bounded by EVLINK_DATABASE_TIMEOUT: a database that does not answer
+    it (a lock held elsewhere) stops the start in one line instead of holding it."""
     async with open_database(settings.database_url, connect_timeout=settings.database_timeout):
         try:
-            empty = not await User.exists()
+            async with asyncio.timeout(settings.database_timeout):
+                empty = not await User.exists()
         except OperationalError:
             raise _no_tables(settings) from None
         if empty and settings.provider == "simulator":
@@ -597,14 +600,14 @@ def _main(argv: Sequence[str] | None) -> int:
     except BrokenPipeError:
         raise  # the reader of our output went away (main), not the database
     except (DBConnectionError, OSError) as exc:
-        cause = (
-            f"no answer within {settings.database_timeout:g} s (EVLINK_DATABASE_TIMEOUT)"
-            if isinstance(exc, TimeoutError)
-            else _cause(exc)
-        )
+        cause = _unanswered(settings) if isinstance(exc, TimeoutError) else _cause(exc)
         sys.stderr.write(f"evlink: cannot open the database {_where(settings)}: {cause}\n")
         return 1
     return 0
+
+
+def _unanswered(settings: Settings) -> str:
+    return f"no answer within {settings.database_timeout:g} s (EVLINK_DATABASE_TIMEOUT)"
 
 
 def _where(settings: Settings) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg  # type: ignore[import-untyped]
 import httpx
 import pytest
 
@@ -473,3 +475,29 @@ def test_a_postgresql_that_takes_connections_but_never_answers_is_one_line(
         f"evlink: cannot open the database postgres://evlink@127.0.0.1:{port}/evlink: "
         "no answer within 1 s (EVLINK_DATABASE_TIMEOUT)"
     )
+
+
+async def test_serve_on_a_database_that_does_not_answer_stops_in_one_line(
+    database_url: str, tmp_path: Path
+) -> None:
+    # The users' table locked by another session (a migration, a stuck transaction):
+    # serve's first look at the database waits for it no longer than
+    # EVLINK_DATABASE_TIMEOUT, and says so, instead of never starting.
+    if database_url.startswith("sqlite"):
+        pytest.skip("a PostgreSQL lock held by another session")
+    holder = await asyncpg.connect(database_url.replace("postgres://", "postgresql://", 1))
+    try:
+        await holder.execute("BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EVLINK_")}
+        env |= {
+            "EVLINK_DATABASE_URL": database_url,
+            "EVLINK_DATABASE_TIMEOUT": "1",
+            "EVLINK_PORT": str(free_port()),
+        }
+        result = await asyncio.to_thread(Cli(cwd=tmp_path, env=env), "serve")
+    finally:
+        await holder.close()
+    line = _one_line(result)
+    assert line.startswith("evlink: cannot open the database postgres://"), line
+    assert line.endswith("no answer within 1 s (EVLINK_DATABASE_TIMEOUT)"), line
+    assert "Serving on" not in result.stdout

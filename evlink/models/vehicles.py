@@ -447,7 +447,7 @@ def _key_with_vehicle_statement(dialect: str) -> _KeyStatement:
     user's columns as :func:`~evlink.models.users.active_key_with_user` selects them, then
     the vehicle's and its charge state's (read by position, so their names may overlap
     the user's). On PostgreSQL also its form for many at once: the pairs of key hash and
-    vehicle id as two arrays, each row ending with its pair's ordinal."""
+    vehicle id as two arrays of text, each row ending with its pair's ordinal."""
     vehicle_columns, state_columns = columns(Vehicle), columns(ChargeState)
     selected = KEY_COLUMNS + [f'u."{c}"' for c in columns(User)]
     vehicle_start = len(selected)
@@ -474,12 +474,14 @@ def _key_with_vehicle_statement(dialect: str) -> _KeyStatement:
                 "SELECT",
                 ", ".join(selected),
                 ', q."n"',
-                'FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS q("hash", "vehicle", "n")',
+                # Both arrays as text[], whose codec asyncpg has built in: a uuid[] it
+                # would look up on each new connection first (three more round trips).
+                'FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q("hash", "vehicle", "n")',
                 f'JOIN "{ApiKey._meta.db_table}" k',
                 'ON k."hash" = q."hash" AND k."revoked_at" IS NULL',
                 *joined,
             ]
-        ).replace("{vehicle}", 'q."vehicle"')
+        ).replace("{vehicle}", 'q."vehicle"::uuid')
     return _KeyStatement(
         ManyAtOnce(one, many), vehicle_columns, state_columns, vehicle_start, _row_plans(dialect)
     )

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 from tortoise.exceptions import OperationalError
 
@@ -403,3 +404,28 @@ async def test_reads_past_the_trips_at_once_go_when_a_trip_ends(server: Server) 
     finally:
         db.timeout = bound
     assert [[row[0] for row in rows] for rows in found] == [[n] for n in range(TRIPS_AT_ONCE + 2)]
+
+
+async def test_the_reads_together_need_no_type_lookup_on_a_new_connection(
+    server: Server,
+) -> None:
+    # asyncpg looks a type up (three more round trips) the first time a connection meets
+    # one it has no codec for built in, uuid[] among them; with a slow database that was
+    # enough for the first read together on each new connection to run out of its
+    # bound (the attacker's trial). The arrays are text[]: one statement.
+    if ApiKey._meta.db.capabilities.dialect != "postgres":
+        pytest.skip("only PostgreSQL's reads go together in one statement")
+    user, key = await server.user()
+    car = await server.vehicle(user)
+    url = server.settings.database_url.replace("postgres://", "postgresql://", 1)
+    connection = await asyncpg.connect(url)
+    sent: list[str] = []
+    connection.add_query_logger(lambda record: sent.append(record.query))
+    try:
+        many = _key_with_vehicle("postgres").read.many
+        assert many is not None
+        rows = await connection.fetch(many, [hash_key(key)] * 2, [str(car.id), str(uuid.uuid4())])
+    finally:
+        await connection.close()
+    assert sent == [many]
+    assert [row[-1] for row in rows] == [1, 2]
