@@ -320,8 +320,9 @@ async def fetch_together(
     db: BaseDBAsyncClient, read: ManyAtOnce, values: list[Any]
 ) -> Sequence[Any]:
     """:func:`fetch_rows` of ``read.sql`` with ``values``; on PostgreSQL, the reads of it
-    asked while one is under way go together in one statement (``read.many``): one round
-    trip for all of them (SQLite's reads go together in aiosqlite's thread anyway)."""
+    asked in one turn of the event loop go together in one statement (``read.many``):
+    one round trip for all of them (:meth:`BoundedPostgresClient.fetch_together`;
+    SQLite's reads go together in aiosqlite's thread anyway)."""
     if isinstance(db, BoundedPostgresClient) and read.many is not None:
         return await db.fetch_together(read, values)
     return await fetch_rows(db, read.sql, values)
