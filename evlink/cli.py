@@ -24,7 +24,7 @@ from evlink.errors import EvlinkError, NotFound
 from evlink.events import MemoryEventBus, build_event_bus
 from evlink.logs import configure_logging
 from evlink.models import ApiKey, User, Vehicle
-from evlink.models.database import apply_migrations, open_database
+from evlink.models.database import apply_migrations, open_command_database
 from evlink.mqtt import cli as mqtt_cli
 from evlink.providers import build_provider
 from evlink.providers.enode import EnodeProvider
@@ -62,7 +62,7 @@ async def _migrate(settings: Settings, _: argparse.Namespace) -> None:
 async def _demo(settings: Settings, args: argparse.Namespace) -> None:
     if settings.provider != "simulator":
         raise CommandError("the demo's cars are simulated: it needs EVLINK_PROVIDER=simulator")
-    async with open_database(settings.database_url, connect_timeout=settings.database_timeout):
+    async with open_command_database(settings):
         demo = await accounts.ensure_demo()
     if args.json:
         _print(json.dumps(_demo_json(settings, demo)))
@@ -126,7 +126,7 @@ async def _seed_if_empty(settings: Settings) -> None:
     """First start on an empty database: make the demo account and show its key. The
     first look is bounded by EVLINK_DATABASE_TIMEOUT: a database that does not answer
     it (a lock held elsewhere) stops the start in one line instead of holding it."""
-    async with open_database(settings.database_url, connect_timeout=settings.database_timeout):
+    async with open_command_database(settings):
         try:
             async with asyncio.timeout(settings.database_timeout):
                 empty = not await User.exists()
@@ -235,7 +235,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def _user_create(settings: Settings, args: argparse.Namespace) -> None:
-    async with open_database(settings.database_url, connect_timeout=settings.database_timeout):
+    async with open_command_database(settings):
         user = await accounts.create_user(args.email, accounts.parse_tier(args.tier))
     _print(f"user {user.id} {user.email} {user.tier.value}")
 
@@ -256,7 +256,7 @@ async def _servers_told(settings: Settings) -> AsyncIterator[ReadCache]:
 
 async def _user_set_tier(settings: Settings, args: argparse.Namespace) -> None:
     async with (
-        open_database(settings.database_url, connect_timeout=settings.database_timeout),
+        open_command_database(settings),
         _servers_told(settings) as cache,
     ):
         user = await accounts.set_tier(
@@ -266,14 +266,14 @@ async def _user_set_tier(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def _user_list(settings: Settings, _: argparse.Namespace) -> None:
-    async with open_database(settings.database_url, connect_timeout=settings.database_timeout):
+    async with open_command_database(settings):
         for user in await User.all().order_by("id"):
             _print(f"{user.id}\t{user.email}\t{user.tier.value}")
 
 
 async def _tariff_set(settings: Settings, args: argparse.Namespace) -> None:
     periods = [parse_period(text) for text in args.period or []]
-    async with open_database(settings.database_url, connect_timeout=settings.database_timeout):
+    async with open_command_database(settings):
         user = await accounts.find_user(args.user)
         tariff = await sessions.set_tariff(user, args.price, args.currency, periods, args.timezone)
     shown = " ".join(f"{p.text}={p.price:g}" for p in tariff.periods)
@@ -284,14 +284,14 @@ async def _tariff_set(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def _key_create(settings: Settings, args: argparse.Namespace) -> None:
-    async with open_database(settings.database_url, connect_timeout=settings.database_timeout):
+    async with open_command_database(settings):
         issued = await issue_key(await accounts.find_user(args.user), name=args.name)
     _print(f"key {issued.record.prefix}… for {args.user}; shown once, store it now:")
     _print(issued.secret)
 
 
 async def _key_list(settings: Settings, args: argparse.Namespace) -> None:
-    async with open_database(settings.database_url, connect_timeout=settings.database_timeout):
+    async with open_command_database(settings):
         query = ApiKey.all().select_related("user").order_by("id")
         if args.user:
             query = query.filter(user__email=args.user.strip().lower())
@@ -303,7 +303,7 @@ async def _key_list(settings: Settings, args: argparse.Namespace) -> None:
 
 async def _key_revoke(settings: Settings, args: argparse.Namespace) -> None:
     async with (
-        open_database(settings.database_url, connect_timeout=settings.database_timeout),
+        open_command_database(settings),
         _servers_told(settings) as cache,
     ):
         key = await revoke_key(args.key, cache)
@@ -316,7 +316,7 @@ async def _provider_services(settings: Settings) -> AsyncIterator[Services]:
     the `evlink vehicle` and `evlink enode` commands. What they change reaches the
     servers' subscribers and caches over Redis when it is configured."""
     async with (
-        open_database(settings.database_url, connect_timeout=settings.database_timeout),
+        open_command_database(settings),
         _servers_told(settings) as cache,
     ):
         provider = build_provider(settings)
@@ -340,7 +340,7 @@ async def _vehicle_add(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def _vehicle_list(settings: Settings, args: argparse.Namespace) -> None:
-    async with open_database(settings.database_url, connect_timeout=settings.database_timeout):
+    async with open_command_database(settings):
         query = Vehicle.filter(deleted_at=None).select_related("user").order_by("created_at", "id")
         if args.user:
             query = query.filter(user=await accounts.find_user(args.user))
@@ -366,7 +366,7 @@ async def _vehicle_remove(settings: Settings, args: argparse.Namespace) -> None:
 
 async def _usage(settings: Settings, args: argparse.Namespace) -> None:
     """What a user has spent of each quota, from the counts the servers share in Redis."""
-    async with open_database(settings.database_url, connect_timeout=settings.database_timeout):
+    async with open_command_database(settings):
         user = await accounts.find_user(args.user)
         keys = await ApiKey.filter(user=user, revoked_at=None).order_by("id")
     limiter = Limiter.from_settings(settings)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 from tortoise.context import TortoiseContext
 from tortoise.migrations.api import migrate
 
-from evlink.settings import tortoise_config
+from evlink.settings import Settings, tortoise_config
 
-__all__ = ["apply_migrations", "ensure_sqlite_directory", "open_database"]
+__all__ = ["apply_migrations", "ensure_sqlite_directory", "open_command_database", "open_database"]
 
 
 def ensure_sqlite_directory(database_url: str) -> None:
@@ -35,6 +35,12 @@ async def open_database(
     async with TortoiseContext() as ctx:
         await ctx.init(config=config)
         yield ctx
+
+
+def open_command_database(settings: Settings) -> AbstractAsyncContextManager[TortoiseContext]:
+    """The settings' database for a CLI command: Tortoise's own clients (a command may
+    take its time), its connecting bounded by ``EVLINK_DATABASE_TIMEOUT``."""
+    return open_database(settings.database_url, connect_timeout=settings.database_timeout)
 
 
 async def apply_migrations(database_url: str, *, connect_timeout: float | None = None) -> list[str]:

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from evlink.models.database import open_database
+from evlink.models.database import open_command_database
 from evlink.mqtt import accounts
 from evlink.mqtt.topics import Topics
 from evlink.resolvers.accounts import find_user
@@ -51,7 +51,7 @@ def acl_lines(topics: Topics, topic_id: str, mqtt_username: str) -> list[str]:
 
 
 async def _enable(settings: Settings, args: argparse.Namespace) -> None:
-    async with open_database(settings.database_url, connect_timeout=settings.database_timeout):
+    async with open_command_database(settings):
         user = await find_user(args.user)
         record = await accounts.enable(user)
     topics = Topics(settings.mqtt_prefix, settings.mqtt_discovery_prefix)
@@ -65,7 +65,7 @@ async def _enable(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def _disable(settings: Settings, args: argparse.Namespace) -> None:
-    async with open_database(settings.database_url, connect_timeout=settings.database_timeout):
+    async with open_command_database(settings):
         user = await find_user(args.user)
         record = await accounts.disable(user)
     state = "off" if record is not None else "was never on"
