@@ -7,8 +7,18 @@ import logging
 from dataclasses import replace
 
 import pytest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    enable_created_metrics,
+    generate_latest,
+)
+from starlette.routing import Route
 
 from evlink.logs import JsonFormatter, configure_logging
+from evlink.metrics import LATENCY_BUCKETS, Metrics
 from evlink.settings import Settings
 from tests.conftest import Server, _truncate, run_server
 
@@ -77,6 +87,70 @@ async def test_metrics_count_requests_commands_and_provider_calls(server: Server
     assert provider_calls + ',provider="simulator"} 1.0' in text
     assert "evlink_websocket_connections 0.0" in text
     assert str(vehicle.id) not in text  # routes, never raw paths: labels stay bounded
+
+
+def _told_by_prometheus_client(
+    observed: list[tuple[str, str, int, float]],
+) -> tuple[str, list[str]]:
+    """What prometheus_client's own Counter and Histogram tell for the same requests."""
+    registry = CollectorRegistry()
+    requests = Counter(
+        "evlink_http_requests",
+        "HTTP requests by route, method and status",
+        ["route", "method", "status"],
+        registry=registry,
+    )
+    latency = Histogram(
+        "evlink_http_request_duration_seconds",
+        "HTTP request latency by route",
+        ["route", "method"],
+        registry=registry,
+        buckets=LATENCY_BUCKETS,
+    )
+    for route, method, status, elapsed in observed:
+        requests.labels(route, method, str(status)).inc()
+        latency.labels(route, method).observe(elapsed)
+    return _without_times(generate_latest(registry).decode())
+
+
+def _without_times(text: str) -> tuple[str, list[str]]:
+    """The exposition with each ``_created`` value cut off, and those lines' names."""
+    lines, created = [], []
+    for line in text.splitlines():
+        name, _, _ = line.rpartition(" ")
+        if "_created{" in line and not line.startswith("#"):
+            created.append(name)
+            line = name
+        lines.append(line)
+    return "\n".join(lines), created
+
+
+@pytest.mark.parametrize("with_created", [True, False])
+def test_request_metrics_are_told_as_prometheus_client_tells_them(with_created: bool) -> None:
+    status_route = Route("/api/status/{vehicle_id}", lambda request: None)
+    # On each bound (le: at most the bound), between bounds, past the last, and nought.
+    elapsed = [*LATENCY_BUCKETS, 0.0, 0.007, 0.3, 75.0, 0.005]
+    observed = [("/api/status/{vehicle_id}", "GET", 200, seconds) for seconds in elapsed]
+    observed += [("/api/status/{vehicle_id}", "GET", 404, 0.02), ("unmatched", "POST", 404, 3.0)]
+    if not with_created:
+        disable_created_metrics()
+    try:
+        metrics = Metrics()
+        for route, method, status, seconds in observed:
+            scope = {"route": status_route} if route != "unmatched" else {}
+            metrics.observe_request(scope, method, status, seconds)
+        ours = _without_times(metrics.render().decode())
+        theirs = _told_by_prometheus_client(observed)
+    finally:
+        enable_created_metrics()
+
+    ours_text = "\n".join(line for line in ours[0].splitlines() if "evlink_http_request" in line)
+    theirs_text = "\n".join(
+        line for line in theirs[0].splitlines() if "evlink_http_request" in line
+    )
+    assert ours_text == theirs_text
+    assert 'le="0.005",method="GET",route="/api/status/{vehicle_id}"} 3.0' in ours_text
+    assert len(ours[1]) == (5 if with_created else 0)  # 3 counter series, 2 histograms
 
 
 def test_json_logs_carry_the_request_id(capsys: pytest.CaptureFixture[str]) -> None:
