@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from starlette.responses import Response
+
 from evlink.domain import ChargeStateData, format_timestamp, vehicle_name
 from evlink.models import ChargingCommand, User, Vehicle
 from evlink.models.vehicles import AnyVehicle
 from evlink.resolvers.vehicles import VehicleStatus
 
 __all__ = [
+    "RenderedJson",
     "charge_state_body",
     "charging_body",
     "me_body",
@@ -31,6 +34,25 @@ def render(body: Any) -> bytes:
     """``body`` as the bytes of Starlette's ``JSONResponse(body).body`` (NaN and the
     infinities refused with ``ValueError`` as there)."""
     return _encode(body).encode("utf-8")
+
+
+_JSON_TYPE = (b"content-type", b"application/json")
+
+
+class RenderedJson(Response):
+    """A JSON body already rendered (:func:`render`), answered with status 200 and the
+    same two headers as ``Response(body, media_type="application/json")``, made
+    directly: Starlette's constructor makes them through ``init_headers`` (1.8 µs
+    against 0.3 µs, on each cached status read). tests/compat_rest/test_bodies.py
+    compares the two."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes) -> None:
+        self.status_code = 200
+        self.body = body
+        self.background = None
+        self.raw_headers = [(b"content-length", b"%d" % len(body)), _JSON_TYPE]
 
 
 def charge_state_body(state: ChargeStateData) -> dict[str, Any]:

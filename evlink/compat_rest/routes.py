@@ -11,7 +11,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from evlink import jsonbody
-from evlink.compat_rest.bodies import charging_body, me_body, render, status_body, vehicle_body
+from evlink.compat_rest.bodies import (
+    RenderedJson,
+    charging_body,
+    me_body,
+    render,
+    status_body,
+    vehicle_body,
+)
 from evlink.domain import ChargingAction
 from evlink.errors import BadRequest, UnsupportedMediaType
 from evlink.models import User
@@ -28,13 +35,19 @@ def services_of(request: Request) -> Services:
 
 
 async def authenticated(
-    request: Request, *, reads: bool = True, lookup: auth.KeyLookup | None = None
+    request: Request,
+    *,
+    reads: bool = True,
+    lookup: auth.KeyLookup | None = None,
+    services: Services | None = None,
 ) -> User:
     """The caller (:func:`~evlink.resolvers.auth.authenticate_request`), charged to its
     rate limits (429 past them, :mod:`evlink.ratelimit`); ``reads=False`` for a charging
     command, which the use case charges to the ``commands`` quota once it is sent.
-    ``lookup``: the key's read, when the route reads more along with it."""
-    services = services_of(request)
+    ``lookup``: the key's read, when the route reads more along with it; ``services``:
+    the app's, when the route has them already."""
+    if services is None:
+        services = services_of(request)
     caller = await auth.authenticate_request(
         services,
         header(request.scope, b"authorization"),
@@ -53,7 +66,7 @@ def _status_response(
     body = result.rendered.get(shape)
     if body is None:
         body = result.rendered[shape] = render(shape(result))
-    return Response(body, media_type="application/json")
+    return RenderedJson(body)
 
 
 def _vehicle_status_body(result: vehicles.VehicleStatus) -> dict[str, Any]:
@@ -67,7 +80,7 @@ async def _read_status(request: Request) -> vehicles.VehicleStatus:
     services = services_of(request)
     vehicle_id = request.path_params["vehicle_id"]
     along = vehicles.StatusRead(services, vehicle_id)
-    user = await authenticated(request, lookup=along.lookup)
+    user = await authenticated(request, lookup=along.lookup, services=services)
     return await vehicles.read_status(services, user, vehicle_id, along)
 
 

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
+from starlette.types import Message
 
-from evlink.compat_rest.bodies import render, status_body, vehicle_body
+from evlink.compat_rest.bodies import RenderedJson, render, status_body, vehicle_body
 from evlink.models import ChargeState, Vehicle
 from evlink.models.vehicles import StoredVehicle, charge_state_data, vehicle_with_charge_state
 from evlink.resolvers.vehicles import VehicleStatus
@@ -147,6 +148,30 @@ def test_render_is_starlette_s_json_response_body(value: Any) -> None:
             render(value)
     else:
         assert render(value) == expected
+
+
+async def _messages(response: Response) -> list[Message]:
+    """What ``response`` sends, driven as an ASGI app."""
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        raise AssertionError("a response reads nothing")
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await response({"type": "http", "method": "GET", "path": "/"}, receive, send)
+    return sent
+
+
+@pytest.mark.parametrize("body", [b"{}", b'{"vehicleName":"Caf\xc3\xa9"}', b"x" * 70_000])
+async def test_rendered_json_answers_as_starlette_s_response(body: bytes) -> None:
+    ours = RenderedJson(body)
+    theirs = Response(body, media_type="application/json")
+
+    assert await _messages(ours) == await _messages(theirs)
+    assert ours.headers == theirs.headers
+    assert (ours.status_code, ours.media_type, ours.background) == (200, "application/json", None)
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, {"range": math.nan}])
