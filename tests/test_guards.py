@@ -125,6 +125,8 @@ async def test_security_headers_on_every_answer(server: Server) -> None:
         assert response.headers["referrer-policy"] == "no-referrer"
         assert response.headers["content-security-policy"].startswith("default-src 'none'")
         assert response.headers["cache-control"] == "no-store"
+        assert "server" not in response.headers  # the software is not named
+        assert "date" in response.headers
 
 
 async def test_cors_is_off_by_default(server: Server) -> None:
