@@ -18,7 +18,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvloop
 
+from evlink.connections import OneWrite
 from evlink.playground import page as playground
 from tests.conftest import TIMEOUT, Server, ServerLog, serve_process
 from tests.test_logs import websocket_upgrade
@@ -414,6 +416,42 @@ async def _segments_per_answer(base_url: str, requests: list[bytes]) -> list[int
     finally:
         writer.close()
     return counts
+
+
+def test_a_held_write_whose_connection_closed_meanwhile_is_dropped() -> None:
+    # A write held for the loop's next turn (a stream's head, a HEAD answer) on a
+    # connection closed in the same turn (the client left): on uvloop, a served
+    # process's loop, writing it out would raise in the loop's callback, an ERROR with
+    # a traceback in the log.
+    loop = uvloop.new_event_loop()
+    reported: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+
+    class Client(asyncio.Protocol):
+        lost = asyncio.Event()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.lost.set()
+
+    async def scenario() -> None:
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        transport, client = await loop.create_connection(Client, "127.0.0.1", port)
+        writes = OneWrite(transport, loop)  # type: ignore[arg-type]
+        transport.abort()  # the connection is lost at once
+        writes.write(b"HTTP/1.1 200 OK\r\n")  # held until the next turn
+        await asyncio.wait_for(client.lost.wait(), TIMEOUT)
+        flushed = asyncio.Event()
+        loop.call_soon(flushed.set)
+        await asyncio.wait_for(flushed.wait(), TIMEOUT)
+        server.close()
+        await server.wait_closed()
+
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert reported == []
 
 
 @pytest.mark.skipif(not hasattr(socket, "TCP_INFO"), reason="TCP_INFO is Linux's")
