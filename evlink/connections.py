@@ -9,6 +9,10 @@ other client is refused. So:
 - a connection whose request head is not complete within ``EVLINK_HEADER_TIMEOUT``
   seconds of its opening (or of the first byte of its next request, pipelined ones
   included) is closed;
+- a request head (request line and headers) past :data:`MAX_HEAD_BYTES` is answered
+  ``431 HEADERS_TOO_LARGE`` and the connection closed: uvicorn and httptools set no
+  limit, and hold a head in memory until it is whole (50 MB headers, sent fast, took
+  a connection's memory with them well within the deadline);
 - a connection whose request body is not complete within ``EVLINK_BODY_TIMEOUT`` seconds
   of its head is closed (the app's ``receive`` then says ``http.disconnect``); a
   websocket upgrade has no body, so its deadline ends with its head;
@@ -34,10 +38,11 @@ from typing import Any
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from evlink.errors import ServerBusy
+from evlink.errors import EvlinkError, HeadersTooLarge, ServerBusy
 from evlink.settings import Settings
 
 __all__ = [
+    "MAX_HEAD_BYTES",
     "PROTOCOL",
     "ConnectionLimits",
     "GuardedHttpProtocol",
@@ -71,21 +76,34 @@ def connection_cap(configured: int, open_files: int) -> int:
     return max(64, open_files - RESERVED_FILES)
 
 
-def _busy_answer() -> bytes:
-    """The whole HTTP answer to a connection past the cap, made once."""
-    error = ServerBusy()
+# The largest request head (request line and headers) taken; a browser's cookies for
+# this host and a Bearer key are a few KB, and nginx's default for a head is 32 KB.
+MAX_HEAD_BYTES = 64 * 1024
+# After a 431, how long and how much of what the client still sends is read and dropped.
+LINGER_SECONDS = 2.0
+# A read is parsed in pieces of at most this many bytes, each counted while a head is
+# pending: a head is refused once past MAX_HEAD_BYTES, give or take one piece.
+HEAD_PIECE = 16 * 1024
+LINGER_BYTES = 1024 * 1024
+
+
+def _whole_answer(error: EvlinkError, reason: str) -> bytes:
+    """The whole HTTP answer with ``error``'s JSON body, made once, that closes the
+    connection: written by the connection itself, before any app sees a request."""
     body = json.dumps({"detail": error.message, "code": error.code}).encode()
+    retry = f"retry-after: {round(error.retry_after)}\r\n" if error.retry_after else ""
     head = (
-        f"HTTP/1.1 {error.status} Service Unavailable\r\n"
+        f"HTTP/1.1 {error.status} {reason}\r\n"
         "content-type: application/json\r\n"
         f"content-length: {len(body)}\r\n"
-        f"retry-after: {round(error.retry_after or 1)}\r\n"
+        f"{retry}"
         "connection: close\r\n\r\n"
     )
     return head.encode("latin-1") + body
 
 
-_BUSY = _busy_answer()
+_BUSY = _whole_answer(ServerBusy(), "Service Unavailable")
+_HEAD_TOO_LARGE = _whole_answer(HeadersTooLarge(), "Request Header Fields Too Large")
 
 
 @dataclass
@@ -125,6 +143,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # 4 µs each on uvloop, against a cached status read's 35 µs in the app).
         self._head_pending = False
         self._body_pending = False
+        # Bytes read while a head was pending (counted only across reads: a head that
+        # comes whole in one read costs nothing here), against MAX_HEAD_BYTES.
+        self._head_bytes = 0
+        # After a 431: how many more bytes are read and dropped before the connection is
+        # closed (None: not refused).
+        self._dropping: int | None = None
+        # A head refused while a request before it was being answered: 431 after that.
+        self._refused_behind = False
         # Requests that came while another was being answered (pipelined), not yet
         # answered: uvicorn tells only the last one parsed that its client left.
         self._pipelined: list[Any] = []
@@ -147,9 +173,34 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().on_message_begin()
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self._head_pending and self._head_deadline is None:
-            self._await_head()
+        if self._dropping is not None:  # after a 431: read and dropped, up to a point
+            self._dropping -= len(data)
+            if self._dropping < 0 and not self.transport.is_closing():
+                self.transport.close()
+            return
+        if len(data) <= HEAD_PIECE:
+            self._parse(data)
+            return
+        # A large read (a body, requests pipelined, a large head) is parsed in pieces, so
+        # that a head is measured however its bytes came (a fast client's 200 KB head can
+        # come in one read).
+        whole = memoryview(data)
+        transport = self.transport
+        for start in range(0, len(data), HEAD_PIECE):
+            if transport.is_closing() or transport.get_protocol() is not self:
+                return  # refused, failed, or a websocket now (which takes no more here)
+            self._parse(whole[start : start + HEAD_PIECE])
+
+    def _parse(self, data: bytes | memoryview) -> None:
+        super().data_received(data)  # type: ignore[arg-type]  # httptools takes any buffer
+        if self._head_pending:
+            # Every byte of this piece counts, though the head may have begun inside it.
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse_head()
+                return
+            if self._head_deadline is None:
+                self._await_head()
         if self._body_pending and self._body_deadline is None:
             self._body_deadline = self.loop.call_later(self.limits.body_timeout, self._late)
 
@@ -208,8 +259,41 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def _await_head(self) -> None:
         self._head_deadline = self.loop.call_later(self.limits.header_timeout, self._late)
 
+    def _refuse_head(self) -> None:
+        """A head past MAX_HEAD_BYTES: from now on what the client sends is read and
+        dropped, and it is answered 431 once the requests before it (pipelined) are."""
+        self._head_arrived()
+        logger.info("a request head past %d bytes: answered 431", MAX_HEAD_BYTES)
+        self._dropping = LINGER_BYTES
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            self._refused_behind = True  # on_response_complete answers it
+            return
+        self._answer_head_too_large()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._refused_behind and not self.pipeline:
+            self._refused_behind = False
+            self._answer_head_too_large()
+
+    def _answer_head_too_large(self) -> None:
+        """431, then our end of the stream. What the client still sends is read and
+        dropped for a moment (at most LINGER_SECONDS and LINGER_BYTES) before the
+        connection is closed: closed at once, the kernel would answer those bytes with
+        a reset, and the client could lose the 431."""
+        transport = self.transport
+        if transport.is_closing() or self._writes is None:
+            return
+        self._writes.write(_HEAD_TOO_LARGE)
+        self._writes.flush()
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._head_deadline = self.loop.call_later(LINGER_SECONDS, self._late)
+
     def _head_arrived(self) -> None:
         self._head_pending = False
+        self._head_bytes = 0
         if self._head_deadline is not None:
             self._head_deadline.cancel()
             self._head_deadline = None

@@ -15,6 +15,7 @@ database outage is logged once where it starts and ends, not per request.
     ├── NotFound                 404 NOT_FOUND
     ├── BadRequest               400 BAD_REQUEST
     ├── PayloadTooLarge          413 PAYLOAD_TOO_LARGE
+    ├── HeadersTooLarge          431 HEADERS_TOO_LARGE (a request head past 64 KiB)
     ├── UnsupportedMediaType     415 UNSUPPORTED_MEDIA_TYPE
     ├── InvalidVehicleState      400 INVALID_VEHICLE_STATE
     ├── SmartChargingActive      422 SMART_CHARGING_ACTIVE
@@ -38,6 +39,7 @@ __all__ = [
     "EvlinkError",
     "ForbiddenOwner",
     "ForbiddenTier",
+    "HeadersTooLarge",
     "IdempotencyKeyReused",
     "InternalError",
     "InvalidVehicleState",
@@ -113,6 +115,15 @@ class PayloadTooLarge(EvlinkError):
     code = "PAYLOAD_TOO_LARGE"
     status = 413
     default_message = "The body is too large"
+
+
+class HeadersTooLarge(EvlinkError):
+    """Answered by the connection itself (evlink.connections), before the request reaches
+    the app: its head (request line and headers) is past the limit."""
+
+    code = "HEADERS_TOO_LARGE"
+    status = 431
+    default_message = "The request's headers are too large"
 
 
 class UnsupportedMediaType(EvlinkError):

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import uvloop
 
-from evlink.connections import OneWrite
+from evlink.connections import MAX_HEAD_BYTES, OneWrite
 from evlink.playground import page as playground
 from tests.conftest import TIMEOUT, Server, ServerLog, serve_process
 from tests.test_logs import websocket_upgrade
@@ -170,6 +170,105 @@ async def test_past_the_connection_cap_a_new_client_gets_503_at_once(server: Ser
         "code": "SERVER_BUSY",
     }
     assert served.status_code == 200
+
+
+async def _sent_in_pieces(base_url: str, data: bytes, piece: int = 16 * 1024) -> bytes:
+    """``data`` written in pieces of ``piece`` bytes (as many reads for the server, the
+    way a fast client's large head comes), then all the server sends until it closes."""
+    port = int(base_url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for start in range(0, len(data), piece):
+            if writer.is_closing() or reader.at_eof():
+                break
+            writer.write(data[start : start + piece])
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+        return await _closed_by_server(reader, TIMEOUT)
+    finally:
+        writer.close()
+
+
+def _head(path: str = "/healthz", **fields: str) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in fields.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+_TOO_LARGE = b'{"detail": "The request\'s headers are too large", "code": "HEADERS_TOO_LARGE"}'
+
+
+async def test_a_request_head_past_64_kib_is_answered_431_and_closed(server: Server) -> None:
+    # uvicorn and httptools keep a head in memory until it is whole: 50 MB of one header,
+    # sent fast, was taken within the header deadline.
+    big_header = _head(**{"X-Big": "a" * (2 * MAX_HEAD_BYTES)})
+    big_url = _head("/healthz?" + "q=1&" * MAX_HEAD_BYTES)
+    many = _head(**{f"X-Field-{n}": "b" * 100 for n in range(1000)})
+    for head in (big_header, big_url, many):
+        answer = await _sent_in_pieces(server.base_url, head)
+        assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), answer
+        assert b"\r\nconnection: close\r\n" in answer
+        assert answer.endswith(b"\r\n\r\n" + _TOO_LARGE)
+
+
+async def test_after_a_431_the_connection_is_closed_soon_whatever_the_client_does(
+    server: Server,
+) -> None:
+    # What comes after a refused head is read and dropped for a moment only: a client
+    # that goes on sending is cut off past a megabyte, one that stays silent and open
+    # is closed within two seconds (LINGER_SECONDS).
+    port = int(server.base_url.rsplit(":", 1)[1])
+    head = _head(**{"X-Big": "a" * (2 * MAX_HEAD_BYTES)})
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+    async def flood() -> None:
+        writer.write(head)
+        for _ in range(64):  # 64 MB at most, sent far faster than two seconds
+            writer.write(b"x" * (1024 * 1024))
+            await asyncio.wait_for(writer.drain(), TIMEOUT)
+
+    with pytest.raises(ConnectionError):
+        await flood()
+    writer.close()
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head)
+        answer = await _closed_by_server(reader, TIMEOUT)  # the 431, then our end
+        assert answer.endswith(_TOO_LARGE)
+        # A byte to a socket the server has closed is answered with a reset, which ends
+        # this side's connection: a byte every 0.2 s until then (4 s at most).
+        lost = asyncio.ensure_future(writer.wait_closed())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 4.0
+        while not lost.done() and loop.time() < deadline:
+            if not writer.is_closing():
+                writer.write(b"x")
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                await asyncio.wait_for(asyncio.shield(lost), 0.2)
+        assert lost.done(), "still open 4 s after the 431"
+    finally:
+        writer.close()
+
+
+async def test_a_request_head_under_the_limit_is_answered_though_it_came_in_pieces(
+    server: Server,
+) -> None:
+    head = _head(**{"X-Big": "a" * (MAX_HEAD_BYTES // 2)})
+    answer = await _sent_in_pieces(server.base_url, head, piece=4096)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+
+
+async def test_a_large_head_pipelined_behind_a_request_ends_the_connection_after_it(
+    server: Server,
+) -> None:
+    # The first request is answered whole, then the second, whose head passes the limit.
+    first = _head().replace(b"Connection: close\r\n", b"")
+    answer = await _sent_in_pieces(server.base_url, first + _head(**{"X-Big": "a" * 100_000}))
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    _, _, refused = answer.partition(b'{"status":"ok"}')
+    assert refused.startswith(b"HTTP/1.1 431 "), answer
+    assert refused.endswith(_TOO_LARGE)
 
 
 async def test_a_request_body_not_complete_in_time_is_closed(server: Server) -> None:
