@@ -76,7 +76,11 @@ def _demo_json(settings: Settings, demo: accounts.DemoAccount) -> dict[str, Any]
         "api_key": demo.key.secret,
         "base_url": _base_url(settings),
         "vehicles": [
-            {"id": str(v.id), "name": v.name, "provider_vehicle_id": v.provider_vehicle_id}
+            {
+                "id": str(v.id),
+                "name": vehicle_name(v.name, v.information),
+                "provider_vehicle_id": v.provider_vehicle_id,
+            }
             for v in demo.vehicles
         ],
     }
@@ -94,7 +98,7 @@ def _print_demo(settings: Settings, demo: accounts.DemoAccount) -> None:
     _print(f"    {demo.key.secret}")
     _print()
     for vehicle in demo.vehicles:
-        _print(f"  vehicle {vehicle.id}  {vehicle.name}")
+        _print(f"  vehicle {vehicle.id}  {vehicle_name(vehicle.name, vehicle.information) or ''}")
     first = demo.vehicles[0].id
     _print()
     _print("Try:")

@@ -35,6 +35,10 @@ __all__ = ["CountedProvider", "HttpRequests", "Metrics", "metrics_endpoint"]
 
 T = TypeVar("T")
 
+# The methods counted by name (RFC 9110's); any other a client sends is counted as "other".
+HTTP_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -120,7 +124,7 @@ class HttpRequests(Collector):
             latency.add_metric(list(labels), buckets, timed.total)
             created.add_metric(list(labels), timed.created)
         yield latency
-        if with_created:
+        if with_created and created.samples:  # none before the first request, as theirs
             yield created
 
     def describe(self) -> Iterator[Metric]:
@@ -215,7 +219,10 @@ class Metrics:
             self.known_queries.labels(way=way).set_function(partial(answered.__getitem__, way))
 
     def observe_request(self, scope: Scope, method: str, status: int, elapsed: float) -> None:
-        """Count and time one HTTP request, by its route's path template."""
+        """Count and time one HTTP request, by its route's path template and its method
+        (``other`` for a method that is not one of HTTP's own: the labels stay few)."""
+        if method not in HTTP_METHODS:
+            method = "other"
         self.http.observe(_route_of(scope), method, status, elapsed)
 
     def subscription(self, field: str) -> _Active:

@@ -501,3 +501,19 @@ async def test_serve_on_a_database_that_does_not_answer_stops_in_one_line(
     assert line.startswith("evlink: cannot open the database postgres://"), line
     assert line.endswith("no answer within 1 s (EVLINK_DATABASE_TIMEOUT)"), line
     assert "Serving on" not in result.stdout
+
+
+def test_demo_shows_a_car_added_without_a_name_by_the_api_s_name(cli: Cli) -> None:
+    cli.ok("demo")
+    added = cli.ok("vehicle", "add", "--user", "demo@evlink.local").split()[1]
+    rows = cli.ok("vehicle", "list", "--user", "demo@evlink.local").splitlines()
+    listed = {row.split("	")[0]: row.split("	")[-1] for row in rows}
+
+    body = json.loads(cli.ok("demo", "--json"))
+    text = cli.ok("demo")
+
+    shown = {vehicle["id"]: vehicle["name"] for vehicle in body["vehicles"]}
+    assert shown[added], body  # not null: the provider's name, as `vehicle list` shows
+    assert shown[added] == listed[added].strip()
+    assert f"vehicle {added}  {shown[added]}" in text
+    assert "None" not in text

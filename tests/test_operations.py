@@ -153,6 +153,28 @@ def test_request_metrics_are_told_as_prometheus_client_tells_them(with_created: 
     assert len(ours[1]) == (5 if with_created else 0)  # 3 counter series, 2 histograms
 
 
+def test_request_metrics_before_any_request_are_told_as_prometheus_client_tells_them() -> None:
+    ours = Metrics().render().decode()
+    theirs = _told_by_prometheus_client([])[0]
+
+    def told(text: str) -> list[str]:
+        return [line for line in text.splitlines() if "evlink_http_request" in line]
+
+    assert told(ours) == told(theirs)
+    assert not any("_created" in line for line in told(ours))
+
+
+def test_a_method_that_is_not_http_s_own_is_counted_as_other() -> None:
+    metrics = Metrics()
+    for method in ("PROPFIND", "M-SEARCH", "get", "GET"):
+        metrics.observe_request({}, method, 405, 0.001)
+    text = metrics.render().decode()
+
+    assert 'evlink_http_requests_total{method="other",route="unmatched",status="405"} 3.0' in text
+    assert 'evlink_http_requests_total{method="GET",route="unmatched",status="405"} 1.0' in text
+    assert "PROPFIND" not in text
+
+
 def test_json_logs_carry_the_request_id(capsys: pytest.CaptureFixture[str]) -> None:
     root = logging.getLogger()
     saved = root.handlers[:], root.level
