@@ -258,6 +258,10 @@ def create_app(settings: Settings | None = None, *, provider: Provider | None = 
         exception_handlers=exception_handlers,
         lifespan=lifespan,
     )
+    # No redirect from a path with a trailing slash to the one without: Starlette builds
+    # its Location from the request's Host header, which the client chooses. Such a path
+    # is answered as any unknown one (404 NOT_FOUND).
+    app.router.redirect_slashes = False
     app.state.metrics = metrics
     app.state.open_sockets = OpenSockets()
     app.state.connection_limits = ConnectionLimits.from_settings(settings)

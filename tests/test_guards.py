@@ -112,6 +112,21 @@ async def test_unknown_routes_and_methods_answer_json(
     assert response.json()["code"] == code
 
 
+@pytest.mark.parametrize("path", ["/api/status/{id}/", "/graphql/", "/metrics/", "/healthz/"])
+async def test_a_trailing_slash_is_an_unknown_path_not_a_redirect_to_the_host_header(
+    server: Server, path: str
+) -> None:
+    # Starlette redirected to the path without the slash on the Host the client sent.
+    user, key = await server.user()
+    vehicle = await server.vehicle(user, "plugged")
+    response = await server.http.get(
+        path.format(id=vehicle.id), headers={**auth(key), "Host": "evil.example"}
+    )
+    assert response.status_code == 404
+    assert response.json()["code"] == "NOT_FOUND"
+    assert "location" not in response.headers
+
+
 async def test_security_headers_on_every_answer(server: Server) -> None:
     user, key = await server.user()
     vehicle = await server.vehicle(user, "plugged")
