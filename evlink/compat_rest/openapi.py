@@ -66,6 +66,10 @@ ERROR_CODES: dict[str, str] = {
         "The server has its most open connections (`EVLINK_MAX_CONNECTIONS`); the connection "
         "is answered at once, with `Retry-After`, and closed."
     ),
+    "HEADERS_TOO_LARGE": (
+        "The request line and headers together are larger than 64 KiB; answered before any "
+        "route, and the connection is closed."
+    ),
 }
 
 # ProviderUnavailable's status is chosen per failure; every other error has one.
@@ -77,6 +81,7 @@ _STATUS_TEXT = {
     403: "Forbidden",
     404: "Not found",
     413: "Payload too large",
+    431: "Request header fields too large",
     415: "Unsupported media type",
     422: "Unprocessable",
     429: "Too many requests",
@@ -356,8 +361,14 @@ def _ok(description: str, schema: Schema, *, limited: bool = True) -> Schema:
 def _error_responses(*raised: type[EvlinkError]) -> Schema:
     """One answer per status that ``raised`` (or an unexpected error) can give, with its codes."""
     by_status: dict[int, list[str]] = {}
-    # Any path may meet an unexpected error, or a server past its cap on connections.
-    candidates: list[type[EvlinkError]] = [*raised, errors.InternalError, errors.ServerBusy]
+    # Any path may meet an unexpected error, a server past its cap on connections, or a
+    # request head past its limit.
+    candidates: list[type[EvlinkError]] = [
+        *raised,
+        errors.InternalError,
+        errors.ServerBusy,
+        errors.HeadersTooLarge,
+    ]
     for error in candidates:
         for status in _STATUSES.get(error, (error.status,)):
             codes = by_status.setdefault(status, [])
