@@ -41,7 +41,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
@@ -121,6 +121,8 @@ class HttpEdge:
         except EvlinkError as exc:  # raised outside an endpoint (a body over its limit)
             if status:
                 raise
+            if "route" not in scope:  # refused before routing: counted under its route
+                _note_route(scope)
             await error_answer(scope, exc)(scope, receive, edge_send)
         except Exception:
             logger.exception("request %s %s: unexpected error", request_id, scope["path"])
@@ -134,6 +136,17 @@ class HttpEdge:
             access_log.info("%s %s %d %.1f ms", method, scope["path"], answered, elapsed * 1000)
             reported_limits.reset(limits_token)
             request_id_var.reset(id_token)
+
+
+def _note_route(scope: Scope) -> None:
+    """Note in ``scope`` the route the app's router would take for it (as the router
+    itself does), for the metrics of a request refused before it got there."""
+    router = getattr(scope.get("app"), "router", None)
+    for route in getattr(router, "routes", ()):
+        match, _ = route.matches(scope)
+        if match is not Match.NONE:
+            scope["route"] = route
+            return
 
 
 class DirectEndpoint:

@@ -89,6 +89,21 @@ async def test_metrics_count_requests_commands_and_provider_calls(server: Server
     assert str(vehicle.id) not in text  # routes, never raw paths: labels stay bounded
 
 
+async def test_a_body_refused_before_routing_is_counted_under_its_route(server: Server) -> None:
+    # A declared Content-Length over the limit is refused by the edge, before the router.
+    user, key = await server.user()
+    vehicle = await server.vehicle(user, "plugged")
+    body = b'{"action": "START", "pad": "' + b"x" * 70_000 + b'"}'
+    headers = {**auth(key), "Content-Type": "application/json"}
+    refused = await server.http.post(f"/api/charging/{vehicle.id}", content=body, headers=headers)
+    assert refused.status_code == 413
+
+    text = (await server.http.get("/metrics")).text
+    route = 'method="POST",route="/api/charging/{vehicle_id}",status="413"'
+    assert f"evlink_http_requests_total{{{route}}} 1.0" in text
+    assert 'route="unmatched",status="413"' not in text
+
+
 def _told_by_prometheus_client(
     observed: list[tuple[str, str, int, float]],
 ) -> tuple[str, list[str]]:
