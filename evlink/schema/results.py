@@ -41,6 +41,7 @@ from graphql import (
     visit,
 )
 from graphql.type import get_named_type
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
@@ -220,7 +221,9 @@ async def read_body(receive: Receive) -> tuple[bytes, Receive]:
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            break  # the client left: Strawberry will find out the same way
+            # The client left before its body was in: what came is not the body (the
+            # edge counts it 499, as Starlette's Request raises the same).
+            raise ClientDisconnect()
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             break
