@@ -29,6 +29,7 @@ them apart, two system calls and two TCP segments for every answer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import resource
@@ -87,23 +88,29 @@ HEAD_PIECE = 16 * 1024
 LINGER_BYTES = 1024 * 1024
 
 
-def _whole_answer(error: EvlinkError, reason: str) -> bytes:
-    """The whole HTTP answer with ``error``'s JSON body, made once, that closes the
-    connection: written by the connection itself, before any app sees a request."""
-    body = json.dumps({"detail": error.message, "code": error.code}).encode()
-    retry = f"retry-after: {round(error.retry_after)}\r\n" if error.retry_after else ""
-    head = (
-        f"HTTP/1.1 {error.status} {reason}\r\n"
-        "content-type: application/json\r\n"
-        f"content-length: {len(body)}\r\n"
-        f"{retry}"
-        "connection: close\r\n\r\n"
-    )
-    return head.encode("latin-1") + body
+@functools.cache
+def _whole_answer(kind: type[EvlinkError], reason: str) -> bytes:
+    """The whole HTTP answer with the JSON body of a ``kind`` error, made once, that closes
+    the connection: written by the connection itself, before any app sees a request."""
+    from evlink.guards import with_security_headers  # guards imports the app's modules
+
+    error = kind()
+    body = json.dumps({"detail": error.message, "code": error.code}, separators=(",", ":"))
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    if error.retry_after:
+        headers.append((b"retry-after", b"%d" % round(error.retry_after)))
+    # The security headers of every answer (the app's edge adds them to its own).
+    headers = [*with_security_headers(headers), (b"connection", b"close")]
+    head = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+    return f"HTTP/1.1 {error.status} {reason}\r\n".encode() + head + b"\r\n" + body.encode()
 
 
-_BUSY = _whole_answer(ServerBusy(), "Service Unavailable")
-_HEAD_TOO_LARGE = _whole_answer(HeadersTooLarge(), "Request Header Fields Too Large")
+def _busy() -> bytes:
+    return _whole_answer(ServerBusy, "Service Unavailable")
+
+
+def _head_too_large() -> bytes:
+    return _whole_answer(HeadersTooLarge, "Request Header Fields Too Large")
 
 
 @dataclass
@@ -161,7 +168,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._writes = OneWrite(transport, self.loop)
         if len(self.connections) > self.limits.max_connections:
             self._note_capped()
-            transport.write(_BUSY)
+            transport.write(_busy())
             transport.close()
             return
         self._await_head()
@@ -285,7 +292,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         transport = self.transport
         if transport.is_closing() or self._writes is None:
             return
-        self._writes.write(_HEAD_TOO_LARGE)
+        self._writes.write(_head_too_large())
         self._writes.flush()
         if transport.can_write_eof():
             transport.write_eof()

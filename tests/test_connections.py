@@ -165,6 +165,7 @@ async def test_past_the_connection_cap_a_new_client_gets_503_at_once(server: Ser
 
     assert refused.status_code == 503
     assert refused.headers["retry-after"] == "1"
+    assert refused.headers["x-content-type-options"] == "nosniff"  # as every answer
     assert refused.json() == {
         "detail": "Too many open connections; try again shortly",
         "code": "SERVER_BUSY",
@@ -195,7 +196,7 @@ def _head(path: str = "/healthz", **fields: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-_TOO_LARGE = b'{"detail": "The request\'s headers are too large", "code": "HEADERS_TOO_LARGE"}'
+_TOO_LARGE = b'{"detail":"The request\'s headers are too large","code":"HEADERS_TOO_LARGE"}'
 
 
 async def test_a_request_head_past_64_kib_is_answered_431_and_closed(server: Server) -> None:
@@ -208,6 +209,8 @@ async def test_a_request_head_past_64_kib_is_answered_431_and_closed(server: Ser
         answer = await _sent_in_pieces(server.base_url, head)
         assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), answer
         assert b"\r\nconnection: close\r\n" in answer
+        assert b"\r\nx-content-type-options: nosniff\r\n" in answer  # as every answer
+        assert b"\r\ncache-control: no-store\r\n" in answer
         assert answer.endswith(b"\r\n\r\n" + _TOO_LARGE)
 
 
