@@ -180,10 +180,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().on_message_begin()
 
     def data_received(self, data: bytes) -> None:
-        if self._dropping is not None:  # after a 431: read and dropped, up to a point
-            self._dropping -= len(data)
-            if self._dropping < 0 and not self.transport.is_closing():
-                self.transport.close()
+        if self._dropping is not None:  # after a 431
+            self._drop(len(data))
             return
         if len(data) <= HEAD_PIECE:
             self._parse(data)
@@ -194,9 +192,20 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         whole = memoryview(data)
         transport = self.transport
         for start in range(0, len(data), HEAD_PIECE):
+            if self._dropping is not None:  # a head refused in this read: the rest too
+                self._drop(len(data) - start)
+                return
             if transport.is_closing() or transport.get_protocol() is not self:
-                return  # refused, failed, or a websocket now (which takes no more here)
+                return  # a malformed request answered 400, or a websocket now
             self._parse(whole[start : start + HEAD_PIECE])
+
+    def _drop(self, size: int) -> None:
+        """``size`` bytes read after a 431, dropped; past LINGER_BYTES the connection is
+        closed."""
+        assert self._dropping is not None
+        self._dropping -= size
+        if self._dropping < 0 and not self.transport.is_closing():
+            self.transport.close()
 
     def _parse(self, data: bytes | memoryview) -> None:
         super().data_received(data)  # type: ignore[arg-type]  # httptools takes any buffer

@@ -18,9 +18,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 import uvloop
+from starlette.types import Receive, Scope, Send
+from uvicorn.server import ServerState
 
-from evlink.connections import MAX_HEAD_BYTES, OneWrite
+from evlink.connections import MAX_HEAD_BYTES, GuardedHttpProtocol, OneWrite
 from evlink.playground import page as playground
 from tests.conftest import TIMEOUT, Server, ServerLog, serve_process
 from tests.test_logs import websocket_upgrade
@@ -212,6 +215,35 @@ async def test_a_request_head_past_64_kib_is_answered_431_and_closed(server: Ser
         assert b"\r\nx-content-type-options: nosniff\r\n" in answer  # as every answer
         assert b"\r\ncache-control: no-store\r\n" in answer
         assert answer.endswith(b"\r\n\r\n" + _TOO_LARGE)
+
+
+async def test_a_large_head_read_whole_at_once_is_answered_431_only() -> None:
+    # A read may hold more than the limit (a head and what follows it): parsing stops at
+    # the limit, so the request is not served behind its 431. Loopback's reads are
+    # 64 KiB, so the protocol is handed the read directly, over a real socket.
+    served: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        served.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    config = uvicorn.Config(app, lifespan="off", log_level="warning")
+    config.load()
+    ours, theirs = socket.socketpair()
+    protocol = GuardedHttpProtocol(config, ServerState(), {})
+    loop = asyncio.get_running_loop()
+    await loop.connect_accepted_socket(lambda: protocol, ours)
+    reader, writer = await asyncio.open_connection(sock=theirs)
+    try:
+        head = _head("/big", **{"X-Big": "a" * 200_000}) + _head("/next")
+        protocol.data_received(head)
+        answer = await _closed_by_server(reader, TIMEOUT)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert answer.endswith(_TOO_LARGE)
+    assert served == []
 
 
 async def test_after_a_431_the_connection_is_closed_soon_whatever_the_client_does(
