@@ -289,7 +289,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self._refused_behind and not self.pipeline:
+        # The refused head came after the last request parsed (self.cycle), and requests
+        # are answered in order: once that one is answered, every one before it is.
+        cycle = self.cycle
+        if self._refused_behind and (cycle is None or cycle.response_complete):
             self._refused_behind = False
             self._answer_head_too_large()
 
