@@ -417,7 +417,13 @@ IDEMPOTENCY_KEY = {
         "A repeat with the same key, vehicle and action returns the first command, in "
         "whatever state it is now, without calling the provider again. Keys are per user."
     ),
-    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
+    # Printable (str.isprintable) as the server reads a header's value: latin-1.
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_IDEMPOTENCY_KEY,
+        "pattern": "^[ -~\u00a1-\u00ac\u00ae-\u00ff]+$",
+    },
 }
 
 _READ_ERRORS = (errors.Unauthenticated, errors.RateLimited, errors.DatabaseUnavailable)
