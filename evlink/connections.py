@@ -43,6 +43,7 @@ from evlink.errors import EvlinkError, HeadersTooLarge, ServerBusy
 from evlink.settings import Settings
 
 __all__ = [
+    "MAX_HEADER_FIELDS",
     "MAX_HEAD_BYTES",
     "PROTOCOL",
     "ConnectionLimits",
@@ -81,11 +82,18 @@ def connection_cap(configured: int, open_files: int) -> int:
 # this host and a Bearer key are a few KB, and nginx's default for a head is 32 KB.
 MAX_HEAD_BYTES = 64 * 1024
 # After a 431, how long and how much of what the client still sends is read and dropped.
+# The most header fields a request head (and a chunked body's trailers, which uvicorn adds
+# to the same list) may have; 64 KiB of tiny fields held about 1.2 MB per connection.
+MAX_HEADER_FIELDS = 100
 LINGER_SECONDS = 2.0
 # A read is parsed in pieces of at most this many bytes, each counted while a head is
 # pending: a head is refused once past MAX_HEAD_BYTES, give or take one piece.
 HEAD_PIECE = 16 * 1024
 LINGER_BYTES = 1024 * 1024
+
+
+class _TooManyFields(Exception):
+    """A request past MAX_HEADER_FIELDS header fields: raised to stop the parser."""
 
 
 @functools.cache
@@ -158,6 +166,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._dropping: int | None = None
         # A head refused while a request before it was being answered: 431 after that.
         self._refused_behind = False
+        # Past MAX_HEADER_FIELDS (the parser was stopped): answered 431, not 400.
+        self._too_many_fields = False
         # Requests that came while another was being answered (pipelined), not yet
         # answered: uvicorn tells only the last one parsed that its client left.
         self._pipelined: list[Any] = []
@@ -220,6 +230,28 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._body_pending and self._body_deadline is None:
             self._body_deadline = self.loop.call_later(self.limits.body_timeout, self._late)
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self.headers) >= MAX_HEADER_FIELDS:
+            # Raised through the parser, which stops here; uvicorn then answers what it
+            # takes for a malformed request, which send_400_response makes a 431.
+            self._too_many_fields = True
+            raise _TooManyFields()
+        super().on_header(name, value)
+
+    def send_400_response(self, msg: str) -> None:
+        if self._too_many_fields:
+            self._too_many_fields = False
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete and cycle.more_body:
+                # A chunked body's trailers: its request cannot end, so the connection
+                # does (the app reads that its client left).
+                logger.info("a chunked body past %d trailer fields: closed", MAX_HEADER_FIELDS)
+                self.transport.close()
+                return
+            self._refuse_head(f"a request past {MAX_HEADER_FIELDS} header fields")
+            return
+        super().send_400_response(msg)
+
     def on_headers_complete(self) -> None:
         self._head_arrived()
         previous = self.cycle
@@ -275,11 +307,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def _await_head(self) -> None:
         self._head_deadline = self.loop.call_later(self.limits.header_timeout, self._late)
 
-    def _refuse_head(self) -> None:
-        """A head past MAX_HEAD_BYTES: from now on what the client sends is read and
-        dropped, and it is answered 431 once the requests before it (pipelined) are."""
+    def _refuse_head(self, why: str = f"a request head past {MAX_HEAD_BYTES} bytes") -> None:
+        """A head past MAX_HEAD_BYTES or MAX_HEADER_FIELDS: from now on what the client
+        sends is read and dropped, and it is answered 431 once the requests before it
+        (pipelined) are."""
         self._head_arrived()
-        logger.info("a request head past %d bytes: answered 431", MAX_HEAD_BYTES)
+        logger.info("%s: answered 431", why)
         self._dropping = LINGER_BYTES
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:

@@ -23,7 +23,12 @@ import uvloop
 from starlette.types import Receive, Scope, Send
 from uvicorn.server import ServerState
 
-from evlink.connections import MAX_HEAD_BYTES, GuardedHttpProtocol, OneWrite
+from evlink.connections import (
+    MAX_HEAD_BYTES,
+    MAX_HEADER_FIELDS,
+    GuardedHttpProtocol,
+    OneWrite,
+)
 from evlink.playground import page as playground
 from tests.conftest import TIMEOUT, Server, ServerLog, serve_process
 from tests.test_logs import websocket_upgrade
@@ -284,6 +289,35 @@ async def test_after_a_431_the_connection_is_closed_soon_whatever_the_client_doe
         assert lost.done(), "still open 4 s after the 431"
     finally:
         writer.close()
+
+
+async def test_a_head_past_100_fields_is_answered_431_however_small(server: Server) -> None:
+    # 64 KiB of tiny fields held about 1.2 MB per connection.
+    fields = {f"X-F{n}": "v" for n in range(MAX_HEADER_FIELDS)}  # with Host: one too many
+    answer = await _sent_in_pieces(server.base_url, _head("/healthz", **fields))
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert answer.endswith(_TOO_LARGE)
+    # At the limit it is served: Host and Connection, and 98 more.
+    fields = {f"X-F{n}": "v" for n in range(MAX_HEADER_FIELDS - 2)}
+    answer = await _sent_in_pieces(server.base_url, _head("/healthz", **fields))
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+
+
+async def test_a_chunked_body_with_too_many_trailers_ends_its_connection(server: Server) -> None:
+    # uvicorn adds a chunked body's trailer fields to the request's headers: four
+    # megabytes of them grew the server by a hundred. Past the limit the request cannot
+    # end, and the connection is closed at once (not at the body deadline).
+    body = b'{"query": "{ __typename }"}'
+    head = (
+        b"POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    chunked = b"%x\r\n%s\r\n0\r\n" % (len(body), body) + b"a: b\r\n" * 5_000 + b"\r\n"
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    answer = await _sent_in_pieces(server.base_url, head + chunked)
+    assert b"HTTP/1.1 200 " not in answer, answer[:200]
+    assert loop.time() - began < server.settings.body_timeout / 2
 
 
 async def test_a_request_head_under_the_limit_is_answered_though_it_came_in_pieces(
