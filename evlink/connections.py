@@ -81,14 +81,14 @@ def connection_cap(configured: int, open_files: int) -> int:
 # The largest request head (request line and headers) taken; a browser's cookies for
 # this host and a Bearer key are a few KB, and nginx's default for a head is 32 KB.
 MAX_HEAD_BYTES = 64 * 1024
-# After a 431, how long and how much of what the client still sends is read and dropped.
-# The most header fields a request head (and a chunked body's trailers, which uvicorn adds
-# to the same list) may have; 64 KiB of tiny fields held about 1.2 MB per connection.
-MAX_HEADER_FIELDS = 100
-LINGER_SECONDS = 2.0
 # A read is parsed in pieces of at most this many bytes, each counted while a head is
 # pending: a head is refused once past MAX_HEAD_BYTES, give or take one piece.
 HEAD_PIECE = 16 * 1024
+# The most header fields a request head (and a chunked body's trailers, which uvicorn adds
+# to the same list) may have; 64 KiB of tiny fields held about 1.2 MB per connection.
+MAX_HEADER_FIELDS = 100
+# After a 431, how long and how much of what the client still sends is read and dropped.
+LINGER_SECONDS = 2.0
 LINGER_BYTES = 1024 * 1024
 
 
@@ -158,8 +158,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # 4 µs each on uvloop, against a cached status read's 35 µs in the app).
         self._head_pending = False
         self._body_pending = False
-        # Bytes read while a head was pending (counted only across reads: a head that
-        # comes whole in one read costs nothing here), against MAX_HEAD_BYTES.
+        # Bytes parsed while a head was pending, by pieces of a read (a head that comes
+        # whole in one small read is never counted), against MAX_HEAD_BYTES.
         self._head_bytes = 0
         # After a 431: how many more bytes are read and dropped before the connection is
         # closed (None: not refused).
