@@ -128,6 +128,9 @@ class ConnectionLimits:
     header_timeout: float
     max_connections: int
     body_timeout: float = 10.0
+    # The most bytes a request's body may take on the wire, chunks' framing and trailers
+    # included: twice the largest body the app takes, and a head's worth (from_settings).
+    max_body_bytes: int = 2 * 1_048_576 + MAX_HEAD_BYTES
     # Whether the cap was reached and not yet left: one WARNING, then one INFO.
     capped: bool = False
 
@@ -137,7 +140,10 @@ class ConnectionLimits:
         open_files = raise_open_files_limit()
         cap = connection_cap(settings.max_connections, open_files)
         logger.info("connections: at most %d open (open-files limit %d)", cap, open_files)
-        return cls(settings.header_timeout, cap, settings.body_timeout)
+        largest = max(settings.max_body, settings.webhook_max_body)
+        return cls(
+            settings.header_timeout, cap, settings.body_timeout, 2 * largest + MAX_HEAD_BYTES
+        )
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
@@ -168,6 +174,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._refused_behind = False
         # Past MAX_HEADER_FIELDS (the parser was stopped): answered 431, not 400.
         self._too_many_fields = False
+        # Bytes parsed while a body was pending, against limits.max_body_bytes.
+        self._body_bytes = 0
         # Requests that came while another was being answered (pipelined), not yet
         # answered: uvicorn tells only the last one parsed that its client left.
         self._pipelined: list[Any] = []
@@ -227,8 +235,19 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 return
             if self._head_deadline is None:
                 self._await_head()
-        if self._body_pending and self._body_deadline is None:
-            self._body_deadline = self.loop.call_later(self.limits.body_timeout, self._late)
+        if self._body_pending:
+            # Counted by pieces, framing and trailers included: what bounds a chunked
+            # body's trailer (httptools holds a field until it ends) and a refused body's
+            # rest, which uvicorn reads on to reach the next request.
+            self._body_bytes += len(data)
+            if self._body_bytes > self.limits.max_body_bytes:
+                logger.info(
+                    "a request body past %d bytes on the wire: closed", self.limits.max_body_bytes
+                )
+                self.transport.close()
+                return
+            if self._body_deadline is None:
+                self._body_deadline = self.loop.call_later(self.limits.body_timeout, self._late)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(self.headers) >= MAX_HEADER_FIELDS:
@@ -267,6 +286,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # Done when the message ends: at once for a request without a body (a
         # websocket upgrade among them), before any deadline is armed.
         self._body_pending = True
+        self._body_bytes = 0
 
     def on_message_complete(self) -> None:
         self._body_arrived()

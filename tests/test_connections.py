@@ -320,6 +320,27 @@ async def test_a_chunked_body_with_too_many_trailers_ends_its_connection(server:
     assert loop.time() - began < server.settings.body_timeout / 2
 
 
+async def test_a_chunked_body_with_a_huge_trailer_ends_its_connection(server: Server) -> None:
+    # One trailer field is held by httptools until it ends: past twice the largest body
+    # the app takes (and a head's worth), the connection is closed.
+    head = (
+        b"POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    body = b'{"query": "{ __typename }"}'
+    largest = max(server.settings.max_body, server.settings.webhook_max_body)
+    trailer = b"X-T: " + b"a" * (3 * largest)
+    chunked = b"%x\r\n%s\r\n0\r\n" % (len(body), body) + trailer + b"\r\n\r\n"
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    try:
+        answer = await _sent_in_pieces(server.base_url, head + chunked, piece=64 * 1024)
+    except ConnectionError:  # closed with bytes unread: a reset
+        answer = b""
+    assert b"HTTP/1.1 200 " not in answer, answer[:200]
+    assert loop.time() - began < server.settings.body_timeout / 2
+
+
 async def test_a_request_head_under_the_limit_is_answered_though_it_came_in_pieces(
     server: Server,
 ) -> None:
