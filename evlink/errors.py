@@ -15,7 +15,7 @@ database outage is logged once where it starts and ends, not per request.
     ├── NotFound                 404 NOT_FOUND
     ├── BadRequest               400 BAD_REQUEST
     ├── PayloadTooLarge          413 PAYLOAD_TOO_LARGE
-    ├── HeadersTooLarge          431 HEADERS_TOO_LARGE (a request head past 64 KiB)
+    ├── HeadersTooLarge          431 HEADERS_TOO_LARGE (a head past 64 KiB or 100 fields)
     ├── UnsupportedMediaType     415 UNSUPPORTED_MEDIA_TYPE
     ├── InvalidVehicleState      400 INVALID_VEHICLE_STATE
     ├── SmartChargingActive      422 SMART_CHARGING_ACTIVE
@@ -119,7 +119,7 @@ class PayloadTooLarge(EvlinkError):
 
 class HeadersTooLarge(EvlinkError):
     """Answered by the connection itself (evlink.connections), before the request reaches
-    the app: its head (request line and headers) is past the limit."""
+    the app: its head (request line and headers) is past its size or its fields."""
 
     code = "HEADERS_TOO_LARGE"
     status = 431
